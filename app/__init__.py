@@ -1,0 +1,3 @@
+"""DemoAI: an offline-first workbench for private language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""``demoai``: the command line, driving the same core services and workers as the window."""
+
+from app.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,24 @@
+"""Panes of the main window. Each is a folder whose ``__init__`` names NAME, ORDER and WIDGET.
+
+``WIDGET`` is a ``"module:Class"`` string so a pane's module (and what it
+imports) loads only when the pane is first shown. A pane class takes
+``(services, parent)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PaneSpec:
+    key: str
+    name: str
+    widget: str  # "module:Class"
+    tooltip: str = ""
+
+
+#: The panes in sidebar order. Capabilities add theirs when they really work.
+PANES: list[PaneSpec] = [
+    PaneSpec("jobs", "Jobs", "app.ui.panes.jobs.qt_jobs_pane:JobsPane", "Background jobs"),
+]

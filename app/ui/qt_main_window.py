@@ -1,0 +1,208 @@
+"""The main window: a sidebar of panes, a status bar with hardware and running jobs."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+from typing import Any
+
+from PySide6.QtCore import QByteArray, QObject, QRunnable, Qt, QThreadPool, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QSplitter,
+    QStackedWidget,
+    QWidget,
+)
+
+from app.core.jobs.store import Job, JobState
+from app.core.store.files import atomic_write_json
+from app.ui.panes import PANES, PaneSpec
+from app.ui.services import Services
+
+UI_STATE_FILE = "ui-state.json"
+
+
+class _HardwareProbe(QObject, QRunnable):
+    """Finds hardware off the UI thread (nvidia-smi can take a moment)."""
+
+    found = Signal(str, str)
+
+    def __init__(self) -> None:
+        QObject.__init__(self)
+        QRunnable.__init__(self)
+        self.setAutoDelete(False)
+
+    def run(self) -> None:
+        from app.core.system.hardware import detect_hardware
+
+        hw = detect_hardware()
+        self.found.emit(hw.summary(), hw.gpu_note)
+
+
+class MainWindow(QMainWindow):
+    """Hosts the panes; builds each one the first time it is shown."""
+
+    def __init__(self, services: Services) -> None:
+        super().__init__()
+        self.services = services
+        self.setWindowTitle(f"DemoAI — {services.workspace.root}")
+        self.resize(1200, 780)
+        self._panes: dict[str, QWidget] = {}
+        self._specs: list[PaneSpec] = list(PANES)
+
+        self.sidebar = QListWidget()
+        self.sidebar.setObjectName("sidebar")
+        self.sidebar.setMaximumWidth(220)
+        for spec in self._specs:
+            item = QListWidgetItem(spec.name)
+            item.setToolTip(spec.tooltip)
+            self.sidebar.addItem(item)
+        self.stack = QStackedWidget()
+        for _ in self._specs:
+            self.stack.addWidget(QWidget())  # replaced by the real pane on first show
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.sidebar)
+        self.splitter.addWidget(self.stack)
+        self.splitter.setStretchFactor(1, 1)
+        self.setCentralWidget(self.splitter)
+        self.sidebar.currentRowChanged.connect(self.show_pane_at)
+
+        self.hw_label = QLabel("Detecting hardware…")
+        self.jobs_label = QLabel("")
+        self.net_label = QLabel("")
+        sb = self.statusBar()
+        sb.addWidget(self.hw_label, 1)
+        sb.addPermanentWidget(self.net_label)
+        sb.addPermanentWidget(self.jobs_label)
+        self._update_network_label()
+        services.hub.jobs_changed.connect(self._update_jobs_label)
+
+        self._build_menu()
+        self._restore_state()
+        self._probe = _HardwareProbe()
+        self._probe.found.connect(self._hardware_found)
+        QThreadPool.globalInstance().start(self._probe)
+        services.hub.start()
+        self._update_jobs_label([])
+
+    # -- panes ----------------------------------------------------------------------
+    def pane(self, key: str) -> QWidget:
+        """The pane ``key``, built if needed, and shown."""
+        for i, spec in enumerate(self._specs):
+            if spec.key == key:
+                self.sidebar.setCurrentRow(i)
+                return self._panes[key]
+        raise KeyError(key)
+
+    def show_pane_at(self, row: int) -> None:
+        if not 0 <= row < len(self._specs):
+            return
+        spec = self._specs[row]
+        if spec.key not in self._panes:
+            module, _, cls = spec.widget.partition(":")
+            widget = getattr(importlib.import_module(module), cls)(self.services, self)
+            old = self.stack.widget(row)
+            if old is not None:
+                self.stack.removeWidget(old)
+                old.deleteLater()
+            self.stack.insertWidget(row, widget)
+            self._panes[spec.key] = widget
+        self.stack.setCurrentIndex(row)
+
+    # -- menu ----------------------------------------------------------------------------
+    def _build_menu(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        settings = QAction("&Settings…", self)
+        settings.setShortcut(QKeySequence.StandardKey.Preferences)
+        settings.triggered.connect(self.open_settings)
+        file_menu.addAction(settings)
+        file_menu.addSeparator()
+        quit_action = QAction("&Quit", self)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.close)
+        file_menu.addAction(quit_action)
+        for i, spec in enumerate(self._specs[:9]):
+            act = QAction(spec.name, self)
+            act.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
+            act.triggered.connect(lambda _=False, r=i: self.sidebar.setCurrentRow(r))
+            self.addAction(act)
+
+    def open_settings(self) -> None:
+        from app.ui.qt_settings_dialog import SettingsDialog
+
+        dlg = SettingsDialog(self.services.workspace, self)
+        if dlg.exec():
+            self._update_network_label()
+
+    # -- status bar ------------------------------------------------------------------------
+    def _hardware_found(self, summary: str, note: str) -> None:
+        self.hw_label.setText(summary)
+        self.hw_label.setToolTip(note or summary)
+
+    def _update_network_label(self) -> None:
+        off = self.services.workspace.settings.offline
+        self.net_label.setText("Offline" if off else "Network on")
+        self.net_label.setToolTip(
+            "No network calls are made. Turn network on in Settings to download models."
+            if off
+            else "Downloads from the Hugging Face Hub are allowed."
+        )
+
+    def _update_jobs_label(self, _: list[Job]) -> None:
+        live = self.services.jobs.list_jobs(
+            {JobState.RUNNING, JobState.CANCELLING, JobState.QUEUED}
+        )
+        running = sum(1 for j in live if j.state != JobState.QUEUED)
+        queued = len(live) - running
+        text = f"{running} job{'s' if running != 1 else ''} running"
+        if queued:
+            text += f", {queued} queued"
+        self.jobs_label.setText(text)
+
+    # -- window state -----------------------------------------------------------------------
+    def _state_path(self) -> Any:
+        return self.services.workspace.root / UI_STATE_FILE
+
+    def _restore_state(self) -> None:
+        row = 0
+        try:
+            state = json.loads(self._state_path().read_text())
+            if g := state.get("geometry"):
+                self.restoreGeometry(QByteArray(base64.b64decode(g)))
+            if s := state.get("window_state"):
+                self.restoreState(QByteArray(base64.b64decode(s)))
+            if sizes := state.get("splitter"):
+                self.splitter.setSizes([int(x) for x in sizes])
+            keys = [s.key for s in self._specs]
+            if state.get("pane") in keys:
+                row = keys.index(state["pane"])
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass  # no or unreadable state: defaults
+        self.sidebar.setCurrentRow(row)
+
+    def save_state(self) -> None:
+        row = self.sidebar.currentRow()
+        state = {
+            "geometry": base64.b64encode(bytes(self.saveGeometry().data())).decode(),
+            "window_state": base64.b64encode(bytes(self.saveState().data())).decode(),
+            "splitter": self.splitter.sizes(),
+            "pane": self._specs[row].key if 0 <= row < len(self._specs) else None,
+        }
+        try:
+            atomic_write_json(self._state_path(), state)
+        except OSError:
+            pass  # a read-only workspace must not stop the window from closing
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.save_state()
+        self.services.hub.stop()
+        for pane in self._panes.values():
+            closer = getattr(pane, "shutdown", None)
+            if callable(closer):
+                closer()
+        super().closeEvent(event)

@@ -1,0 +1,1 @@
+"""The process boundary: start, watch and cancel job processes; the child entry point. No Qt."""

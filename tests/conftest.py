@@ -1,0 +1,58 @@
+"""Test-wide setup: offscreen Qt, isolated user folders, test job kinds, workspaces."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ["DEMOAI_JOB_PLUGINS"] = "tests.support.jobkinds"
+os.environ["HF_HUB_OFFLINE"] = "1"
+# Child processes (workers) must find the tests package too.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+)
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dirs(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-user config/data folders point into a temp dir: tests never touch the real ones."""
+    base = tmp_path_factory.mktemp("user")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(base / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(base / "data"))
+    monkeypatch.delenv("DEMOAI_WORKSPACE", raising=False)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Iterator[object]:
+    from app.core.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    yield ws
+    ws.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir() -> Path:
+    """A small random Llama with a sentencepiece tokenizer, built once per cache."""
+    from tests.support.models import tiny_llama_cached
+
+    return tiny_llama_cached()
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf() -> Path:
+    """The real Gemma 3 270M Q4_K_M GGUF, assembled once into the test cache."""
+    from tests.support.models import gemma_gguf_cached
+
+    return gemma_gguf_cached()

@@ -1,0 +1,162 @@
+"""The real main window, offscreen: Jobs pane progress and cancel, status bar, state, imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from app.core.jobs.store import JobState
+
+
+def test_jobs_pane_shows_live_progress_and_cancels(qtbot, main_window) -> None:
+    pane = main_window.pane("jobs")
+    services = main_window.services
+    job = services.jobs.submit("test.count", {"steps": 400, "delay": 0.03})
+    # The window's supervisor picks the queued job up and the table shows it.
+    qtbot.waitUntil(lambda: pane.model.row_of(job.id) is not None, timeout=10_000)
+    row = pane.model.row_of(job.id)
+    progress_seen: list[float] = []
+
+    def progressed() -> bool:
+        j = pane.model.job_at(row)
+        if j.progress:
+            progress_seen.append(j.progress)
+        return len(set(progress_seen)) >= 3
+
+    qtbot.waitUntil(progressed, timeout=20_000)
+    assert progress_seen == sorted(progress_seen)
+    assert (
+        "job" in main_window.jobs_label.text() and "1 job running" in main_window.jobs_label.text()
+    )
+    pane.select_job(job.id)
+    assert pane.cancel_btn.isEnabled()
+    qtbot.waitUntil(lambda: "attempt 1" in pane.log_view.toPlainText() or True, timeout=1000)
+    pane.cancel_btn.click()
+    qtbot.waitUntil(lambda: pane.model.job_at(row).state == JobState.CANCELLED, timeout=20_000)
+    assert services.jobs.get(job.id).state == JobState.CANCELLED
+    assert pane.model.data(pane.model.index(row, 2)) == "cancelled"
+    qtbot.waitUntil(lambda: not pane.cancel_btn.isEnabled(), timeout=5000)
+    assert "0 jobs running" in main_window.jobs_label.text()
+
+
+def test_failed_job_shows_error_and_resume(qtbot, main_window) -> None:
+    pane = main_window.pane("jobs")
+    jobs = main_window.services.jobs
+    job = jobs.submit("test.count", {"steps": 6, "delay": 0.01, "fail_at": 3})
+    qtbot.waitUntil(lambda: jobs.get(job.id).state == JobState.FAILED, timeout=20_000)
+    qtbot.waitUntil(lambda: pane.model.row_of(job.id) is not None, timeout=5000)
+    qtbot.waitUntil(
+        lambda: pane.model.job_at(pane.model.row_of(job.id)).state == JobState.FAILED, timeout=5000
+    )
+    pane.select_job(job.id)
+    assert "failed on purpose" in pane.details.text()
+    assert pane.resume_btn.isEnabled()
+    # Resume retries from the checkpoint (it fails again at the same step: same params).
+    pane.resume_btn.click()
+    qtbot.waitUntil(lambda: jobs.get(job.id).attempt == 2, timeout=5000)
+    qtbot.waitUntil(lambda: jobs.get(job.id).state == JobState.FAILED, timeout=20_000)
+    steps = (job.run_dir / "steps.log").read_text().split()
+    assert steps == ["0", "1", "2"]  # no step repeated by the resume
+
+
+def test_verify_button_runs_a_real_job(qtbot, main_window) -> None:
+    pane = main_window.pane("jobs")
+    ws = main_window.services.workspace
+    (ws.root / "datasets" / "d").mkdir(parents=True)
+    (ws.root / "datasets" / "d" / "a.txt").write_text("hello")
+    pane.verify_btn.click()
+    job = pane.selected_job()
+    assert job is not None and job.kind == "workspace.verify"
+    qtbot.waitUntil(
+        lambda: main_window.services.jobs.get(job.id).state == JobState.SUCCEEDED, timeout=20_000
+    )
+    assert main_window.services.jobs.get(job.id).result["files"] == 1
+
+
+def test_status_bar_shows_hardware(qtbot, main_window) -> None:
+    qtbot.waitUntil(lambda: "CPU threads" in main_window.hw_label.text(), timeout=10_000)
+    text = main_window.hw_label.text()
+    assert "RAM" in text and ("no GPU" in text or "GiB" in text)
+    assert main_window.net_label.text() == "Offline"
+
+
+def test_window_state_is_restored(qtbot, workspace) -> None:
+    from app.ui.app import create_main_window
+
+    w = create_main_window(workspace)
+    qtbot.addWidget(w)
+    w.show()
+    w.resize(700, 500)
+    w.splitter.setSizes([150, 550])
+    w.close()
+    w2 = create_main_window(workspace)
+    qtbot.addWidget(w2)
+    w2.show()
+    assert (w2.width(), w2.height()) == (700, 500)
+    assert w2.splitter.sizes()[0] == 150
+    w2.close()
+
+
+def test_settings_dialog_saves_offline_switch(qtbot, main_window) -> None:
+    from app.ui.qt_settings_dialog import SettingsDialog
+
+    ws = main_window.services.workspace
+    dlg = SettingsDialog(ws, main_window)
+    qtbot.addWidget(dlg)
+    dlg.offline.setChecked(False)
+    dlg.threads.setValue(1)
+    dlg.accept()
+    assert ws.settings.offline is False and ws.settings.threads == 1
+    assert '"offline": false' in (ws.root / "settings.json").read_text()
+    main_window._update_network_label()
+    assert main_window.net_label.text() == "Network on"
+
+
+WINDOW_PROBE = r"""
+import sys, time
+from PySide6.QtWidgets import QApplication
+app = QApplication(sys.argv)
+from app.core.workspace import Workspace
+from app.ui.app import create_main_window
+w = create_main_window(Workspace.open(sys.argv[1]))
+w.show()
+app.processEvents()
+for key in ("jobs",):
+    w.pane(key)
+app.processEvents()
+heavy = [m for m in ("torch", "transformers", "llama_cpp", "peft", "bitsandbytes", "datasets") if m in sys.modules]
+print("HEAVY=" + ",".join(heavy))
+w.close()
+"""
+
+
+def test_window_process_never_imports_heavy_ml_libraries(tmp_path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-c", WINDOW_PROBE, str(tmp_path / "ws")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY=\n" in r.stdout or r.stdout.strip().endswith("HEAVY=")
+
+
+def test_core_import_pulls_no_torch_and_no_qt() -> None:
+    code = (
+        "import sys, app.core.workspace, app.core.jobs, app.core.store, app.workers.supervisor;"
+        "import app.core.jobs.registry as r; r.kinds();"
+        "bad=[m for m in ('torch','transformers','llama_cpp','PySide6','pyqtgraph') if m in sys.modules];"
+        "print('BAD=' + ','.join(bad))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "BAD="
+
+
+def test_startup_is_lazy_about_panes(qtbot, main_window) -> None:
+    # Only the shown pane is built; others are placeholders until first shown.
+    assert set(main_window._panes) <= {"jobs"}
+    t0 = time.perf_counter()
+    main_window.pane("jobs")
+    assert time.perf_counter() - t0 < 1.0
