@@ -71,13 +71,15 @@ cache=${DEMOAI_WHEEL_CACHE:-$HOME/.cache/demoai/wheels}/llama_cpp_python-$llama_
 mkdir -p "$cache"
 if [ ! -f "$cache/sdist/llama_cpp_python-$llama_ver.tar.gz" ]; then
   log "downloading the llama-cpp-python $llama_ver source (it also carries llama.cpp's GGUF converter)"
-  "$vpy" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$llama_ver" -d "$cache/sdist"
+  "$vpy" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$llama_ver" -d "$cache/sdist" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+  [ -f "$cache/sdist/llama_cpp_python-$llama_ver.tar.gz" ] || { echo "[setup] could not download the llama-cpp-python source" >&2; exit 1; }
 fi
 if ! ls "$cache"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   log "building llama-cpp-python $llama_ver with CMAKE_ARGS='$cmake_args' (5-6 minutes, once)"
-  "$vpy" -m pip install -q --upgrade pip wheel setuptools
+  "$vpy" -m pip install -q --upgrade pip wheel setuptools >/dev/null 2>&1
   CMAKE_ARGS="$cmake_args" "$vpy" -m pip wheel -q --no-cache-dir --no-deps \
-    -w "$cache/build" "$cache/sdist/llama_cpp_python-$llama_ver.tar.gz"
+    -w "$cache/build" "$cache/sdist/llama_cpp_python-$llama_ver.tar.gz" >"$cache/build.log" 2>&1 \
+    || { tail -40 "$cache/build.log" >&2; echo "[setup] llama-cpp-python build failed; log: $cache/build.log" >&2; exit 1; }
   mv "$cache"/build/llama_cpp_python-*.whl "$cache/"
 fi
 # The converter lives in the sdist; unpack it once beside the wheel.
@@ -88,8 +90,11 @@ if [ ! -f "$cache/src/vendor/llama.cpp/convert_hf_to_gguf.py" ]; then
 fi
 
 log "installing DemoAI and its dependencies into $venv (torch: $([ "$cuda" = 1 ] && echo CUDA build || echo CPU 2.13.0))"
-"$vpy" -m pip install -q "$cache"/llama_cpp_python-*.whl "${constraints[@]}"
-"$vpy" -m pip install -q -e ".[dev]" "${constraints[@]}"
+piplog="$venv/setup-pip.log"
+pipq() { "$vpy" -m pip install -q "$@" >>"$piplog" 2>&1 || { tail -40 "$piplog" >&2; echo "[setup] pip failed; full log: $piplog" >&2; exit 1; }; }
+: >"$piplog"
+pipq "$cache"/llama_cpp_python-*.whl "${constraints[@]}"
+pipq -e ".[dev]" "${constraints[@]}"
 # Where the matching llama.cpp source (converter + gguf-py) lives, for exports.
 printf '%s\n' "$cache/src/vendor/llama.cpp" > "$venv/.demoai-llama-cpp-src"
 printf '%s' "$stamp" > "$venv/.demoai-stamp"

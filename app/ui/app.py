@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -11,8 +12,12 @@ if TYPE_CHECKING:
     from app.ui.qt_main_window import MainWindow
 
 
-def run_gui(workspace: str | None = None) -> int:
-    """Open the DemoAI window on ``workspace`` (or the remembered / default one)."""
+def run_gui(workspace: str | None = None, on_shown: Callable[[], None] | None = None) -> int:
+    """Open the DemoAI window on ``workspace`` (or the remembered / default one).
+
+    ``on_shown`` runs once the window has been shown and painted (bench/startup.py uses it).
+    """
+    from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
     from app.core.errors import DemoAIError
@@ -34,6 +39,8 @@ def run_gui(workspace: str | None = None) -> int:
         return exc.exit_code
     window = create_main_window(ws)
     window.show()
+    if on_shown is not None:
+        QTimer.singleShot(0, on_shown)
     return int(app.exec())
 
 

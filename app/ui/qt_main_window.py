@@ -58,6 +58,7 @@ class MainWindow(QMainWindow):
         self.sidebar = QListWidget()
         self.sidebar.setObjectName("sidebar")
         self.sidebar.setMaximumWidth(220)
+        self.sidebar.setStyleSheet("QListWidget#sidebar::item { padding: 6px 10px; }")
         for spec in self._specs:
             item = QListWidgetItem(spec.name)
             item.setToolTip(spec.tooltip)
