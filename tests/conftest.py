@@ -56,3 +56,37 @@ def gemma_gguf() -> Path:
     from tests.support.models import gemma_gguf_cached
 
     return gemma_gguf_cached()
+
+
+def _guard_network() -> None:
+    """Fail any connection to a non-loopback address made by the test process (offline by default)."""
+    import ipaddress
+    import socket
+
+    real_connect = socket.socket.connect
+    real_connect_ex = socket.socket.connect_ex
+
+    def _check(sock: socket.socket, address: object) -> None:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        host = address[0] if isinstance(address, tuple) else str(address)
+        try:
+            ok = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            ok = host == "localhost"
+        if not ok:
+            raise AssertionError(f"network call to {address!r} during tests: DemoAI is offline")
+
+    def connect(self: socket.socket, address: object) -> None:
+        _check(self, address)
+        real_connect(self, address)  # type: ignore[arg-type]
+
+    def connect_ex(self: socket.socket, address: object) -> int:
+        _check(self, address)
+        return real_connect_ex(self, address)  # type: ignore[arg-type]
+
+    socket.socket.connect = connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+
+
+_guard_network()

@@ -160,3 +160,34 @@ def test_startup_is_lazy_about_panes(qtbot, main_window) -> None:
     t0 = time.perf_counter()
     main_window.pane("jobs")
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_event_loop_stays_responsive_while_a_job_runs(qtbot, main_window) -> None:
+    from PySide6.QtCore import QElapsedTimer, QTimer
+
+    pane = main_window.pane("jobs")
+    job = main_window.services.jobs.submit("test.count", {"steps": 150, "delay": 0.01})
+    gaps: list[int] = []
+    clock = QElapsedTimer()
+    clock.start()
+    last = [clock.elapsed()]
+
+    def beat() -> None:
+        now = clock.elapsed()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(beat)
+    timer.start()
+    qtbot.waitUntil(
+        lambda: main_window.services.jobs.get(job.id).state == JobState.SUCCEEDED, timeout=30_000
+    )
+    qtbot.wait(300)
+    timer.stop()
+    assert pane.model.job_at(pane.model.row_of(job.id)).progress == 1.0
+    gaps.sort()
+    p95 = gaps[int(len(gaps) * 0.95)]
+    assert len(gaps) > 50
+    assert p95 <= 100, f"event loop p95 gap {p95} ms"
