@@ -20,5 +20,6 @@ class PaneSpec:
 
 #: The panes in sidebar order. Capabilities add theirs when they really work.
 PANES: list[PaneSpec] = [
+    PaneSpec("models", "Models", "app.ui.panes.models.qt_models_pane:ModelsPane", "Model library"),
     PaneSpec("jobs", "Jobs", "app.ui.panes.jobs.qt_jobs_pane:JobsPane", "Background jobs"),
 ]

@@ -1,0 +1,1 @@
+"""The Models pane: the model library with import, discover, download, remove and chat."""
