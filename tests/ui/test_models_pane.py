@@ -5,7 +5,9 @@ from __future__ import annotations
 from app.core.models.registry import ModelRegistry
 
 
-def test_import_gguf_shows_metadata_and_remove(qtbot, main_window, gemma_gguf, tiny_llama_dir) -> None:
+def test_import_gguf_shows_metadata_and_remove(
+    qtbot, main_window, gemma_gguf, tiny_llama_dir
+) -> None:
     pane = main_window.pane("models")
     assert pane.empty.isVisible() and "library is empty" in pane.empty.text()
     pane.start_import(str(gemma_gguf), copy=False)
@@ -15,7 +17,9 @@ def test_import_gguf_shows_metadata_and_remove(qtbot, main_window, gemma_gguf, t
     assert rec.architecture == "gemma3" and rec.quantization == "Q4_K_M"
     pane.select_model(rec.id)
     text = pane.details.toPlainText()
-    assert rec.sha256 in text and "referenced in place" in text and "gemma-3-270m-q4_k_m.gguf" in text
+    assert (
+        rec.sha256 in text and "referenced in place" in text and "gemma-3-270m-q4_k_m.gguf" in text
+    )
 
     pane.start_import(str(tiny_llama_dir), copy=True, name="tiny")
     qtbot.waitUntil(lambda: pane.model.rowCount() == 2, timeout=60_000)
