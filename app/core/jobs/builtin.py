@@ -30,3 +30,22 @@ register_kind(
         description="Download files of a Hugging Face Hub repo, verify them and register the model.",
     )
 )
+
+
+register_kind(
+    JobKind(
+        name="data.import",
+        entry="app.core.data.importers:import_job",
+        title="Import dataset",
+        description="Import CSV, TSV, JSON, JSONL, Parquet, an HF dataset folder or text as a dataset.",
+    )
+)
+
+register_kind(
+    JobKind(
+        name="data.apply",
+        entry="app.core.data.recipes:apply_job",
+        title="Prepare dataset",
+        description="Apply a recipe (a list of preparation steps) to a dataset version.",
+    )
+)

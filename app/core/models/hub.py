@@ -1,9 +1,10 @@
 """Hugging Face Hub: search, list a repo's files, and the ``models.pull`` download job.
 
 Every function here refuses to run while the workspace is offline. Downloads go
-to a staging folder inside ``models/`` (``huggingface_hub`` resumes partial
-files there), are checked against the repo's sizes and LFS sha256, and are then
-moved into the library.
+to a staging folder inside ``models/``; partial files are kept next to it (``*.parts``)
+and resumed with HTTP range requests when the job runs again (``huggingface_hub``'s own
+``hf_hub_download`` restarts from zero in a new process). Files are checked against the
+repo's sizes and LFS sha256, and are then moved into the library.
 """
 
 from __future__ import annotations
@@ -52,6 +53,19 @@ def require_online(ws: Any) -> None:
         )
 
 
+def _hub_online(ws: Any) -> None:
+    """Refuse when offline; otherwise let ``huggingface_hub`` make calls in this process.
+
+    ``huggingface_hub`` reads ``HF_HUB_OFFLINE`` once, at import. When it was imported while
+    the workspace was offline (the app started offline, then the user turned network on in
+    Settings), it would keep refusing every request, so the flag follows the workspace here.
+    """
+    require_online(ws)
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = False
+
+
 def validate_pull_params(
     repo_id: str, files: Sequence[str] | None = None, revision: str | None = None
 ) -> list[str] | None:
@@ -79,7 +93,7 @@ def validate_pull_params(
 
 def search(ws: Any, query: str, limit: int = 20) -> list[dict[str, Any]]:
     """Models on the Hub matching ``query`` (id, downloads, likes, tags)."""
-    require_online(ws)
+    _hub_online(ws)
     from huggingface_hub import HfApi
 
     try:
@@ -102,7 +116,7 @@ def list_repo_files(
     ws: Any, repo_id: str, revision: str | None = None
 ) -> tuple[str, list[RepoFile]]:
     """The commit sha a revision resolves to, and the repo's files with sizes and LFS sha256."""
-    require_online(ws)
+    _hub_online(ws)
     validate_pull_params(repo_id, None, revision)
     from huggingface_hub import HfApi
 
@@ -121,7 +135,14 @@ def list_repo_files(
 
 
 def _hub_error(exc: Exception) -> DemoAIError:
+    if isinstance(exc, DemoAIError):
+        return exc
     name = type(exc).__name__
+    if "OfflineModeIsEnabled" in name:
+        return OfflineError(
+            "Network is off for the Hugging Face libraries (HF_HUB_OFFLINE is set).",
+            "Turn network on in Settings and unset HF_HUB_OFFLINE.",
+        )
     if "RepositoryNotFound" in name or "RevisionNotFound" in name or "EntryNotFound" in name:
         return DemoAIError(
             f"Not found on the Hub: {exc}", "Check the repo id, revision and file names."
@@ -174,43 +195,28 @@ def pull_model(
 
     wanted = validate_pull_params(repo_id, files, revision)
     ws = ctx.workspace
-    require_online(ws)
+    _hub_online(ws)
     ctx.progress(None, f"Listing {repo_id}")
     commit, repo_files = list_repo_files(ws, repo_id, revision)
     chosen = _pick_files(repo_files, wanted)
     total = sum(f.size or 0 for f in chosen)
-    staging = ws.models_dir / ".staging" / f"{repo_id.replace('/', '--')}@{commit[:12]}"
+    key = f"{repo_id.replace('/', '--')}@{commit[:12]}"
+    staging = ws.models_dir / ".staging" / key
+    parts = ws.models_dir / ".staging" / f"{key}.parts"
     staging.mkdir(parents=True, exist_ok=True)
-    from huggingface_hub import hf_hub_download
 
     done = 0
-    tqdm_class = _progress_tqdm(ctx, lambda: done, total)
     for f in chosen:
         ctx.check_cancelled()
-        ctx.log(f"downloading {f.path} ({f.size or '?'} bytes)")
-        try:
-            hf_hub_download(
-                repo_id, f.path, revision=commit, local_dir=staging, tqdm_class=tqdm_class
-            )
-        except Exception as exc:
-            err = _hub_error(exc)
-            raise JobFailed(err.message, err.hint) from exc
         local = staging / f.path
-        size = local.stat().st_size
-        if f.size is not None and size != f.size:
+        if local.is_file() and _matches(local, f):
+            ctx.log(f"{f.path}: already downloaded and verified")
+        else:
             local.unlink(missing_ok=True)
-            raise JobFailed(
-                f"{f.path}: downloaded {size} bytes, the Hub lists {f.size}.", "Run the pull again."
-            )
-        if f.sha256:
-            ctx.progress(None, f"Verifying {f.path}")
-            if sha256_file(local) != f.sha256:
-                local.unlink(missing_ok=True)
-                raise JobFailed(
-                    f"{f.path} failed its sha256 check against the Hub's LFS record.",
-                    "The download was damaged; run the pull again.",
-                )
-        done += size
+            ctx.log(f"downloading {f.path} ({f.size if f.size is not None else '?'} bytes)")
+            _download_file(ctx, repo_id, commit, f, parts / (f.path + ".part"), local, done, total)
+        done += local.stat().st_size
+    shutil.rmtree(parts, ignore_errors=True)
     shutil.rmtree(staging / ".cache", ignore_errors=True)
     reg = ModelRegistry(ws)
     ref = f"{repo_id}@{commit}"
@@ -228,6 +234,88 @@ def pull_model(
     return result
 
 
+def _matches(local: Path, f: RepoFile) -> bool:
+    """Whether a file from an earlier attempt is complete and intact."""
+    if f.size is not None and local.stat().st_size != f.size:
+        return False
+    return f.sha256 is None or sha256_file(local) == f.sha256
+
+
+def _download_file(
+    ctx: Any, repo_id: str, commit: str, f: RepoFile, part: Path, dest: Path, done: int, total: int
+) -> None:
+    """Download one file into ``part`` (resuming what is there), verify it, move it to ``dest``."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+    from app.core.jobs.context import JobFailed
+
+    url = hf_hub_url(repo_id, f.path, revision=commit)
+    try:
+        meta = get_hf_file_metadata(url)
+    except Exception as exc:
+        err = _hub_error(exc)
+        raise JobFailed(err.message, err.hint) from exc
+    expected = f.size if f.size is not None else meta.size
+    location = meta.location or url
+    headers = build_hf_headers()
+    if urlsplit(location).netloc != urlsplit(url).netloc:
+        headers.pop("authorization", None)  # signed CDN URL: the token stays on the Hub
+    part.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.exists() else 0
+    if expected is not None and have > expected:
+        part.unlink()
+        have = 0
+    if have:
+        ctx.log(f"resuming {f.path} at {have} of {expected} bytes")
+    tqdm_class = _progress_tqdm(ctx, lambda: done, total)
+    try:
+        with open(part, "ab") as fh:
+            http_get(
+                location,
+                fh,
+                resume_size=have,
+                headers=headers,
+                expected_size=expected,
+                displayed_filename=f.path,
+                tqdm_class=tqdm_class,
+            )
+    except Exception as exc:
+        from app.core.jobs.context import Cancelled
+
+        if isinstance(exc, Cancelled | JobFailed):
+            raise
+        if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
+            part.unlink(missing_ok=True)
+            raise JobFailed(
+                f"{f.path}: the Hub sent a different number of bytes than it lists ({expected}).",
+                "Run the pull again.",
+            ) from exc
+        err = _hub_error(exc)
+        raise JobFailed(
+            err.message, (err.hint or "") + " Resume the job to continue the download."
+        ) from exc
+    size = part.stat().st_size
+    if expected is not None and size != expected:
+        part.unlink(missing_ok=True)
+        raise JobFailed(
+            f"{f.path}: downloaded {size} bytes, the Hub lists {expected}.", "Run the pull again."
+        )
+    if f.sha256:
+        ctx.progress(None, f"Verifying {f.path}")
+        if sha256_file(part) != f.sha256:
+            part.unlink(missing_ok=True)
+            raise JobFailed(
+                f"{f.path} failed its sha256 check against the Hub's LFS record.",
+                "The download was damaged; run the pull again.",
+            )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part.replace(dest)
+
+
 def _progress_tqdm(ctx: Any, done_before: Any, total: int) -> Any:
     """A silent tqdm class that turns huggingface_hub's byte counts into ``ctx.progress``."""
     import time
@@ -238,10 +326,11 @@ def _progress_tqdm(ctx: Any, done_before: Any, total: int) -> Any:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)
-            self._bytes = 0.0
+            self._bytes = float(kwargs.get("initial") or 0)  # bytes kept from an earlier try
             self._last = 0.0
 
         def update(self, n: float | None = 1) -> bool | None:
+            ctx.check_cancelled()  # stops the download between chunks; the part file stays
             self._bytes += n or 0
             now = time.monotonic()
             if total and now - self._last > 0.5:

@@ -131,6 +131,7 @@ def _check_writable(path: Path) -> None:
 def _register_core_schemas() -> None:
     # Importing the modules registers their migrations (cheap: plain SQL strings).
     import app.core.chat.conversations
+    import app.core.data.schema
     import app.core.jobs.store
     import app.core.models.registry
     import app.core.workspace.verify  # noqa: F401

@@ -31,6 +31,7 @@ from app.core.errors import DemoAIError
 from app.core.format import human_size
 from app.core.jobs.store import Job, JobState
 from app.core.models.registry import ModelRecord, ModelRegistry
+from app.ui.panes.models.qt_download_dialog import DownloadDialog
 from app.ui.panes.models.qt_models_table import SORT_ROLE, ModelsTableModel, human_params
 from app.ui.qt_errors import show_error
 from app.ui.services import Services
@@ -161,11 +162,16 @@ class ModelsPane(QWidget):
         self.import_file_btn = QPushButton("Import GGUF…")
         self.import_dir_btn = QPushButton("Import folder…")
         self.discover_btn = QPushButton("Discover…")
+        self.download_btn = QPushButton("Download…")
+        self.download_btn.setToolTip(
+            "Download a model from the Hugging Face Hub (needs network on)"
+        )
         self.remove_btn = QPushButton("Remove…")
         self.chat_btn = QPushButton("Chat")
         self.import_file_btn.clicked.connect(self.import_file)
         self.import_dir_btn.clicked.connect(self.import_folder)
         self.discover_btn.clicked.connect(self.discover)
+        self.download_btn.clicked.connect(self.open_download_dialog)
         self.remove_btn.clicked.connect(self.remove_selected)
         self.chat_btn.clicked.connect(self.chat_selected)
         bar = QHBoxLayout()
@@ -174,6 +180,7 @@ class ModelsPane(QWidget):
             self.import_file_btn,
             self.import_dir_btn,
             self.discover_btn,
+            self.download_btn,
             self.remove_btn,
             self.chat_btn,
         ):
@@ -198,8 +205,9 @@ class ModelsPane(QWidget):
             "<p><b>Import GGUF…</b> adds a .gguf file (from LM Studio, Ollama or a download).<br>"
             "<b>Import folder…</b> adds a Hugging Face model folder (safetensors) or a LoRA adapter.<br>"
             "<b>Discover…</b> finds models already on this machine: the Hugging Face cache, "
-            "LM Studio and Ollama.</p>"
-            "<p>Nothing is downloaded: DemoAI works offline.</p>"
+            "LM Studio and Ollama.<br>"
+            "<b>Download…</b> gets a model from the Hugging Face Hub once you turn network on.</p>"
+            "<p>Nothing is downloaded unless you ask: DemoAI works offline.</p>"
         )
         self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.empty.setWordWrap(True)
@@ -354,6 +362,20 @@ class ModelsPane(QWidget):
             for c in dlg.chosen():
                 self.start_import(c.path, dlg.copy.isChecked(), c.name)
 
+    def open_download_dialog(self) -> DownloadDialog:
+        """Search the Hub and start a download job; the table refreshes when it succeeds."""
+        dlg = DownloadDialog(self.services, self)
+        dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dlg.submitted.connect(self.track_job)
+        dlg.open()
+        return dlg
+
+    def track_job(self, job: Job) -> None:
+        """Refresh the library (or report the error) when this import/download job ends."""
+        self._import_jobs.add(job.id)
+        self.status.setText(f"{job.title or job.kind} started: see its progress in Jobs.")
+        self.services.hub.tick()
+
     def remove_selected(self) -> None:
         m = self.selected_model()
         if m is None:
@@ -397,6 +419,9 @@ class ModelsPane(QWidget):
                     self.select_model(job.result["model_id"])
                 self.services.bus.models_changed.emit()
             elif job.state == JobState.FAILED:
+                what = "Download" if job.kind == "models.pull" else "Import"
                 show_error(
-                    self, "Import failed", DemoAIError(job.error or "The import failed.", job.hint)
+                    self,
+                    f"{what} failed",
+                    DemoAIError(job.error or f"The {what.lower()} failed.", job.hint),
                 )

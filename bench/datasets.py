@@ -1,0 +1,205 @@
+"""Dataset import benchmark: our streaming JSONL import vs pyarrow's own JSON reader.
+
+Generates a JSONL file of N instruction-style rows (default 10 million), then,
+each in a fresh process so peak memory is its own:
+
+- ``pyarrow.json.read_json`` of the whole file (the baseline),
+- ``import_dataset`` into a temporary workspace (parse, write Parquet, hash),
+- opening the imported version and reading its first rows (time to first rows).
+
+Prints seconds, rows/s, the ratio of our throughput to pyarrow's (goal >= 0.8x)
+and peak RSS (goal <= 300 MB for the import).
+
+    python bench/datasets.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WORDS = (
+    "report invoice meeting customer ticket summary draft quarterly budget policy "
+    "printer access login refund schedule vendor contract review approve deadline "
+    "team office travel expense laptop network update release migration audit"
+).split()
+
+
+def generate(path: Path, rows: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    tasks = ["summarize", "classify", "extract", "email", "rewrite"]
+    with open(path, "w", encoding="utf-8") as fh:
+        buf: list[str] = []
+        for i in range(rows):
+            words = rng.choices(WORDS, k=rng.randint(8, 30))
+            buf.append(
+                json.dumps(
+                    {
+                        "id": i,
+                        "instruction": f"Please {rng.choice(tasks)} the following text.",
+                        "input": " ".join(words),
+                        "output": " ".join(words[: len(words) // 2]),
+                        "score": round(rng.random(), 4),
+                    }
+                )
+            )
+            if len(buf) >= 100_000:
+                fh.write("\n".join(buf) + "\n")
+                buf.clear()
+        if buf:
+            fh.write("\n".join(buf) + "\n")
+
+
+def _peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / (1024 * 1024)
+
+
+def child(mode: str, path: str, ws: str) -> None:
+    """Run one measurement in this process and print a JSON line."""
+    if mode == "pyarrow":
+        import pyarrow.json as pajson
+
+        t0 = time.perf_counter()
+        table = pajson.read_json(path)
+        dt = time.perf_counter() - t0
+        print(json.dumps({"seconds": dt, "rows": table.num_rows, "rss_mb": _peak_rss_mb()}))
+    elif mode == "import":
+        sys.path.insert(0, str(ROOT))
+        import app.core.data.store as store_mod
+        from app.core.data.importers import import_dataset
+        from app.core.workspace import Workspace
+
+        store_mod.PARQUET_COMPRESSION = os.environ.get("BENCH_COMPRESSION", "snappy")
+        w = Workspace.open(ws)
+        t0 = time.perf_counter()
+        res = import_dataset(w, path, name="bench", format="jsonl")
+        dt = time.perf_counter() - t0
+        print(
+            json.dumps(
+                {
+                    "seconds": dt,
+                    "rows": res.version.rows,
+                    "rss_mb": _peak_rss_mb(),
+                    "ref": res.version.dataset_id,
+                    "parquet_mb": res.version.data_path.stat().st_size / 1e6,
+                }
+            )
+        )
+    elif mode == "open":
+        sys.path.insert(0, str(ROOT))
+        t0 = time.perf_counter()
+        from app.core.data.store import DatasetStore
+        from app.core.workspace import Workspace
+
+        w = Workspace.open(ws)
+        store = DatasetStore(w)
+        ref = store.list_datasets()[0].id
+        pf = store.parquet_file(ref)
+        first = pf.read_row_group(0).slice(0, 50).to_pylist()
+        dt = time.perf_counter() - t0
+        # A random block deep in the file (a scrolled screen) from the cold file handle.
+        t1 = time.perf_counter()
+        mid = pf.read_row_group(pf.num_row_groups // 2).slice(0, 50).to_pylist()
+        dt_mid = time.perf_counter() - t1
+        print(
+            json.dumps(
+                {
+                    "seconds": dt,
+                    "block_seconds": dt_mid,
+                    "rows": len(first) + len(mid),
+                    "rss_mb": _peak_rss_mb(),
+                }
+            )
+        )
+
+
+def _run(mode: str, path: Path, ws: Path, repeat: int = 1) -> dict[str, float]:
+    """Best time of ``repeat`` runs (the machine may be shared), largest peak RSS."""
+    runs = [_run_once(mode, path, ws) for _ in range(repeat)]
+    best = min(runs, key=lambda r: r["seconds"])
+    return {**best, "rss_mb": max(r["rss_mb"] for r in runs)}
+
+
+def _run_once(mode: str, path: Path, ws: Path) -> dict[str, float]:
+    if mode == "import" and ws.exists():
+        import shutil
+
+        shutil.rmtree(ws)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(path), str(ws)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{mode} failed:\n{out.stderr}")
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--file", type=Path, help="use this JSONL file instead of generating one")
+    ap.add_argument(
+        "--compression", default="snappy", help="Parquet codec of the import (snappy, none, zstd)"
+    )
+    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (best time)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated file and workspace")
+    ap.add_argument("--child", nargs=3, metavar=("MODE", "PATH", "WS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return 0
+    tmp = Path(tempfile.mkdtemp(prefix="demoai-bench-"))
+    path = args.file or tmp / "bench.jsonl"
+    if args.file is None:
+        t0 = time.perf_counter()
+        generate(path, args.rows)
+        print(
+            f"generated {args.rows:,} rows, {path.stat().st_size / 1e6:,.0f} MB in {time.perf_counter() - t0:.1f} s"
+        )
+    size_mb = path.stat().st_size / 1e6
+    os.environ["BENCH_COMPRESSION"] = args.compression
+    base = _run("pyarrow", path, tmp / "ws", args.repeat)
+    ours = _run("import", path, tmp / "ws", args.repeat)
+    opened = _run("open", path, tmp / "ws")
+    rows = ours["rows"]
+    print(f"file                       {size_mb:,.0f} MB, {rows:,.0f} rows, {os.cpu_count()} CPUs")
+    print(
+        f"pyarrow.json.read_json     {base['seconds']:7.2f} s  {base['rows'] / base['seconds']:>12,.0f} rows/s  "
+        f"peak RSS {base['rss_mb']:,.0f} MB"
+    )
+    print(
+        f"demoai import ({args.compression:<8})  {ours['seconds']:7.2f} s  {rows / ours['seconds']:>12,.0f} rows/s  "
+        f"peak RSS {ours['rss_mb']:,.0f} MB  (parquet {ours['parquet_mb']:,.0f} MB)"
+    )
+    ratio = base["seconds"] / ours["seconds"]
+    print(f"(best of {args.repeat} runs each, each in a fresh process)")
+    print(f"throughput ratio           {ratio:.2f}x pyarrow (goal >= 0.8x)")
+    print(
+        f"open + first 50 rows       {opened['seconds'] * 1000:7.0f} ms (incl. imports; goal <= 1 s), "
+        f"a block mid-file {opened['block_seconds'] * 1000:.0f} ms"
+    )
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        print(f"kept {tmp}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""``demoai data ...`` as real processes: import (a worker job), list, versions, export, recipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROWS = [
+    {"instruction": "Greet", "input": "", "output": "Hello"},
+    {"instruction": "Mail", "input": "ann@example.com", "output": "Done"},
+    {"instruction": "Greet", "input": "", "output": "Hello"},
+]
+
+
+def demoai(ws: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", "--workspace", str(ws), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+    )
+
+
+def test_import_list_versions_export_and_recipe(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    r = demoai(ws, "data", "import", str(src), "--name", "mail", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "100%" in r.stderr and "succeeded" in r.stderr
+    imported = json.loads(r.stdout)
+    assert imported["rows"] == 3 and imported["name"] == "mail"
+    ds = imported["dataset_id"]
+
+    listed = json.loads(demoai(ws, "data", "list", "--json").stdout)
+    assert [(d["name"], d["rows"], d["current_version"]) for d in listed] == [
+        ("mail", 3, imported["version"])
+    ]
+
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"steps": [{"name": "dedupe"}, {"name": "redact_pii"}]}))
+    r = demoai(ws, "data", "apply-recipe", "mail", str(recipe), "--json")
+    assert r.returncode == 0, r.stderr
+    applied = json.loads(r.stdout)
+    assert applied["rows"] == 2 and len(applied["versions"]) == 2
+
+    versions = json.loads(demoai(ws, "data", "versions", ds, "--json").stdout)
+    assert [v["operation"]["name"] for v in versions] == ["import", "dedupe", "redact_pii"]
+    assert [v["current"] for v in versions] == [False, False, True]
+
+    out = tmp_path / "out.jsonl"
+    r = demoai(
+        ws,
+        "data",
+        "export",
+        f"{ds}@{imported['version'][:10]}",
+        "--format",
+        "jsonl",
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x) for x in out.read_text().splitlines()] == ROWS
+    out_csv = tmp_path / "out.csv"
+    r = demoai(ws, "data", "export", "mail", "--format", "csv", "--out", str(out_csv))
+    assert r.returncode == 0, r.stderr
+    assert out_csv.read_text().splitlines()[2] == '"Mail","[EMAIL]","Done"'
+
+    d = json.loads(
+        demoai(ws, "data", "diff", ds, imported["version"], applied["version"], "--json").stdout
+    )
+    assert (d["rows_removed"], d["rows_added"]) == (2, 1)
+    shown = json.loads(demoai(ws, "data", "show", ds, "--rows", "1", "--json").stdout)
+    assert shown["head"] == [{"instruction": "Greet", "input": "", "output": "Hello"}]
+
+
+def test_failed_import_reports_lines_and_leaves_no_dataset(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    src = tmp_path / "bad.csv"
+    src.write_text("a,b\n1,2\n3\n4,5\n")
+    r = demoai(ws, "data", "import", str(src))
+    assert r.returncode == 1
+    assert "bad.csv line 3: expected 2 fields, found 1" in r.stderr
+    assert json.loads(demoai(ws, "data", "list", "--json").stdout) == []
+    assert list((ws / "datasets").iterdir()) == []
+    r = demoai(ws, "data", "import", str(src), "--skip-bad", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bad_rows"] == 1
+    r = demoai(ws, "data", "show", "nope")
+    assert r.returncode == 2 and "No dataset 'nope'" in r.stderr
