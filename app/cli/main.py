@@ -11,7 +11,13 @@ from collections.abc import Callable
 from app.core.errors import DemoAIError
 
 #: Modules that add subcommands: each has ``register(subparsers)``.
-COMMAND_MODULES = ("app.cli.info", "app.cli.jobs", "app.cli.models", "app.cli.data")
+COMMAND_MODULES = (
+    "app.cli.info",
+    "app.cli.jobs",
+    "app.cli.models",
+    "app.cli.data",
+    "app.cli.serve",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

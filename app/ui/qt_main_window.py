@@ -58,6 +58,8 @@ class MainWindow(QMainWindow):
         self.sidebar = QListWidget()
         self.sidebar.setObjectName("sidebar")
         self.sidebar.setMaximumWidth(220)
+        self.sidebar.setMinimumWidth(110)
+        self.sidebar.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.sidebar.setStyleSheet("QListWidget#sidebar::item { padding: 6px 10px; }")
         for spec in self._specs:
             item = QListWidgetItem(spec.name)
@@ -70,6 +72,7 @@ class MainWindow(QMainWindow):
         self.splitter.addWidget(self.sidebar)
         self.splitter.addWidget(self.stack)
         self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([150, 1050])
         self.setCentralWidget(self.splitter)
         self.sidebar.currentRowChanged.connect(self.show_pane_at)
 
@@ -82,6 +85,7 @@ class MainWindow(QMainWindow):
         sb.addPermanentWidget(self.jobs_label)
         self._update_network_label()
         services.hub.jobs_changed.connect(self._update_jobs_label)
+        services.bus.chat_with_model.connect(self._chat_with)
 
         self._build_menu()
         self._restore_state()
@@ -114,6 +118,10 @@ class MainWindow(QMainWindow):
             self.stack.insertWidget(row, widget)
             self._panes[spec.key] = widget
         self.stack.setCurrentIndex(row)
+
+    def _chat_with(self, model_id: str) -> None:
+        chat = self.pane("chat")
+        chat.chat_with(model_id)  # type: ignore[attr-defined]
 
     # -- menu ----------------------------------------------------------------------------
     def _build_menu(self) -> None:

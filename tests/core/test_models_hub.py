@@ -19,6 +19,9 @@ class _Ctx:
     def progress(self, fraction: float | None, message: str = "") -> None:
         self.events.append((fraction, message))
 
+    def check_cancelled(self) -> None:
+        pass
+
 
 def test_offline_refusals(workspace: Any) -> None:
     assert workspace.settings.offline

@@ -21,5 +21,6 @@ class PaneSpec:
 #: The panes in sidebar order. Capabilities add theirs when they really work.
 PANES: list[PaneSpec] = [
     PaneSpec("models", "Models", "app.ui.panes.models.qt_models_pane:ModelsPane", "Model library"),
+    PaneSpec("chat", "Chat", "app.ui.panes.chat.qt_chat_pane:ChatPane", "Chat with a model"),
     PaneSpec("jobs", "Jobs", "app.ui.panes.jobs.qt_jobs_pane:JobsPane", "Background jobs"),
 ]

@@ -1,0 +1,276 @@
+"""The engine interface and the registry of engines by model format.
+
+An engine loads one model from a path and streams text. Engines for heavy
+libraries live in their own modules and import those libraries only when a
+model is loaded, so importing this package stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from app.core.errors import ConfigError, DemoAIError
+from app.core.infer.sampling import SamplingParams
+from app.core.infer.templates import ChatTemplate, guess_preset, preset
+
+__all__ = [
+    "FORMATS",
+    "Chunk",
+    "ContextOverflowError",
+    "Engine",
+    "EngineOptions",
+    "InferenceError",
+    "ModelLoadError",
+    "UnsupportedError",
+    "Usage",
+    "create_engine",
+    "detect_format",
+    "engine_class",
+    "open_engine",
+    "register_engine",
+]
+
+
+class InferenceError(DemoAIError):
+    """Inference failed. ``http_status``/``error_type``/``code`` map it to an API error."""
+
+    http_status = 500
+    error_type = "server_error"
+    code = "inference_error"
+
+
+class ModelLoadError(InferenceError):
+    """A model could not be loaded (missing, truncated, unsupported or unsafe files)."""
+
+    code = "model_load_failed"
+
+
+class ContextOverflowError(InferenceError):
+    """The prompt does not fit the model's context window."""
+
+    http_status = 400
+    error_type = "invalid_request_error"
+    code = "context_length_exceeded"
+
+    def __init__(self, prompt_tokens: int, context_length: int) -> None:
+        super().__init__(
+            f"This model's maximum context length is {context_length} tokens, "
+            f"but the prompt has {prompt_tokens} tokens.",
+            "Shorten the prompt or the conversation.",
+        )
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
+
+
+class UnsupportedError(InferenceError):
+    """The engine cannot do what was asked (e.g. embeddings)."""
+
+    http_status = 400
+    error_type = "invalid_request_error"
+    code = "unsupported"
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of streamed text. The last chunk of a stream carries ``finish_reason`` and ``usage``."""
+
+    text: str
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to run a model: CPU threads, context size, a preset template, a LoRA base."""
+
+    threads: int = 0
+    n_ctx: int | None = None
+    template: str | None = None
+    base_path: Path | None = None
+
+    @property
+    def n_threads(self) -> int:
+        """Threads to use: ``threads``, or the number of cores when 0."""
+        return self.threads if self.threads > 0 else max(1, os.cpu_count() or 1)
+
+
+class Engine(ABC):
+    """One loaded model. Not thread-safe: the caller serialises requests."""
+
+    formats: ClassVar[tuple[str, ...]] = ()
+    supports_embeddings: ClassVar[bool] = False
+
+    def __init__(self, options: EngineOptions | None = None) -> None:
+        self.options = options or EngineOptions()
+        self.path: Path | None = None
+        self._template: ChatTemplate | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    @abstractmethod
+    def load(self, path: Path) -> None:
+        """Load the model at ``path``; raises :class:`ModelLoadError`."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the model. Safe to call twice."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- tokens ------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def context_length(self) -> int:
+        """Tokens the loaded context holds (prompt + completion)."""
+
+    @abstractmethod
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """Token ids of ``text`` (with BOS when ``add_special`` and the model uses one)."""
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    # -- generation --------------------------------------------------------------
+    @abstractmethod
+    def complete(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
+        """Stream a completion of ``prompt``; the last chunk has ``finish_reason`` and ``usage``.
+
+        Raises :class:`ContextOverflowError` before generating when the prompt does
+        not fit.
+        """
+
+    def chat(
+        self, messages: Sequence[Mapping[str, Any]], params: SamplingParams
+    ) -> Iterator[Chunk]:
+        """Stream the assistant's reply to ``messages``, using the chat template."""
+        template = self.chat_template
+        prompt = template.render(messages, add_generation_prompt=True)
+        return self.complete(prompt, params.with_stop(template.stop))
+
+    def embeddings(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, when the engine supports it."""
+        raise UnsupportedError(
+            f"The {type(self).__name__} cannot compute embeddings for this model."
+        )
+
+    # -- templates ---------------------------------------------------------------
+    @property
+    def chat_template(self) -> ChatTemplate:
+        """The preset given in options, else the model's own template, else a guessed preset."""
+        if self._template is None:
+            bos, eos = self.special_tokens()
+            if self.options.template:
+                self._template = preset(self.options.template, bos_token=bos, eos_token=eos)
+            else:
+                source = self.model_template()
+                if source:
+                    self._template = ChatTemplate(
+                        source, bos, eos, name="model", stop=(eos,) if eos else ()
+                    )
+                else:
+                    self._template = preset(
+                        guess_preset(self.architecture()),
+                        bos_token=bos or None,
+                        eos_token=eos or None,
+                    )
+        return self._template
+
+    def model_template(self) -> str | None:
+        """The chat template shipped with the model, if any."""
+        return None
+
+    def special_tokens(self) -> tuple[str, str]:
+        """The model's BOS and EOS token texts ("" when unknown)."""
+        return "", ""
+
+    def architecture(self) -> str | None:
+        return None
+
+
+#: Model format -> "module:Class" of its engine, imported on first use.
+_REGISTRY: dict[str, str] = {
+    "gguf": "app.core.infer.llama_engine:LlamaEngine",
+    "hf": "app.core.infer.hf_engine:HFEngine",
+    "lora": "app.core.infer.hf_engine:HFEngine",
+}
+FORMATS: tuple[str, ...] = ("hf", "gguf", "lora")
+
+
+def register_engine(fmt: str, target: str) -> None:
+    """Register an engine class (``"module:Class"``) for a model format."""
+    _REGISTRY[fmt] = target
+
+
+def engine_class(fmt: str) -> type[Engine]:
+    try:
+        target = _REGISTRY[fmt]
+    except KeyError:
+        raise ConfigError(
+            f"No inference engine for model format {fmt!r}.",
+            f"Known formats: {', '.join(sorted(_REGISTRY))}.",
+        ) from None
+    module, _, name = target.partition(":")
+    cls: type[Engine] = getattr(importlib.import_module(module), name)
+    return cls
+
+
+def create_engine(fmt: str, options: EngineOptions | None = None) -> Engine:
+    """An unloaded engine for ``fmt``."""
+    return engine_class(fmt)(options)
+
+
+def open_engine(
+    path: str | os.PathLike[str], fmt: str | None = None, options: EngineOptions | None = None
+) -> Engine:
+    """Create the engine for ``path`` (format detected when not given) and load the model."""
+    p = Path(path)
+    engine = create_engine(fmt or detect_format(p), options)
+    try:
+        engine.load(p)
+    except BaseException:
+        engine.close()
+        raise
+    return engine
+
+
+def detect_format(path: Path) -> str:
+    """``gguf`` for a .gguf file, ``lora`` for an adapter folder, ``hf`` for a model folder."""
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return "gguf"
+        raise ModelLoadError(f"{path} is not a GGUF file.", "Give a .gguf file or a model folder.")
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file():
+            return "lora"
+        if (path / "config.json").is_file():
+            return "hf"
+        raise ModelLoadError(
+            f"{path} holds neither a model (config.json) nor a LoRA adapter (adapter_config.json)."
+        )
+    raise ModelLoadError(f"There is no model at {path}.")

@@ -1,0 +1,173 @@
+"""GGUF models through llama.cpp (llama-cpp-python), imported only when a model loads."""
+
+from __future__ import annotations
+
+import codecs
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from app.core.infer.engines import (
+    Chunk,
+    ContextOverflowError,
+    Engine,
+    ModelLoadError,
+    Usage,
+)
+from app.core.infer.sampling import SamplingParams, StopBuffer
+
+#: Context size used when the caller gives none (the model's own may be far larger
+#: and its KV cache would take gigabytes).
+DEFAULT_N_CTX = 4096
+
+
+class LlamaEngine(Engine):
+    """A GGUF model in an in-process ``llama_cpp.Llama``."""
+
+    formats = ("gguf",)
+
+    _llm: Any = None
+
+    def load(self, path: Path) -> None:
+        if not path.is_file():
+            raise ModelLoadError(f"There is no GGUF file at {path}.")
+        with path.open("rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise ModelLoadError(f"{path} is not a GGUF file (bad magic).")
+        from llama_cpp import Llama
+
+        threads = self.options.n_threads
+        try:
+            self._llm = Llama(
+                model_path=str(path),
+                n_ctx=self.options.n_ctx or DEFAULT_N_CTX,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(
+                f"llama.cpp could not load {path.name}: {exc}",
+                "The file may be truncated or of an unsupported architecture.",
+            ) from exc
+        self.path = path
+
+    def close(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.close()
+
+    @property
+    def llm(self) -> Any:
+        """The underlying ``llama_cpp.Llama`` (for benchmarks and tests)."""
+        if self._llm is None:
+            raise ModelLoadError("No model is loaded.")
+        return self._llm
+
+    @property
+    def context_length(self) -> int:
+        return int(self.llm.n_ctx())
+
+    def _metadata(self) -> dict[str, str]:
+        meta: dict[str, str] = getattr(self.llm, "metadata", None) or {}
+        return meta
+
+    def model_template(self) -> str | None:
+        return self._metadata().get("tokenizer.chat_template") or None
+
+    def architecture(self) -> str | None:
+        return self._metadata().get("general.architecture")
+
+    def special_tokens(self) -> tuple[str, str]:
+        llm = self.llm
+
+        def text(tok: int) -> str:
+            if tok < 0:
+                return ""
+            return bytes(llm.detokenize([tok], special=True)).decode("utf-8", "replace")
+
+        return text(llm.token_bos()), text(llm.token_eos())
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
+
+    def _prompt_tokens(self, prompt: str) -> list[int]:
+        # A rendered chat template often starts with the BOS text already: don't add a second.
+        bos, _ = self.special_tokens()
+        add_bos = not (bos and prompt.startswith(bos))
+        return self.tokenize(prompt, add_special=add_bos)
+
+    def complete(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
+        import llama_cpp
+
+        llm = self.llm
+        tokens = self._prompt_tokens(prompt)
+        n_ctx = self.context_length
+        if len(tokens) >= n_ctx:
+            raise ContextOverflowError(len(tokens), n_ctx)
+        return self._generate(llm, llama_cpp, tokens, params, n_ctx)
+
+    def _generate(
+        self, llm: Any, lib: Any, tokens: Sequence[int], params: SamplingParams, n_ctx: int
+    ) -> Iterator[Chunk]:
+        room = n_ctx - len(tokens)
+        max_tokens = min(params.max_tokens or room, room)
+        llm.set_seed(params.seed if params.seed is not None else random.randrange(2**32))
+        _prefill(llm, tokens)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = StopBuffer(params.stop)
+        vocab = llm._model.vocab
+        n_out = 0
+        finish = "length"
+        hit = False
+        for token in llm.generate(
+            tokens,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            temp=params.temperature,
+            repeat_penalty=params.repeat_penalty,
+        ):
+            if lib.llama_vocab_is_eog(vocab, token):
+                finish = "stop"
+                break
+            n_out += 1
+            text = decoder.decode(bytes(llm.detokenize([token])))
+            out, hit = stops.feed(text)
+            if hit:
+                if out:
+                    yield Chunk(out)
+                finish = "stop"
+                break
+            if out:
+                yield Chunk(out)
+            if n_out >= max_tokens:
+                break
+        # After a stop string, what was held back is the stop string itself: drop it.
+        tail = "" if hit else stops.flush() + decoder.decode(b"", final=True)
+        yield Chunk(tail, finish_reason=finish, usage=Usage(len(tokens), n_out))
+
+
+def _prefill(llm: Any, tokens: Sequence[int]) -> None:
+    """Evaluate all prompt tokens but the last, reusing the KV cache's common prefix.
+
+    ``Llama.generate`` then always evaluates the last prompt token on its own. The
+    logits of a token evaluated alone differ slightly from those of the same token
+    at the end of a batch, so without this a seeded request gave one text on a
+    fresh context and another when the prompt was cached.
+    """
+    cached = llm.input_ids[: llm.n_tokens]
+    n = 0
+    for a, b in zip(cached, tokens[:-1], strict=False):
+        if a != b:
+            break
+        n += 1
+    if n >= len(tokens) - 1:
+        return
+    if n == 0 or not llm._ctx.kv_cache_seq_rm(-1, n, -1):
+        llm.reset()
+        n = 0
+    else:
+        llm.n_tokens = n
+    llm.eval(tokens[n:-1])

@@ -1,0 +1,1 @@
+"""The Chat pane: conversations as trees, streamed from the local model host."""

@@ -1,0 +1,653 @@
+"""The model host: an OpenAI-compatible HTTP server over our inference engines.
+
+Run as ``python -m app.workers.host --model NAME=PATH[:FORMAT] ... --port N``.
+A stdlib ``ThreadingHTTPServer``; every ``/v1`` route needs the bearer token
+(``--api-key`` or the ``DEMOAI_HOST_API_KEY`` environment variable, which keeps
+it out of the process list). Models load on first use; one request at a time
+runs per model (its lock is the queue). Each request is logged as a JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import ipaddress
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from app.core.errors import ConfigError, DemoAIError
+
+API_KEY_ENV = "DEMOAI_HOST_API_KEY"
+FORMATS = ("hf", "gguf", "lora")
+MAX_BODY = 32 * 1024 * 1024
+
+
+class HostError(DemoAIError):
+    """An API error with its HTTP status, OpenAI error type and code."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str = "invalid_request_error",
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.code = code
+
+
+def error_body(
+    message: str, error_type: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def as_host_error(exc: BaseException) -> HostError:
+    """Map our errors (with ``http_status``/``error_type``/``code``) to an API error."""
+    if isinstance(exc, HostError):
+        return exc
+    if isinstance(exc, DemoAIError):
+        status = int(getattr(exc, "http_status", 400 if isinstance(exc, ConfigError) else 500))
+        etype = str(
+            getattr(exc, "error_type", "invalid_request_error" if status < 500 else "server_error")
+        )
+        code = getattr(exc, "code", None)
+        return HostError(
+            status, str(exc), error_type=etype, code=code if isinstance(code, str) else None
+        )
+    return HostError(
+        500, f"{type(exc).__name__}: {exc}", error_type="server_error", code="internal_error"
+    )
+
+
+# --------------------------------------------------------------------------- models
+
+
+def parse_model_spec(spec: str) -> tuple[str, Path, str | None]:
+    """``NAME=PATH[:FORMAT]`` or ``PATH[:FORMAT]`` -> (name, path, format or None)."""
+    name, sep, rest = spec.partition("=")
+    if not sep:
+        name, rest = "", spec
+    fmt: str | None = None
+    head, colon, tail = rest.rpartition(":")
+    if colon and tail in FORMATS:
+        rest, fmt = head, tail
+    path = Path(rest).expanduser()
+    if not rest:
+        raise ConfigError(f"Bad model spec {spec!r}.", "Use NAME=PATH[:hf|gguf|lora] or a path.")
+    if not name:
+        name = path.stem if path.suffix.lower() == ".gguf" else path.name
+    return name, path, fmt
+
+
+@dataclass
+class ModelSlot:
+    """One served model: loaded on first use, one request at a time."""
+
+    name: str
+    path: Path
+    fmt: str | None
+    options: Any
+    engine: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def get_engine(self) -> Any:
+        """The loaded engine (caller holds ``lock``)."""
+        if self.engine is None:
+            from app.core.infer import open_engine
+
+            self.engine = open_engine(self.path, self.fmt, self.options)
+        return self.engine
+
+    def unload(self) -> bool:
+        with self.lock:
+            engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.close()
+            return True
+        return False
+
+
+class RequestLog:
+    """Appends one JSON line per request."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if self.path is None:
+            return
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock, self.path.open("a", encoding="utf-8") as fh:
+            fh.write(line)
+
+
+@dataclass
+class HostConfig:
+    models: dict[str, ModelSlot]
+    api_key: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    request_log: Path | None = None
+    ready_file: Path | None = None
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class HostServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, config: HostConfig) -> None:
+        self.config = config
+        self.log = RequestLog(config.request_log)
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        self.address_family = family
+        super().__init__((config.host, config.port), Handler)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def close_models(self) -> None:
+        for slot in self.config.models.values():
+            slot.unload()
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: HostServer
+    protocol_version = "HTTP/1.1"
+    _t0 = 0.0
+    server_version = "DemoAIHost/1"
+
+    def setup(self) -> None:
+        super().setup()
+        # Streamed tokens are tiny writes: without this, Nagle + delayed ACK add ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # requests go to the JSON request log instead
+
+    # -- plumbing ----------------------------------------------------------------
+    def _send_json(self, status: int, obj: Any) -> None:
+        data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if status == 401:
+            self.send_header("WWW-Authenticate", "Bearer")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_error(self, err: HostError) -> None:
+        self._send_json(err.status, error_body(err.message, err.error_type, err.code))
+
+    def _read_body(self) -> dict[str, Any]:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise HostError(400, "Bad Content-Length.") from None
+        if length > MAX_BODY:
+            raise HostError(413, "Request body too large.")
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            raise HostError(400, "The request body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise HostError(400, "The request body must be a JSON object.")
+        return body
+
+    def _authorised(self) -> bool:
+        header = self.headers.get("Authorization") or ""
+        scheme, _, token = header.partition(" ")
+        expected = self.server.config.api_key.encode("utf-8")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode("utf-8"), expected
+        )
+
+    def _slot(self, body: Mapping[str, Any]) -> ModelSlot:
+        models = self.server.config.models
+        name = body.get("model")
+        if name is None and len(models) == 1:
+            return next(iter(models.values()))
+        if not isinstance(name, str) or name not in models:
+            raise HostError(
+                404,
+                f"The model {name!r} does not exist. Served: {', '.join(sorted(models))}.",
+                code="model_not_found",
+            )
+        return models[name]
+
+    # -- routing -----------------------------------------------------------------
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        t0 = self._t0 = time.perf_counter()
+        record: dict[str, Any] = {
+            "path": path,
+            "model": None,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+        }
+        status = 200
+        try:
+            if path == "/health" and method == "GET":
+                self._send_json(200, {"status": "ok", "pid": os.getpid()})
+                return
+            if not (path.startswith("/v1/") or path.startswith("/admin/")):
+                raise HostError(404, f"Unknown route {path}.", code="not_found")
+            if not self._authorised():
+                raise HostError(
+                    401,
+                    "Missing or invalid API key (Authorization: Bearer ...).",
+                    code="invalid_api_key",
+                )
+            routes: dict[tuple[str, str], Callable[[dict[str, Any]], int]] = {
+                ("GET", "/v1/models"): self._models,
+                ("POST", "/v1/chat/completions"): self._chat,
+                ("POST", "/v1/completions"): self._completions,
+                ("POST", "/v1/embeddings"): self._embeddings,
+                ("POST", "/admin/unload"): self._unload,
+            }
+            route = routes.get((method, path))
+            if route is None:
+                raise HostError(404, f"Unknown route {method} {path}.", code="not_found")
+            status = route(record)
+        except HostError as exc:
+            status = exc.status
+            record["error"] = exc.code
+            self._send_error(exc)
+        except (BrokenPipeError, ConnectionResetError):
+            status = 499
+            self.close_connection = True
+        except Exception as exc:
+            err = as_host_error(exc)
+            status = err.status
+            record["error"] = err.code
+            try:
+                self._send_error(err)
+            except OSError:
+                self.close_connection = True
+        finally:
+            if path != "/health":
+                record.update(
+                    time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    status=status,
+                    latency_ms=round((time.perf_counter() - t0) * 1000, 1),
+                )
+                self.server.log.write(record)
+
+    # -- endpoints ---------------------------------------------------------------
+    def _models(self, record: dict[str, Any]) -> int:
+        data = [
+            {
+                "id": s.name,
+                "object": "model",
+                "created": s.created,
+                "owned_by": "demoai",
+                "loaded": s.engine is not None,
+            }
+            for s in self.server.config.models.values()
+        ]
+        self._send_json(200, {"object": "list", "data": data})
+        return 200
+
+    def _unload(self, record: dict[str, Any]) -> int:
+        body = self._read_body()
+        name = body.get("model")
+        slots = [self._slot(body)] if name is not None else list(self.server.config.models.values())
+        unloaded = [s.name for s in slots if s.unload()]
+        self._send_json(200, {"unloaded": unloaded})
+        return 200
+
+    def _embeddings(self, record: dict[str, Any]) -> int:
+        body = self._read_body()
+        slot = self._slot(body)
+        record["model"] = slot.name
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise HostError(
+                400, "input must be a string or a list of strings.", code="invalid_input"
+            )
+        with slot.lock:
+            engine = slot.get_engine()
+            vectors = engine.embeddings(texts)
+            n = sum(engine.count_tokens(t) for t in texts)
+        record["prompt_tokens"] = n
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        usage = {"prompt_tokens": n, "total_tokens": n}
+        self._send_json(200, {"object": "list", "data": data, "model": slot.name, "usage": usage})
+        return 200
+
+    def _chat(self, record: dict[str, Any]) -> int:
+        body = self._read_body()
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise HostError(400, "messages must be a non-empty list.", code="invalid_messages")
+        return self._generate(record, body, chat=True)
+
+    def _completions(self, record: dict[str, Any]) -> int:
+        body = self._read_body()
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise HostError(400, "prompt must be a string.", code="invalid_prompt")
+        return self._generate(record, body, chat=False)
+
+    def _generate(self, record: dict[str, Any], body: dict[str, Any], *, chat: bool) -> int:
+        from app.core.infer import SamplingParams
+
+        slot = self._slot(body)
+        record["model"] = slot.name
+        params = SamplingParams.from_openai(body)
+        stream = bool(body.get("stream"))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        with slot.lock:
+            engine = slot.get_engine()
+            if chat:
+                chunks = engine.chat(body["messages"], params)
+            else:
+                chunks = engine.complete(body["prompt"], params)
+            rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+            if stream:
+                return self._stream(record, slot.name, rid, chat, chunks, include_usage)
+            return self._whole(record, slot.name, rid, chat, chunks)
+
+    def _whole(
+        self, record: dict[str, Any], model: str, rid: str, chat: bool, chunks: Iterator[Any]
+    ) -> int:
+        parts: list[str] = []
+        finish, usage = "stop", None
+        for c in chunks:
+            parts.append(c.text)
+            if c.finish_reason:
+                finish, usage = c.finish_reason, c.usage
+        text = "".join(parts)
+        usage_d = (
+            usage.to_dict()
+            if usage
+            else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        )
+        record.update(
+            prompt_tokens=usage_d["prompt_tokens"], completion_tokens=usage_d["completion_tokens"]
+        )
+        created = int(time.time())
+        if chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+                "logprobs": None,
+            }
+            obj = {"id": rid, "object": "chat.completion", "created": created, "model": model}
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+            obj = {"id": rid, "object": "text_completion", "created": created, "model": model}
+        obj.update(choices=[choice], usage=usage_d)
+        self._send_json(200, obj)
+        return 200
+
+    def _stream(
+        self,
+        record: dict[str, Any],
+        model: str,
+        rid: str,
+        chat: bool,
+        chunks: Iterator[Any],
+        include_usage: bool,
+    ) -> int:
+        created = int(time.time())
+        kind = "chat.completion.chunk" if chat else "text_completion"
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            obj = {
+                "id": rid,
+                "object": kind,
+                "created": created,
+                "model": model,
+                "choices": choices,
+                **extra,
+            }
+            return b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+        def choice(text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+            if chat:
+                delta: dict[str, Any] = {}
+                if role:
+                    delta["role"] = "assistant"
+                if text is not None:
+                    delta["content"] = text
+                return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+
+        # Headers go out at once (a context overflow was already raised by
+        # complete()/chat() as a proper 400): the client parses them while the
+        # first token is computed.
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        # Chunked: a host that dies mid-stream leaves an incomplete body, which
+        # clients report as an error instead of a silently short answer.
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        raw = self.wfile
+
+        def send(data: bytes) -> None:
+            raw.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+        usage = None
+        try:
+            if chat:
+                send(event([choice("", None, role=True)]))
+            for c in chunks:
+                if c.text:
+                    send(event([choice(c.text, None)]))
+                    if "ttft_ms" not in record:
+                        record["ttft_ms"] = round((time.perf_counter() - self._t0) * 1000, 1)
+                if c.finish_reason:
+                    usage = c.usage
+                    send(event([choice(None if chat else "", c.finish_reason)]))
+            if usage is not None:
+                record.update(
+                    prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+                )
+                if include_usage:
+                    send(event([], usage=usage.to_dict()))
+            status = 200
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+            return 499
+        except Exception as exc:
+            err = as_host_error(exc)
+            record["error"] = err.code
+            status = err.status
+            send(
+                b"data: "
+                + json.dumps(error_body(err.message, err.error_type, err.code)).encode()
+                + b"\n\n"
+            )
+        try:
+            send(b"data: [DONE]\n\n")
+            raw.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+            return 499
+        return status
+
+
+# --------------------------------------------------------------------------- main
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def write_ready_file(path: Path, info: Mapping[str, Any]) -> None:
+    """Write ``info`` as JSON to ``path`` atomically (temporary name, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(dict(info), fh)
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m app.workers.host", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--model", action="append", required=True, metavar="NAME=PATH[:FORMAT]",
+        help="a model to serve (FORMAT: hf, gguf or lora; detected when left out); repeatable",
+    )  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one")
+    p.add_argument("--api-key", help=f"bearer token clients must send (or ${API_KEY_ENV})")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
+    p.add_argument("--ready-file", type=Path, help='write {"port", "pid"} here once listening')
+    p.add_argument("--request-log", type=Path, help="append one JSON line per request here")
+    p.add_argument(
+        "--template", help="chat template preset for all models (chatml, gemma, llama3, plain)"
+    )
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per model (0 = all cores)")
+    p.add_argument("--n-ctx", type=int, default=None, help="context size (GGUF default 4096)")
+    p.add_argument("--preload", action="store_true", help="load every model before listening")
+    return p
+
+
+def config_from_args(
+    args: argparse.Namespace, *, env: Mapping[str, str] | None = None
+) -> HostConfig:
+    """Validate the command line into a :class:`HostConfig`; raises ConfigError."""
+    from app.core.infer import PRESETS, EngineOptions
+
+    env = os.environ if env is None else env
+    explicit_key = args.api_key or env.get(API_KEY_ENV)
+    if not is_loopback(args.host):
+        if not args.allow_remote:
+            raise ConfigError(
+                f"Refusing to listen on the non-loopback address {args.host}.",
+                "Other machines could reach the server: pass --allow-remote and --api-key to allow it.",
+            )
+        if not explicit_key:
+            raise ConfigError(
+                f"Listening on {args.host} needs an API key.",
+                "Pass --api-key KEY with --allow-remote.",
+            )
+    if not explicit_key:
+        raise ConfigError(
+            "The model host needs an API key.", f"Pass --api-key or set {API_KEY_ENV}."
+        )
+    if args.template and args.template not in PRESETS:
+        raise ConfigError(
+            f"Unknown template preset {args.template!r}.", f"Choose from {', '.join(PRESETS)}."
+        )
+    if not 0 <= args.port <= 65535:
+        raise ConfigError("--port must be between 0 and 65535.")
+    options = EngineOptions(threads=args.threads, n_ctx=args.n_ctx, template=args.template)
+    models: dict[str, ModelSlot] = {}
+    for spec in args.model:
+        name, path, fmt = parse_model_spec(spec)
+        if name in models:
+            raise ConfigError(
+                f"Two models are named {name!r}.", "Give them different NAME= prefixes."
+            )
+        if not path.exists():
+            raise ConfigError(f"There is no model at {path}.")
+        models[name] = ModelSlot(name, path.absolute(), fmt, options)
+    return HostConfig(
+        models=models,
+        api_key=explicit_key,
+        host=args.host,
+        port=args.port,
+        request_log=args.request_log,
+        ready_file=args.ready_file,
+    )
+
+
+def serve(
+    config: HostConfig,
+    *,
+    preload: bool = False,
+    on_ready: Callable[[HostServer], None] | None = None,
+) -> int:
+    """Run the server until SIGTERM/SIGINT; models are closed on the way out."""
+    if preload:
+        for slot in config.models.values():
+            with slot.lock:
+                slot.get_engine()
+    try:
+        server = HostServer(config)
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot listen on {config.host}:{config.port}: {exc.strerror or exc}."
+        ) from exc
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: Any) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+    if config.ready_file is not None:
+        write_ready_file(
+            config.ready_file, {"port": server.port, "pid": os.getpid(), "host": config.host}
+        )
+    if on_ready is not None:
+        on_ready(server)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        server.close_models()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        return serve(config, preload=args.preload)
+    except DemoAIError as exc:
+        print(f"demoai host: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
