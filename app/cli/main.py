@@ -15,8 +15,12 @@ COMMAND_MODULES = (
     "app.cli.info",
     "app.cli.jobs",
     "app.cli.models",
-    "app.cli.data",
     "app.cli.serve",
+    "app.cli.train",
+    "app.cli.data",
+    "app.cli.eval",
+    "app.cli.export",
+    "app.cli.agent",
 )
 
 

@@ -173,18 +173,22 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from app.core.export.package import import_package, is_package
     from app.core.models import ModelRegistry
 
     ws = open_workspace(args)
     printer = ProgressPrinter()
     try:
-        rec = ModelRegistry(ws).import_path(
-            args.path,
-            copy=args.copy,
-            name=args.name,
-            trust_pickle=args.trust_pickle,
-            progress=printer.show,
-        )
+        if is_package(args.path):  # a DemoAI model package: verified, then registered
+            rec = import_package(ws, args.path, name=args.name)
+        else:
+            rec = ModelRegistry(ws).import_path(
+                args.path,
+                copy=args.copy,
+                name=args.name,
+                trust_pickle=args.trust_pickle,
+                progress=printer.show,
+            )
     finally:
         printer.done()
     if args.json:

@@ -16,3 +16,26 @@ def main_window(qtbot, workspace) -> Iterator[object]:
     qtbot.waitExposed(window)
     yield window
     window.close()
+
+
+@pytest.fixture(autouse=True)
+def no_modal_dialogs(monkeypatch) -> list[str]:
+    """A modal dialog would block a test forever: record its text and answer it instead.
+
+    ``QMessageBox.question`` answers No unless a test patches it; other boxes close.
+    """
+    from PySide6.QtWidgets import QMessageBox
+
+    seen: list[str] = []
+
+    def fake_exec(self: QMessageBox) -> int:
+        seen.append(f"{self.text()} {self.informativeText()}")
+        return int(QMessageBox.StandardButton.Close.value)
+
+    monkeypatch.setattr(QMessageBox, "exec", fake_exec)
+    monkeypatch.setattr(
+        QMessageBox,
+        "question",
+        staticmethod(lambda *a, **k: (seen.append(str(a[2:3])), QMessageBox.StandardButton.No)[1]),
+    )
+    return seen

@@ -87,13 +87,13 @@ def test_window_state_is_restored(qtbot, workspace) -> None:
     w = create_main_window(workspace)
     qtbot.addWidget(w)
     w.show()
-    w.resize(700, 500)
-    w.splitter.setSizes([150, 550])
+    w.resize(790, 560)
+    w.splitter.setSizes([150, 640])
     w.close()
     w2 = create_main_window(workspace)
     qtbot.addWidget(w2)
     w2.show()
-    assert (w2.width(), w2.height()) == (700, 500)
+    assert (w2.width(), w2.height()) == (790, 560)
     assert w2.splitter.sizes()[0] == 150
     w2.close()
 
@@ -122,7 +122,8 @@ from app.ui.app import create_main_window
 w = create_main_window(Workspace.open(sys.argv[1]))
 w.show()
 app.processEvents()
-for key in ("models", "jobs"):
+from app.ui.panes import PANES
+for key in [p.key for p in PANES]:
     w.pane(key)
 app.processEvents()
 heavy = [m for m in ("torch", "transformers", "llama_cpp", "peft", "bitsandbytes", "datasets") if m in sys.modules]

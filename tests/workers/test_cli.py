@@ -131,3 +131,23 @@ def test_cancel_from_the_cli(tmp_path: Path) -> None:
     assert r.stdout.split()[-1] == "cancelled"
     assert sup.wait(job.id, timeout=30).state == JobState.CANCELLED
     ws.close()
+
+
+def test_help_of_every_command_renders() -> None:
+    import argparse
+
+    from app.cli.main import build_parser
+
+    seen = 0
+
+    def walk(p: argparse.ArgumentParser) -> None:
+        nonlocal seen
+        assert p.format_help()
+        seen += 1
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+
+    walk(build_parser())
+    assert seen > 20

@@ -31,6 +31,25 @@ register_kind(
     )
 )
 
+register_kind(
+    JobKind(
+        name="train.lora",
+        entry="app.core.train.loop:train",
+        title="Fine-tune (LoRA)",
+        resource="gpu",
+        resumable=True,
+        description="Train a LoRA / QLoRA adapter on a base model; resumes from its last checkpoint.",
+    )
+)
+
+register_kind(
+    JobKind(
+        name="train.merge",
+        entry="app.core.train.library:merge_job",
+        title="Merge adapter",
+        description="Merge a LoRA adapter into its base model: a new model in the library.",
+    )
+)
 
 register_kind(
     JobKind(
@@ -47,5 +66,45 @@ register_kind(
         entry="app.core.data.recipes:apply_job",
         title="Prepare dataset",
         description="Apply a recipe (a list of preparation steps) to a dataset version.",
+    )
+)
+
+register_kind(
+    JobKind(
+        name="eval.run",
+        entry="app.core.eval.runner:run_eval",
+        title="Evaluate models",
+        resumable=True,
+        description="Evaluate models on a dataset version with a set of metrics; "
+        "resumes after the samples already stored.",
+    )
+)
+
+register_kind(
+    JobKind(
+        name="export.gguf",
+        entry="app.core.export.gguf:export_gguf_job",
+        title="Export GGUF",
+        description="Convert a model to GGUF (f16/bf16/f32, quantized), verify it against "
+        "the source and register it with lineage.",
+    )
+)
+
+register_kind(
+    JobKind(
+        name="export.docker",
+        entry="app.core.export.docker:export_docker_job",
+        title="Docker bundle",
+        description="Write a Docker bundle (model, server, offline wheelhouse, compose, SBOM, "
+        "SHA256SUMS); optionally build and save the image.",
+    )
+)
+
+register_kind(
+    JobKind(
+        name="export.package",
+        entry="app.core.export.package:export_package_job",
+        title="Model package",
+        description="Write a portable, checksummed package of a model for another workstation.",
     )
 )

@@ -132,6 +132,8 @@ def _register_core_schemas() -> None:
     # Importing the modules registers their migrations (cheap: plain SQL strings).
     import app.core.chat.conversations
     import app.core.data.schema
+    import app.core.eval.schema
+    import app.core.export.records
     import app.core.jobs.store
     import app.core.models.registry
     import app.core.workspace.verify  # noqa: F401

@@ -210,7 +210,9 @@ class ChatPane(QWidget):
         self.system.setPlaceholderText("System prompt (optional)")
         self.system.setMaximumHeight(120)
         self.template = QComboBox()
-        self.template.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.template.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         self.template.setMinimumContentsLength(12)
         for label, value in TEMPLATE_CHOICES:
             self.template.addItem(label, value)

@@ -1,0 +1,691 @@
+"""The Datasets pane: datasets, a virtual table editor, version history and preparation."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from typing import Any
+
+from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QSplitter,
+    QTableView,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core.data.store import DatasetRecord, DatasetStore, VersionRecord
+from app.core.errors import DemoAIError
+from app.core.format import relative_time
+from app.core.jobs.store import Job, JobState
+from app.ui.panes.datasets.qt_arrow_model import ArrowTableModel
+from app.ui.panes.datasets.view_query import ViewQuery, compute_view
+from app.ui.qt_errors import show_error
+from app.ui.services import Services
+
+IMPORT_FILTER = "Data files (*.csv *.tsv *.json *.jsonl *.parquet *.txt);;All files (*)"
+
+
+class _ViewTask(QObject, QRunnable):
+    """Computes a sort/filter/search view off the UI thread."""
+
+    done = Signal(int, object, str)
+
+    def __init__(self, serial: int, pf: Any, query: ViewQuery) -> None:
+        QObject.__init__(self)
+        QRunnable.__init__(self)
+        self.setAutoDelete(False)
+        self.serial, self.pf, self.query = serial, pf, query
+
+    def run(self) -> None:
+        try:
+            self.done.emit(self.serial, compute_view(self.pf, self.query), "")
+        except DemoAIError as exc:
+            self.done.emit(self.serial, None, str(exc))
+        except Exception as exc:  # shown in the pane, never a crash
+            self.done.emit(self.serial, None, f"{type(exc).__name__}: {exc}")
+
+
+class PrepareDialog(QDialog):
+    """Choose a preparation step, edit its parameters, preview, apply as a job."""
+
+    def __init__(self, pane: DatasetsPane) -> None:
+        super().__init__(pane)
+        from app.core.data import OPS
+
+        self.setWindowTitle("Prepare dataset")
+        self.resize(820, 600)
+        self.pane = pane
+        self.ops = OPS
+        self.op = QComboBox()
+        for name, spec in sorted(OPS.items(), key=lambda kv: kv[1].title):
+            self.op.addItem(spec.title, name)
+        self.desc = QLabel()
+        self.desc.setWordWrap(True)
+        self.params = QPlainTextEdit()
+        self.params.setObjectName("opParams")
+        self.preview_view = QTextBrowser()
+        self.preview_btn = QPushButton("Preview")
+        self.preview_btn.clicked.connect(self.preview)
+        buttons = QDialogButtonBox()
+        self.apply_btn = buttons.addButton(
+            "Apply as a new version", QDialogButtonBox.ButtonRole.AcceptRole
+        )
+        buttons.addButton(QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.op)
+        lay.addWidget(self.desc)
+        lay.addWidget(QLabel("Parameters (JSON):"))
+        lay.addWidget(self.params, 1)
+        row = QHBoxLayout()
+        row.addWidget(self.preview_btn)
+        row.addStretch(1)
+        lay.addLayout(row)
+        lay.addWidget(self.preview_view, 2)
+        lay.addWidget(buttons)
+        self.op.currentIndexChanged.connect(self._op_changed)
+        self._op_changed()
+
+    def _op_changed(self, *_: object) -> None:
+        spec = self.ops[self.op.currentData()]
+        self.desc.setText(
+            spec.description + (f"  Required: {', '.join(spec.required)}." if spec.required else "")
+        )
+        params = {k: None for k in spec.required} | dict(spec.defaults)
+        self.params.setPlainText(json.dumps(params, indent=2))
+        self.preview_view.clear()
+
+    def step(self) -> dict[str, Any]:
+        try:
+            params = json.loads(self.params.toPlainText() or "{}")
+        except ValueError as exc:
+            raise DemoAIError(f"The parameters are not valid JSON: {exc}.") from exc
+        spec = self.ops[self.op.currentData()]
+        spec.resolve(params)  # raises ConfigError with what is wrong
+        return {"name": spec.name, "params": params}
+
+    def preview(self) -> None:
+        from app.core.data import count_pii, preview
+
+        try:
+            step = self.step()
+            table = self.pane.store.parquet_file(self.pane.ref()).read_row_group(0)
+            table = table.slice(0, 200)
+            parts = []
+            if step["name"] == "redact_pii":
+                counts = count_pii(
+                    table, step["params"].get("columns"), step["params"].get("types")
+                )
+                parts.append(
+                    f"<p><b>PII found in the first {table.num_rows} rows:</b> {html.escape(str(counts))}</p>"
+                )
+            out = preview(table, step["name"], step["params"], 10)
+            parts.append(
+                f"<p>{table.num_rows} rows in, {out.num_rows} rows out (first 10 shown).</p>"
+            )
+            parts.append("<table border=1 cellspacing=0 cellpadding=3><tr>")
+            parts += [f"<th>{html.escape(n)}</th>" for n in out.column_names]
+            parts.append("</tr>")
+            for row in out.slice(0, 10).to_pylist():
+                parts.append(
+                    "<tr>"
+                    + "".join(f"<td>{html.escape(str(v))[:200]}</td>" for v in row.values())
+                    + "</tr>"
+                )
+            parts.append("</table>")
+            self.preview_view.setHtml("".join(parts))
+        except DemoAIError as exc:
+            self.preview_view.setHtml(f"<p style='color:#c0392b'>{html.escape(str(exc))}</p>")
+
+    def accept(self) -> None:
+        try:
+            self.chosen = self.step()
+        except DemoAIError as exc:
+            self.preview_view.setHtml(f"<p style='color:#c0392b'>{html.escape(str(exc))}</p>")
+            return
+        super().accept()
+
+
+class DatasetsPane(QWidget):
+    """Datasets on the left; the table editor; versions and preparation on the right."""
+
+    def __init__(self, services: Services, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.services = services
+        self.store = DatasetStore(services.workspace)
+        self.dataset: DatasetRecord | None = None
+        self.version: VersionRecord | None = None
+        self.model: ArrowTableModel | None = None
+        self.query = ViewQuery()
+        self._serial = 0
+        self._tasks: dict[int, _ViewTask] = {}
+        self._jobs: set[str] = set()
+
+        # -- left
+        self.ds_list = QListWidget()
+        self.ds_list.setObjectName("datasets")
+        self.ds_list.currentItemChanged.connect(self._ds_selected)
+        self.import_btn = QPushButton("Import…")
+        self.export_btn = QPushButton("Export…")
+        self.delete_ds_btn = QPushButton("Delete")
+        self.sample_btn = QPushButton("Add sample dataset")
+        self.import_btn.clicked.connect(self.import_file)
+        self.export_btn.clicked.connect(self.export_version)
+        self.delete_ds_btn.clicked.connect(self.delete_dataset)
+        self.sample_btn.clicked.connect(self.add_sample)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.addWidget(self.import_btn)
+        ll.addWidget(self.ds_list, 1)
+        ll.addWidget(self.sample_btn)
+        row = QHBoxLayout()
+        row.addWidget(self.export_btn)
+        row.addWidget(self.delete_ds_btn)
+        ll.addLayout(row)
+
+        # -- middle: editor
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Search all text columns…")
+        self.search.setClearButtonEnabled(True)
+        self.search.returnPressed.connect(self.apply_query)
+        self.expr = QLineEdit()
+        self.expr.setPlaceholderText(
+            'Filter, e.g. len(output) > 200 and contains(instruction, "email")'
+        )
+        self.expr.returnPressed.connect(self.apply_query)
+        self.sort_col = QComboBox()
+        self.sort_order = QComboBox()
+        self.sort_order.addItems(["ascending", "descending"])
+        apply_btn = QPushButton("Apply")
+        apply_btn.clicked.connect(self.apply_query)
+        clear_btn = QPushButton("Clear")
+        clear_btn.clicked.connect(self.clear_query)
+        q1 = QHBoxLayout()
+        q1.addWidget(self.search, 2)
+        q1.addWidget(QLabel("Sort"))
+        q1.addWidget(self.sort_col, 1)
+        q1.addWidget(self.sort_order)
+        q2 = QHBoxLayout()
+        q2.addWidget(self.expr, 1)
+        q2.addWidget(apply_btn)
+        q2.addWidget(clear_btn)
+        self.table = QTableView()
+        self.table.setObjectName("datasetTable")
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectItems)
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.horizontalHeader().setDefaultSectionSize(220)
+        self.table.setWordWrap(False)
+        self.info = QLabel("")
+        self.info.setObjectName("datasetInfo")
+        self.undo_btn = QPushButton("Undo")
+        self.redo_btn = QPushButton("Redo")
+        self.add_row_btn = QPushButton("Add row")
+        self.del_rows_btn = QPushButton("Delete rows")
+        self.add_col_btn = QPushButton("Add column…")
+        self.ren_col_btn = QPushButton("Rename column…")
+        self.del_col_btn = QPushButton("Delete column")
+        self.save_btn = QPushButton("Save version…")
+        self.prepare_btn = QPushButton("Prepare…")
+        for b, fn in (
+            (self.undo_btn, self.undo),
+            (self.redo_btn, self.redo),
+            (self.add_row_btn, self.add_row),
+            (self.del_rows_btn, self.delete_rows),
+            (self.add_col_btn, self.add_column),
+            (self.ren_col_btn, self.rename_column),
+            (self.del_col_btn, self.delete_column),
+            (self.save_btn, self.save_version),
+            (self.prepare_btn, self.prepare),
+        ):
+            b.clicked.connect(fn)
+        edit_row = QHBoxLayout()
+        for b in (
+            self.undo_btn,
+            self.redo_btn,
+            self.add_row_btn,
+            self.del_rows_btn,
+            self.add_col_btn,
+            self.ren_col_btn,
+            self.del_col_btn,
+        ):
+            edit_row.addWidget(b)
+        edit_row.addStretch(1)
+        edit_row.addWidget(self.prepare_btn)
+        edit_row.addWidget(self.save_btn)
+        self.empty = QLabel(
+            "<h3>No datasets yet</h3><p><b>Import…</b> reads CSV, TSV, JSON, JSONL, Parquet, "
+            "plain text, or a Hugging Face dataset folder (large files stream in the background).</p>"
+            "<p>Or add the <b>sample instruction dataset</b> to try the editor, a fine-tune and an "
+            "evaluation without your own data.</p>"
+        )
+        self.empty.setWordWrap(True)
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        mid = QWidget()
+        ml = QVBoxLayout(mid)
+        ml.setContentsMargins(0, 0, 0, 0)
+        ml.addLayout(q1)
+        ml.addLayout(q2)
+        ml.addWidget(self.empty)
+        ml.addWidget(self.table, 1)
+        ml.addLayout(edit_row)
+        ml.addWidget(self.info)
+
+        # -- right: versions
+        self.versions = QListWidget()
+        self.versions.setObjectName("versions")
+        self.versions.currentItemChanged.connect(self._version_selected)
+        self.version_details = QTextBrowser()
+        self.diff_btn = QPushButton("Diff with current")
+        self.revert_btn = QPushButton("Revert to this")
+        self.diff_btn.clicked.connect(self.diff_selected)
+        self.revert_btn.clicked.connect(self.revert_selected)
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(QLabel("<b>Versions</b> (newest first)"))
+        rl.addWidget(self.versions, 2)
+        rr = QHBoxLayout()
+        rr.addWidget(self.diff_btn)
+        rr.addWidget(self.revert_btn)
+        rl.addLayout(rr)
+        rl.addWidget(self.version_details, 1)
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        for w in (left, mid, right):
+            self.splitter.addWidget(w)
+        self.splitter.setSizes([200, 760, 280])
+        QVBoxLayout(self).addWidget(self.splitter)
+        QShortcut(QKeySequence.StandardKey.Undo, self).activated.connect(self.undo)
+        QShortcut(QKeySequence.StandardKey.Redo, self).activated.connect(self.redo)
+        QShortcut(QKeySequence.StandardKey.Save, self).activated.connect(self.save_version)
+        services.hub.jobs_changed.connect(self._jobs_changed)
+        self.refresh_datasets()
+
+    # -- datasets ------------------------------------------------------------------------
+    def refresh_datasets(self, select: str | None = None) -> None:
+        current = select or (self.dataset.id if self.dataset else None)
+        self.ds_list.blockSignals(True)
+        self.ds_list.clear()
+        for d in self.store.list_datasets():
+            item = QListWidgetItem(f"{d.name}  ({d.rows:,} rows)" if d.rows is not None else d.name)
+            item.setData(Qt.ItemDataRole.UserRole, d.id)
+            self.ds_list.addItem(item)
+            if d.id == current:
+                self.ds_list.setCurrentItem(item)
+        self.ds_list.blockSignals(False)
+        has = self.ds_list.count() > 0
+        self.empty.setVisible(not has)
+        self.table.setVisible(has)
+        self.sample_btn.setVisible(
+            not any((d.source or "").startswith("sample:") for d in self.store.list_datasets())
+        )
+        if current and self.ds_list.currentItem() is not None:
+            self.open_dataset(current)
+        elif has and self.dataset is None:
+            self.ds_list.setCurrentRow(0)
+        self._update_buttons()
+
+    def _ds_selected(self, item: QListWidgetItem | None, _: Any = None) -> None:
+        if item is None:
+            return
+        if self.model is not None and self.model.has_changes and not self._discard_ok():
+            return
+        self.open_dataset(item.data(Qt.ItemDataRole.UserRole))
+
+    def _discard_ok(self) -> bool:
+        return (
+            QMessageBox.question(
+                self, "Unsaved changes", "Discard the unsaved edits of this dataset?"
+            )
+            == QMessageBox.StandardButton.Yes
+        )
+
+    def ref(self) -> str:
+        assert self.dataset is not None and self.version is not None
+        return f"{self.dataset.id}@{self.version.hash}"
+
+    def open_dataset(self, ds_id: str, version: str | None = None) -> None:
+        """Show ``ds_id`` at ``version`` (default: current): first rows at once."""
+        t0 = time.perf_counter()
+        self.dataset = self.store.get(ds_id)
+        self.version = self.store.version(ds_id, version)
+        pf = self.store.parquet_file(self.ref())
+        self.model = ArrowTableModel(pf)
+        self.model.changed.connect(self._update_buttons)
+        self.table.setModel(self.model)
+        self.query = ViewQuery()
+        self.sort_col.clear()
+        self.sort_col.addItem("(file order)", None)
+        for c in self.model.columns:
+            self.sort_col.addItem(c.name, c.name)
+        self.refresh_versions()
+        self.open_ms = (time.perf_counter() - t0) * 1000
+        self._update_info()
+        self._update_buttons()
+
+    def refresh_versions(self) -> None:
+        if self.dataset is None:
+            return
+        self.versions.blockSignals(True)
+        self.versions.clear()
+        current = self.store.get(self.dataset.id).current_version
+        for v in reversed(self.store.versions(self.dataset.id)):
+            op = v.operation.get("name", "")
+            mark = "● " if v.hash == current else ""
+            item = QListWidgetItem(
+                f"{mark}{v.short}  {v.message or op}  ·  {v.rows:,} rows  ·  {relative_time(v.created_at)}"
+            )
+            item.setData(Qt.ItemDataRole.UserRole, v.hash)
+            item.setToolTip(json.dumps(v.operation, indent=1)[:2000])
+            self.versions.addItem(item)
+        self.versions.blockSignals(False)
+
+    def _version_selected(self, item: QListWidgetItem | None, _: Any = None) -> None:
+        if item is None or self.dataset is None:
+            return
+        v = self.store.version(self.dataset.id, item.data(Qt.ItemDataRole.UserRole))
+        cols = ", ".join(f"{c.get('name')}: {c.get('type')}" for c in v.schema)
+        self.version_details.setHtml(
+            f"<b>{v.short}</b> — {html.escape(v.message)}<br>"
+            f"Operation: <code>{html.escape(json.dumps(v.operation))[:800]}</code><br>"
+            f"Parent: {v.parent_hash[:12] if v.parent_hash else '-'}<br>Rows: {v.rows:,}<br>Columns: {html.escape(cols)}"
+        )
+        self._update_buttons()
+
+    def selected_version(self) -> str | None:
+        item = self.versions.currentItem()
+        return str(item.data(Qt.ItemDataRole.UserRole)) if item is not None else None
+
+    # -- view ---------------------------------------------------------------------------
+    def apply_query(self) -> None:
+        if self.model is None:
+            return
+        self.query = ViewQuery(
+            sort_column=self.sort_col.currentData(),
+            descending=self.sort_order.currentText() == "descending",
+            search=self.search.text().strip(),
+            expression=self.expr.text().strip(),
+        )
+        self._serial += 1
+        task = _ViewTask(self._serial, self.model.pf, self.query)
+        task.done.connect(self._view_ready)
+        self._tasks[self._serial] = task
+        self.info.setText("Working…")
+        QThreadPool.globalInstance().start(task)
+
+    def clear_query(self) -> None:
+        self.search.clear()
+        self.expr.clear()
+        self.sort_col.setCurrentIndex(0)
+        if self.model is not None:
+            self.query = ViewQuery()
+            self.model.set_view(None)
+            self._update_info()
+
+    def _view_ready(self, serial: int, view: Any, error: str) -> None:
+        self._tasks.pop(serial, None)
+        if serial != self._serial or self.model is None:
+            return
+        if error:
+            self.info.setText(f"<span style='color:#c0392b'>{html.escape(error)}</span>")
+            return
+        self.model.set_view(view)
+        self._update_info()
+
+    def _update_info(self) -> None:
+        if self.model is None or self.version is None:
+            self.info.clear()
+            return
+        shown = self.model.rowCount()
+        text = f"{shown:,} of {self.version.rows:,} rows shown · version {self.version.short}"
+        if self.model.has_changes:
+            s = self.model.summary()
+            text += f" · unsaved: {s['cells_edited']} cell(s), +{s['rows_added']} / -{s['rows_deleted']} rows"
+        self.info.setText(text)
+
+    def _update_buttons(self) -> None:
+        m = self.model
+        has = m is not None
+        self._update_info()
+        for b in (
+            self.add_row_btn,
+            self.del_rows_btn,
+            self.add_col_btn,
+            self.ren_col_btn,
+            self.del_col_btn,
+            self.prepare_btn,
+            self.export_btn,
+            self.delete_ds_btn,
+        ):
+            b.setEnabled(has)
+        self.undo_btn.setEnabled(bool(m and m.undo_stack))
+        self.redo_btn.setEnabled(bool(m and m.redo_stack))
+        self.save_btn.setEnabled(bool(m and m.has_changes))
+        sel = self.selected_version()
+        self.diff_btn.setEnabled(
+            sel is not None and self.version is not None and sel != self.version.hash
+        )
+        self.revert_btn.setEnabled(
+            sel is not None and self.version is not None and sel != self.version.hash
+        )
+
+    # -- edits ----------------------------------------------------------------------------
+    def undo(self) -> None:
+        if self.model is not None:
+            self.model.undo()
+
+    def redo(self) -> None:
+        if self.model is not None:
+            self.model.redo()
+
+    def add_row(self) -> None:
+        if self.model is not None:
+            row = self.model.add_row()
+            self.table.scrollToBottom()
+            self.table.setCurrentIndex(self.model.index(row, 0))
+
+    def delete_rows(self) -> None:
+        if self.model is None:
+            return
+        rows = sorted({i.row() for i in self.table.selectionModel().selectedIndexes()})
+        if rows:
+            self.model.delete_rows(rows)
+
+    def _column(self) -> int | None:
+        i = self.table.currentIndex()
+        return i.column() if i.isValid() else None
+
+    def add_column(self) -> None:
+        if self.model is None:
+            return
+        name, ok = QInputDialog.getText(self, "Add column", "Name of the new (text) column")
+        if ok:
+            try:
+                self.model.add_column(name.strip())
+            except ValueError as exc:
+                show_error(self, "Add column", DemoAIError(str(exc)))
+
+    def rename_column(self) -> None:
+        c = self._column()
+        if self.model is None or c is None:
+            return
+        name, ok = QInputDialog.getText(
+            self, "Rename column", "New name", text=self.model.columns[c].name
+        )
+        if ok:
+            try:
+                self.model.rename_column(c, name.strip())
+            except ValueError as exc:
+                show_error(self, "Rename column", DemoAIError(str(exc)))
+
+    def delete_column(self) -> None:
+        c = self._column()
+        if self.model is not None and c is not None:
+            self.model.delete_column(c)
+
+    def save_version(self, message: str | None = None) -> VersionRecord | None:
+        """Save the unsaved edits as a new version (streamed; the old version stays)."""
+        if self.model is None or self.dataset is None or not self.model.has_changes:
+            return None
+        if not isinstance(message, str):
+            message, ok = QInputDialog.getText(
+                self, "Save version", "What changed?", text="edited in the table"
+            )
+            if not ok:
+                return None
+        summary = self.model.summary()
+        try:
+            v = self.store.create_version(
+                self.dataset.id,
+                self.model.batches(),
+                message=message or "edited in the table",
+                operation={"name": "edit", "params": summary},
+                parent=self.version.hash if self.version else None,
+                schema=self.model.output_schema(),
+            )
+        except DemoAIError as exc:
+            show_error(self, "Save version", exc)
+            return None
+        self.refresh_datasets(select=self.dataset.id)
+        self.open_dataset(self.dataset.id, v.hash)
+        return v
+
+    # -- versions ------------------------------------------------------------------------------
+    def diff_selected(self) -> None:
+        sel = self.selected_version()
+        if sel is None or self.dataset is None or self.version is None:
+            return
+        from app.core.data import diff_versions
+
+        try:
+            d = diff_versions(self.services.workspace, self.dataset.id, sel, self.version.hash)
+        except DemoAIError as exc:
+            show_error(self, "Diff", exc)
+            return
+        info = d.to_dict() if hasattr(d, "to_dict") else d.__dict__
+        self.version_details.setHtml(
+            f"<b>{sel[:12]} → {self.version.short}</b><pre>{html.escape(json.dumps(info, indent=1, default=str))[:4000]}</pre>"
+        )
+
+    def revert_selected(self) -> None:
+        sel = self.selected_version()
+        if sel is None or self.dataset is None:
+            return
+        if self.model is not None and self.model.has_changes and not self._discard_ok():
+            return
+        self.store.revert(self.dataset.id, sel)
+        self.open_dataset(self.dataset.id)
+
+    # -- import / export / prepare --------------------------------------------------------------
+    def import_file(self, path: str | None = None) -> Job | None:
+        if not path:
+            path, _ = QFileDialog.getOpenFileName(self, "Import data", "", IMPORT_FILTER)
+        if not path:
+            return None
+        job = self.services.jobs.submit(
+            "data.import", {"path": path}, title=f"Import {path.rsplit('/', 1)[-1]}"
+        )
+        self._jobs.add(job.id)
+        self.services.hub.tick()
+        return job
+
+    def add_sample(self) -> None:
+        from app.core.data import ensure_sample_dataset
+
+        v = ensure_sample_dataset(self.services.workspace)
+        if v is not None:
+            self.refresh_datasets(select=v.dataset_id)
+
+    def export_version(self) -> None:
+        if self.dataset is None:
+            return
+        path, chosen = QFileDialog.getSaveFileName(
+            self,
+            "Export version",
+            self.dataset.name,
+            "JSONL (*.jsonl);;CSV (*.csv);;Parquet (*.parquet)",
+        )
+        if not path:
+            return
+        fmt = "csv" if "CSV" in chosen else "parquet" if "Parquet" in chosen else "jsonl"
+        from app.core.data import export_version
+
+        try:
+            export_version(self.services.workspace, self.ref(), fmt, path, overwrite=True)
+        except DemoAIError as exc:
+            show_error(self, "Export", exc)
+
+    def delete_dataset(self) -> None:
+        if self.dataset is None:
+            return
+        if (
+            QMessageBox.question(
+                self, "Delete dataset", f"Delete '{self.dataset.name}' and all its versions?"
+            )
+            != QMessageBox.StandardButton.Yes
+        ):
+            return
+        self.store.delete(self.dataset.id)
+        self.dataset = self.version = self.model = None
+        self.table.setModel(None)
+        self.refresh_datasets()
+
+    def prepare(self, step: dict[str, Any] | None = None) -> Job | None:
+        """Apply a preparation step as a background job; the result is a new version."""
+        if self.dataset is None:
+            return None
+        if not isinstance(step, dict):
+            dlg = PrepareDialog(self)
+            if not dlg.exec():
+                return None
+            step = dlg.chosen
+        job = self.services.jobs.submit(
+            "data.apply",
+            {"dataset": self.ref(), "steps": [step]},
+            title=f"Prepare {self.dataset.name}: {step['name']}",
+        )
+        self._jobs.add(job.id)
+        self.services.hub.tick()
+        return job
+
+    def _jobs_changed(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.id not in self._jobs or job.state in (
+                JobState.QUEUED,
+                JobState.RUNNING,
+                JobState.CANCELLING,
+            ):
+                continue
+            self._jobs.discard(job.id)
+            if job.state == JobState.SUCCEEDED:
+                ds = (
+                    (job.result or {}).get("dataset_id")
+                    or (job.result or {}).get("dataset", {}).get("id")
+                    if job.result
+                    else None
+                )
+                self.refresh_datasets(select=ds)
+                if ds:
+                    self.open_dataset(ds)
+            elif job.state == JobState.FAILED:
+                show_error(self, job.title, DemoAIError(job.error or "The job failed.", job.hint))

@@ -1,0 +1,1 @@
+"""The Evaluate & Arena pane: metric runs on datasets, and blind pairwise votes."""

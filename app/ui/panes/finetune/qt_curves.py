@@ -1,0 +1,98 @@
+"""Live training curves (pyqtgraph), several runs overlaid.
+
+Points are keyed by step: after a resume, a later point for the same step
+replaces the earlier one, so the curve stays continuous.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyqtgraph as pg
+from PySide6.QtWidgets import QGridLayout, QWidget
+
+PLOTS = (
+    ("loss", "Loss", ("train_loss", "eval_loss")),
+    ("learning_rate", "Learning rate", ("learning_rate",)),
+    ("grad_norm", "Gradient norm", ("grad_norm",)),
+    ("tokens_per_s", "Tokens/s", ("tokens_per_s",)),
+    ("memory", "Memory (MB)", ("cpu_mem_mb", "gpu_mem_mb")),
+)
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+
+
+class CurvesWidget(QWidget):
+    """One plot per quantity; one line per (run, metric)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        pg.setConfigOptions(antialias=True, background="w", foreground="k")
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        self.plots: dict[str, pg.PlotItem] = {}
+        self._metric_plot: dict[str, str] = {}
+        for i, (key, title, metrics) in enumerate(PLOTS):
+            w = pg.PlotWidget(title=title)
+            w.showGrid(x=True, y=True, alpha=0.3)
+            w.addLegend(offset=(-5, 5))
+            w.setLabel("bottom", "step")
+            grid.addWidget(w, i // 3, i % 3)
+            self.plots[key] = w.getPlotItem()
+            for m in metrics:
+                self._metric_plot[m] = key
+        self.points: dict[tuple[str, str], dict[int, float]] = {}
+        self.lines: dict[tuple[str, str], Any] = {}
+        self._run_color: dict[str, str] = {}
+        self._labels: dict[str, str] = {}
+
+    def set_runs(self, runs: dict[str, str]) -> None:
+        """Show exactly these runs (job id -> label); others are removed."""
+        for key in [k for k in self.lines if k[0] not in runs]:
+            line = self.lines.pop(key)
+            line.getViewBox() and self.plots[self._metric_plot[key[1]]].removeItem(line)
+            self.points.pop(key, None)
+        self._labels = dict(runs)
+        for job_id in runs:
+            self._run_color.setdefault(job_id, COLORS[len(self._run_color) % len(COLORS)])
+
+    def add_events(self, job_id: str, events: list[dict[str, Any]]) -> None:
+        touched: set[tuple[str, str]] = set()
+        for ev in events:
+            if ev.get("type") != "metric" or ev.get("name") not in self._metric_plot:
+                continue
+            key = (job_id, str(ev["name"]))
+            self.points.setdefault(key, {})[int(ev["step"])] = float(ev["value"])
+            touched.add(key)
+        for key in touched:
+            self._redraw(key)
+
+    def _redraw(self, key: tuple[str, str]) -> None:
+        if key[0] not in self._labels:
+            return
+        pts = self.points[key]
+        steps = sorted(pts)
+        values = [pts[s] for s in steps]
+        line = self.lines.get(key)
+        if line is None:
+            dash = key[1] in ("eval_loss", "gpu_mem_mb")
+            pen = pg.mkPen(
+                self._run_color[key[0]],
+                width=2,
+                style=(pg.QtCore.Qt.PenStyle.DashLine if dash else pg.QtCore.Qt.PenStyle.SolidLine),
+            )
+            label = f"{self._labels[key[0]]} {key[1]}"
+            line = self.plots[self._metric_plot[key[1]]].plot(
+                steps,
+                values,
+                pen=pen,
+                name=label,
+                symbol="o" if key[1] == "eval_loss" else None,
+                symbolSize=5,
+            )
+            self.lines[key] = line
+        else:
+            line.setData(steps, values)
+
+    def series(self, job_id: str, metric: str) -> dict[int, float]:
+        """The points shown for one run and metric (step -> value)."""
+        return dict(self.points.get((job_id, metric), {}))

@@ -1,0 +1,444 @@
+"""The Fine-tune pane."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+from typing import Any
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core.errors import DemoAIError
+from app.core.format import human_size
+from app.core.jobs.store import Job, JobState
+from app.core.models.registry import ModelRegistry
+from app.core.train.config import PRESETS, TrainConfig
+from app.ui.panes.finetune.qt_curves import CurvesWidget
+from app.ui.qt_errors import show_error
+from app.ui.services import Services
+
+KIND = "train.lora"
+#: Fields shown in the form (others keep their defaults or come from the preset).
+FORM_FIELDS = (
+    "method",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "learning_rate",
+    "lr_scheduler",
+    "warmup_steps",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "max_seq_len",
+    "packing",
+    "gradient_checkpointing",
+    "seed",
+    "eval_fraction",
+    "eval_every",
+    "save_every",
+    "device",
+)
+CHOICES = {
+    "method": ("lora", "qlora", "lora8bit"),
+    "lr_scheduler": ("linear", "cosine", "constant"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+
+class FinetunePane(QWidget):
+    """Config on the left, runs and live curves on the right."""
+
+    def __init__(self, services: Services, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.services = services
+        self.registry = ModelRegistry(services.workspace)
+        self._fields: dict[str, QWidget] = {}
+        self._help = {
+            f.name: str(f.metadata.get("help", "")) for f in dataclasses.fields(TrainConfig)
+        }
+        self._defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+        # -- config form
+        self.base = QComboBox()
+        self.base.setObjectName("trainBase")
+        self.dataset = QComboBox()
+        self.dataset.setObjectName("trainDataset")
+        self.preset = QComboBox()
+        self.preset.addItem("(custom)", None)
+        for name in PRESETS:
+            self.preset.addItem(name.replace("_", " "), name)
+        self.preset.currentIndexChanged.connect(self._apply_preset)
+        self.name = QLineEdit()
+        self.name.setPlaceholderText("name of the run and of the adapter")
+        form = QFormLayout()
+        form.addRow("Base model", self.base)
+        form.addRow("Dataset", self.dataset)
+        form.addRow("Preset", self.preset)
+        form.addRow("Name", self.name)
+        for fname in FORM_FIELDS:
+            w = self._make_field(fname)
+            w.setToolTip(self._help.get(fname, ""))
+            self._fields[fname] = w
+            form.addRow(fname.replace("_", " ").capitalize(), w)
+        self.check_btn = QPushButton("Check")
+        self.start_btn = QPushButton("Start training")
+        self.check_btn.clicked.connect(self.check)
+        self.start_btn.clicked.connect(self.start)
+        self.report = QLabel("")
+        self.report.setObjectName("trainReport")
+        self.report.setWordWrap(True)
+        self.report.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form_box = QWidget()
+        fl = QVBoxLayout(form_box)
+        fl.addLayout(form)
+        row = QHBoxLayout()
+        row.addWidget(self.check_btn)
+        row.addWidget(self.start_btn)
+        fl.addLayout(row)
+        fl.addWidget(self.report)
+        fl.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(form_box)
+
+        # -- runs + curves
+        self.runs = QListWidget()
+        self.runs.setObjectName("trainRuns")
+        self.runs.setToolTip("Tick runs to overlay their curves")
+        self.runs.itemChanged.connect(self._runs_ticked)
+        self.runs.currentItemChanged.connect(lambda *_: self._update_buttons())
+        self.cancel_btn = QPushButton("Cancel")
+        self.resume_btn = QPushButton("Resume")
+        self.chat_btn = QPushButton("Chat with adapter")
+        self.merge_btn = QPushButton("Merge into base")
+        self.cancel_btn.clicked.connect(self.cancel_selected)
+        self.resume_btn.clicked.connect(self.resume_selected)
+        self.chat_btn.clicked.connect(self.chat_selected)
+        self.merge_btn.clicked.connect(self.merge_selected)
+        self.run_info = QLabel("")
+        self.run_info.setWordWrap(True)
+        self.curves = CurvesWidget()
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        top = QHBoxLayout()
+        top.addWidget(self.runs, 2)
+        buttons = QVBoxLayout()
+        for b in (self.cancel_btn, self.resume_btn, self.chat_btn, self.merge_btn):
+            buttons.addWidget(b)
+        buttons.addStretch(1)
+        top.addLayout(buttons)
+        rl.addLayout(top, 1)
+        rl.addWidget(self.run_info)
+        rl.addWidget(self.curves, 3)
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(scroll)
+        splitter.addWidget(right)
+        splitter.setSizes([380, 900])
+        QVBoxLayout(self).addWidget(splitter)
+
+        services.hub.jobs_changed.connect(self._jobs_changed)
+        services.hub.job_events.connect(self._job_events)
+        services.bus.models_changed.connect(self.refresh_inputs)
+        self._merge_jobs: set[str] = set()
+        self.refresh_inputs()
+        self.refresh_runs()
+
+    # -- form ----------------------------------------------------------------------------
+    def _make_field(self, fname: str) -> QWidget:
+        default = self._defaults[fname]
+        if fname in CHOICES:
+            w = QComboBox()
+            w.addItems(CHOICES[fname])
+            w.setCurrentText(str(default))
+            return w
+        if isinstance(default, bool):
+            c = QCheckBox()
+            c.setChecked(default)
+            return c
+        if isinstance(default, int) or fname in ("max_steps", "eval_every"):
+            s = QSpinBox()
+            s.setRange(0, 10_000_000)
+            s.setSpecialValueText("off" if fname in ("max_steps", "eval_every") else "")
+            s.setValue(int(default or 0))
+            return s
+        d = QDoubleSpinBox()
+        d.setDecimals(6 if fname == "learning_rate" else 3)
+        d.setRange(0.0, 1000.0)
+        d.setSingleStep(1e-5 if fname == "learning_rate" else 0.05)
+        d.setValue(float(default or 0.0))
+        return d
+
+    def _set_field(self, fname: str, value: Any) -> None:
+        w = self._fields.get(fname)
+        if isinstance(w, QComboBox):
+            w.setCurrentText(str(value))
+        elif isinstance(w, QCheckBox):
+            w.setChecked(bool(value))
+        elif isinstance(w, QSpinBox):
+            w.setValue(int(value or 0))
+        elif isinstance(w, QDoubleSpinBox):
+            w.setValue(float(value or 0.0))
+
+    def _apply_preset(self, *_: object) -> None:
+        name = self.preset.currentData()
+        if name is None:
+            return
+        values = {**{k: self._defaults[k] for k in FORM_FIELDS}, **PRESETS[name]}
+        for k, v in values.items():
+            self._set_field(k, v)
+
+    def form_values(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for fname, w in self._fields.items():
+            if isinstance(w, QComboBox):
+                out[fname] = w.currentText()
+            elif isinstance(w, QCheckBox):
+                out[fname] = w.isChecked()
+            elif isinstance(w, QSpinBox):
+                out[fname] = (
+                    w.value() if w.value() or fname not in ("max_steps", "eval_every") else None
+                )
+            elif isinstance(w, QDoubleSpinBox):
+                out[fname] = w.value()
+        if out.get("eval_every") is None:
+            out["eval_every"] = 0
+        if self.name.text().strip():
+            out["name"] = self.name.text().strip()
+        return out
+
+    def refresh_inputs(self) -> None:
+        from app.core.data.store import DatasetStore
+
+        cur_b, cur_d = self.base.currentData(), self.dataset.currentData()
+        self.base.clear()
+        for m in self.registry.list():
+            self.base.addItem(f"{m.name}  ({m.format})", m.id)
+            if m.format != "hf":
+                i = self.base.count() - 1
+                item = self.base.model().item(i)  # type: ignore[attr-defined]
+                item.setEnabled(False)
+                item.setToolTip("Training needs Hugging Face weights (safetensors), not GGUF.")
+        self.dataset.clear()
+        for d in DatasetStore(self.services.workspace).list_datasets():
+            self.dataset.addItem(f"{d.name}  ({d.rows or 0:,} rows)", d.id)
+        for combo, cur in ((self.base, cur_b), (self.dataset, cur_d)):
+            if cur is not None and (i := combo.findData(cur)) >= 0:
+                combo.setCurrentIndex(i)
+        if self.base.currentIndex() >= 0 and self.base.currentData() is not None:
+            rec = self.registry.get(self.base.currentData())
+            if rec.format != "hf":
+                for i in range(self.base.count()):
+                    if self.registry.get(self.base.itemData(i)).format == "hf":
+                        self.base.setCurrentIndex(i)
+                        break
+        self.start_btn.setEnabled(self.base.count() > 0 and self.dataset.count() > 0)
+        if not self.start_btn.isEnabled():
+            self.report.setText(
+                "To fine-tune, import a Hugging Face model folder in <b>Models</b> and a dataset "
+                "(or the sample) in <b>Datasets</b>."
+            )
+
+    # -- checking and starting ----------------------------------------------------------------
+    def build_config(self) -> TrainConfig:
+        from app.core.train.library import config_from_library
+
+        if self.base.currentData() is None or self.dataset.currentData() is None:
+            raise DemoAIError("Choose a base model and a dataset.")
+        return config_from_library(
+            self.services.workspace,
+            self.base.currentData(),
+            self.dataset.currentData(),
+            **self.form_values(),
+        )
+
+    def check(self) -> TrainConfig | None:
+        """Validate the whole config and show the memory and time estimate."""
+        from app.core.train.config import validate_against_model
+        from app.core.train.estimate import estimate_run
+
+        try:
+            cfg = self.build_config()
+            problems = validate_against_model(cfg)
+        except DemoAIError as exc:
+            self.report.setText(f"<span style='color:#c0392b'>{html.escape(str(exc))}</span>")
+            return None
+        if problems:
+            items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+            self.report.setText(f"<span style='color:#c0392b'>Cannot start:</span><ul>{items}</ul>")
+            return None
+        est = estimate_run(cfg)
+        self.report.setText(
+            f"<b>Ready.</b> Needs about {human_size(est.total_bytes)} of memory"
+            + (f", about {est.seconds / 60:.0f} min" if est.seconds else "")
+            + f".<br><small>{html.escape(est.explanation)}</small>"
+        )
+        return cfg
+
+    def start(self) -> Job | None:
+        cfg = self.check()
+        if cfg is None:
+            return None
+        title = f"Fine-tune {cfg.name or self.base.currentText().split('  ')[0]}"
+        job = self.services.jobs.submit(KIND, cfg.to_dict(), title=title, resource="gpu")
+        self.services.hub.tick()
+        self.refresh_runs(select=job.id)
+        return job
+
+    # -- runs -------------------------------------------------------------------------------------
+    def _train_jobs(self) -> list[Job]:
+        return [j for j in self.services.jobs.list_jobs(limit=200) if j.kind == KIND]
+
+    def refresh_runs(self, select: str | None = None) -> None:
+        ticked = self.ticked_runs() | ({select} if select else set())
+        sel = self.selected_job()
+        current = select or (sel.id if sel is not None else None)
+        self.runs.blockSignals(True)
+        self.runs.clear()
+        for j in self._train_jobs():
+            pct = (
+                f" {j.progress * 100:.0f}%"
+                if j.progress is not None and j.state == JobState.RUNNING
+                else ""
+            )
+            item = QListWidgetItem(f"{j.title} — {j.state}{pct}")
+            item.setData(Qt.ItemDataRole.UserRole, j.id)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if j.id in ticked else Qt.CheckState.Unchecked)
+            self.runs.addItem(item)
+            if j.id == current:
+                self.runs.setCurrentItem(item)
+        self.runs.blockSignals(False)
+        self._runs_ticked()
+        self._update_buttons()
+
+    def ticked_runs(self) -> set[str]:
+        return {
+            self.runs.item(i).data(Qt.ItemDataRole.UserRole)
+            for i in range(self.runs.count())
+            if self.runs.item(i).checkState() == Qt.CheckState.Checked
+        }
+
+    def _runs_ticked(self, *_: object) -> None:
+        ticked = self.ticked_runs()
+        labels = {}
+        for j in self._train_jobs():
+            if j.id in ticked:
+                labels[j.id] = j.title.replace("Fine-tune ", "")
+        before = set(self.curves._labels)
+        self.curves.set_runs(labels)
+        for job_id in ticked - before:
+            job = self.services.jobs.get(job_id)
+            # Curves come back from the run's event log (also after a restart).
+            self.curves.add_events(job_id, self.services.hub.history(job))
+            if job.state in (JobState.RUNNING, JobState.CANCELLING):
+                self.services.hub.watch(job)
+
+    def selected_job(self) -> Job | None:
+        item = self.runs.currentItem()
+        if item is None:
+            return None
+        try:
+            return self.services.jobs.get(item.data(Qt.ItemDataRole.UserRole))
+        except DemoAIError:
+            return None
+
+    def _update_buttons(self) -> None:
+        j = self.selected_job()
+        self.cancel_btn.setEnabled(j is not None and j.state in (JobState.QUEUED, JobState.RUNNING))
+        self.resume_btn.setEnabled(j is not None and j.resumable)
+        done = (
+            j is not None
+            and j.state == JobState.SUCCEEDED
+            and bool((j.result or {}).get("model_id"))
+        )
+        self.chat_btn.setEnabled(done)
+        self.merge_btn.setEnabled(done)
+        if j is None:
+            self.run_info.clear()
+            return
+        r = j.result or {}
+        text = f"<b>{html.escape(j.title)}</b> — {j.state}"
+        if r.get("train_loss") is not None:
+            text += f" · final loss {r['train_loss']:.4f}"
+        if r.get("eval_loss") is not None:
+            text += f" · eval loss {r['eval_loss']:.4f}"
+        if j.error:
+            text += f"<br><span style='color:#c0392b'>{html.escape(j.error.splitlines()[0])}</span>"
+            if j.hint:
+                text += f"<br>{html.escape(j.hint)}"
+        self.run_info.setText(text)
+
+    def _jobs_changed(self, jobs: list[Job]) -> None:
+        if any(j.kind == KIND for j in jobs):
+            self.refresh_runs()
+        for j in jobs:
+            if j.id in self._merge_jobs and j.state not in (JobState.QUEUED, JobState.RUNNING):
+                self._merge_jobs.discard(j.id)
+                if j.state == JobState.SUCCEEDED:
+                    self.services.bus.models_changed.emit()
+                    self.run_info.setText(
+                        f"Merged: new model <b>{html.escape(str((j.result or {}).get('name')))}</b> in the library."
+                    )
+                else:
+                    show_error(
+                        self, "Merge failed", DemoAIError(j.error or "The merge failed.", j.hint)
+                    )
+            if j.kind == KIND and j.state == JobState.SUCCEEDED:
+                self.services.bus.models_changed.emit()
+
+    def _job_events(self, job_id: str, events: list[dict[str, Any]]) -> None:
+        if job_id in self.curves._labels:
+            self.curves.add_events(job_id, events)
+
+    # -- actions -------------------------------------------------------------------------------------
+    def cancel_selected(self) -> None:
+        j = self.selected_job()
+        if j is not None:
+            self.services.supervisor.cancel(j.id)
+            self.services.hub.tick()
+
+    def resume_selected(self) -> None:
+        j = self.selected_job()
+        if j is not None:
+            try:
+                self.services.jobs.resume(j.id)
+            except DemoAIError as exc:
+                show_error(self, "Resume", exc)
+            self.services.hub.tick()
+
+    def chat_selected(self) -> None:
+        j = self.selected_job()
+        if j is not None and (mid := (j.result or {}).get("model_id")):
+            self.services.bus.chat_with_model.emit(mid)
+
+    def merge_selected(self) -> Job | None:
+        j = self.selected_job()
+        if j is None or not (mid := (j.result or {}).get("model_id")):
+            return None
+        job = self.services.jobs.submit(
+            "train.merge", {"adapter": mid}, title=f"Merge {j.title.replace('Fine-tune ', '')}"
+        )
+        self._merge_jobs.add(job.id)
+        self.services.hub.tick()
+        return job

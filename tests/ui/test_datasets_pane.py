@@ -1,0 +1,152 @@
+"""The Datasets pane: 1M rows open at once, scroll to the end, edit, save a version, prepare."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from app.core.data.store import DatasetStore
+
+
+@pytest.fixture
+def million(workspace) -> str:
+    n = 1_000_000
+    ids = np.arange(n)
+    table = pa.table(
+        {
+            "id": pa.array(ids),
+            "text": pa.array([f"row {i} text" for i in range(n)]),
+            "label": pa.array(np.where(ids % 3 == 0, "spam", "ham")),
+        }
+    )
+    v = DatasetStore(workspace).create_dataset("big", table)
+    return v.dataset_id
+
+
+def test_million_rows_scroll_edit_save(qtbot, main_window, million) -> None:
+    pane = main_window.pane("datasets")
+    store = pane.store
+    pane.open_dataset(million)
+    assert pane.open_ms < 1000
+    model = pane.model
+    assert model.rowCount() == 1_000_000
+    assert model.index(0, 1).data() == "row 0 text"
+    pane.table.scrollToBottom()
+    qtbot.wait(50)
+    last = model.rowCount() - 1
+    assert model.index(last, 1).data() == "row 999999 text"
+    # only a few row groups were decoded: the table is not copied into Python
+    assert len(model._cache) <= 6
+    # edit the last cell through the view, as the delegate does
+    assert model.setData(model.index(last, 1), "edited at the end")
+    assert not model.setData(model.index(last, 0), "not a number")  # type checked
+    assert pane.save_btn.isEnabled() and "unsaved: 1 cell" in pane.info.text()
+    model.undo()
+    assert model.index(last, 1).data() == "row 999999 text"
+    model.redo()
+    v = pane.save_version("fix the last row")
+    assert v is not None and v.rows == 1_000_000 and v.operation["name"] == "edit"
+    assert v.operation["params"]["cells_edited"] == 1
+    items = [pane.versions.item(i).text() for i in range(pane.versions.count())]
+    assert "fix the last row" in items[0] and len(items) == 2
+    t = store.read_table(f"{million}@{v.hash}", columns=["text"])
+    assert t.column("text")[999_999].as_py() == "edited at the end"
+    assert t.column("text")[999_998].as_py() == "row 999998 text"
+
+
+def test_sort_filter_search_and_structure_edits(qtbot, main_window, workspace) -> None:
+    table = pa.table(
+        {
+            "instruction": ["b task", "a task", "write an email", "c task"],
+            "output": ["x" * 5, "y" * 300, "Dear team", "z"],
+        }
+    )
+    ds = DatasetStore(workspace).create_dataset("small", table).dataset_id
+    pane = main_window.pane("datasets")
+    pane.refresh_datasets(select=ds)
+    pane.open_dataset(ds)
+    pane.sort_col.setCurrentIndex(pane.sort_col.findData("instruction"))
+    pane.apply_query()
+    qtbot.waitUntil(lambda: pane.model.view is not None, timeout=10_000)
+    assert [pane.model.index(r, 0).data() for r in range(4)] == [
+        "a task",
+        "b task",
+        "c task",
+        "write an email",
+    ]
+    pane.sort_col.setCurrentIndex(0)
+    pane.expr.setText('len(output) > 100 or contains(instruction, "EMAIL")')
+    pane.apply_query()
+    qtbot.waitUntil(lambda: pane.model.rowCount() == 2, timeout=10_000)
+    assert {pane.model.index(r, 0).data() for r in range(2)} == {"a task", "write an email"}
+    pane.expr.setText("__import__('os')")
+    pane.apply_query()
+    qtbot.waitUntil(
+        lambda: "not allowed" in pane.info.text() or "Unknown" in pane.info.text(), timeout=10_000
+    )
+    pane.clear_query()
+    pane.search.setText("dear")
+    pane.apply_query()
+    qtbot.waitUntil(lambda: pane.model.rowCount() == 1, timeout=10_000)
+    pane.clear_query()
+    # structure edits
+    m = pane.model
+    m.add_column("notes")
+    m.rename_column(0, "prompt")
+    m.delete_rows([0])
+    r = m.add_row()
+    assert m.setData(m.index(r, 0), "new prompt")
+    v = pane.save_version("restructure")
+    out = pane.store.read_table(f"{ds}@{v.hash}")
+    assert out.column_names == ["prompt", "output", "notes"]
+    assert out.column("prompt").to_pylist() == ["a task", "write an email", "c task", "new prompt"]
+
+
+def test_import_and_prepare_jobs(qtbot, main_window, tmp_path: Path) -> None:
+    src = tmp_path / "tickets.jsonl"
+    rows = [
+        {"text": "Contact me at jane@example.com"},
+        {"text": "Call +1 415 555 0100"},
+        {"text": "fine"},
+    ]
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    pane = main_window.pane("datasets")
+    pane.import_file(str(src))
+    qtbot.waitUntil(
+        lambda: pane.dataset is not None and pane.dataset.name == "tickets", timeout=60_000
+    )
+    assert pane.model.rowCount() == 3
+    job = pane.prepare({"name": "redact_pii", "params": {}})
+    assert job is not None
+    qtbot.waitUntil(lambda: pane.versions.count() == 2, timeout=60_000)
+    text = [pane.model.index(r, 0).data() for r in range(3)]
+    assert "jane@example.com" not in text[0] and text[2] == "fine"
+
+
+def test_bad_import_is_reported(qtbot, main_window, tmp_path: Path, monkeypatch) -> None:
+    import app.ui.panes.datasets.qt_datasets_pane as mod
+
+    shown: list[str] = []
+    monkeypatch.setattr(mod, "show_error", lambda parent, title, exc: shown.append(str(exc)))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": 1}\n{broken\n{"a": 3}\n')
+    pane = main_window.pane("datasets")
+    pane.import_file(str(bad))
+    qtbot.waitUntil(lambda: bool(shown), timeout=60_000)
+    assert "line 2" in shown[0]
+    assert DatasetStore(main_window.services.workspace).list_datasets() == []
+
+
+def test_sample_dataset_first_run(qtbot, main_window) -> None:
+    pane = main_window.pane("datasets")
+    assert pane.empty.isVisible() and pane.sample_btn.isVisible()
+    t0 = time.perf_counter()
+    pane.add_sample()
+    assert time.perf_counter() - t0 < 10
+    assert pane.model is not None and pane.model.rowCount() >= 50
+    assert not pane.sample_btn.isVisible()

@@ -1,0 +1,205 @@
+"""The Evaluate & Arena pane on the real window, with the real Gemma 3 270M GGUF.
+
+Eval runs go through real ``eval.run`` worker jobs; arena answers through the
+real model host.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from app.core.data.store import DatasetStore
+from app.core.eval.arena import ArenaService
+from app.core.jobs.store import JobState
+from app.core.models.registry import ModelRegistry
+
+HEAVY = ("torch", "transformers", "llama_cpp", "peft")
+
+
+def _dataset(ws, name: str, *, with_reference: bool = True) -> str:
+    cols = {"question": ["Say yes", "Say no", "Two plus two?", "Capital of France?", "Hi"]}
+    if with_reference:
+        cols["answer"] = ["yes", "no", "4", "Paris", "Hello"]
+    return DatasetStore(ws).create_dataset(name, pa.table(cols)).dataset_id
+
+
+@pytest.fixture
+def pane(qtbot, main_window):
+    from app.ui.panes.evaluate.qt_evaluate_pane import EvaluatePane
+
+    heavy_before = {m for m in HEAVY if m in sys.modules}
+    p = EvaluatePane(main_window.services)
+    qtbot.addWidget(p)
+    p.show()
+    assert {m for m in HEAVY if m in sys.modules} <= heavy_before
+    yield p
+    p.shutdown()
+
+
+def _run(qtbot, tab, services, **setup) -> str:
+    job = tab.start_run()
+    assert job is not None, tab.error.text()
+    assert tab.cancel_btn.isEnabled() and not tab.run_btn.isEnabled()
+    qtbot.waitUntil(lambda: tab.job_id is None, timeout=180_000)
+    done = services.jobs.get(job.id)
+    assert done.state == JobState.SUCCEEDED, (done.error, services.jobs.log_tail(job.id))
+    return job.id
+
+
+def test_eval_run_from_the_pane(qtbot, main_window, pane, gemma_gguf, tmp_path: Path) -> None:
+    services = main_window.services
+    ws = services.workspace
+    rec = ModelRegistry(ws).import_gguf(gemma_gguf, copy=False, name="gemma")
+    ds = _dataset(ws, "qa")
+    tab = pane.eval_tab
+    tab.refresh_models()
+    tab.select_models([rec.id])
+    tab.select_dataset(ds)
+    assert tab.input_col.currentText() == "question"
+    assert tab.ref_col.currentText() == "answer"
+    tab.select_metrics(["exact_match", "f1"])
+    tab.max_tokens.setValue(6)
+    assert tab.temperature.value() == 0.0
+    run_id = _run(qtbot, tab, services)
+    assert tab.progress.value() == 1000 and tab.status.text() == "Done."
+
+    # aggregates with CIs, one row per (model, metric), and the bar chart
+    agg = tab.aggregates
+    cells = {(agg.item(r, 0).text(), agg.item(r, 1).text()) for r in range(agg.rowCount())}
+    assert cells == {("gemma", "exact_match"), ("gemma", "f1")}
+    assert all(agg.item(r, 3).text().startswith("[") for r in range(agg.rowCount()))
+    assert len(tab.chart.items) == 1  # one series (model) over two metric groups
+
+    # per-sample results, worst first by the chosen metric
+    tab.sort_by.setCurrentIndex(tab.sort_by.findData("f1"))
+    assert tab.samples.rowCount() == 5
+    f1_col = [tab.samples.horizontalHeaderItem(c).text() for c in range(8)].index("f1")
+    f1 = [float(tab.samples.item(r, f1_col).text()) for r in range(5)]
+    assert f1 == sorted(f1)
+
+    # export CSV and JSON
+    assert tab.export("csv", str(tmp_path / "r.csv"))
+    assert (tmp_path / "r.csv").read_text().splitlines()[0].startswith("model_id,idx,input")
+    assert tab.export("json", str(tmp_path / "r.json"))
+    assert len(json.loads((tmp_path / "r.json").read_text())["samples"]) == 5
+
+    # a second, shorter run; then compare the two side by side
+    tab.limit.setValue(2)
+    tab.name.setText("short")
+    run2 = _run(qtbot, tab, services)
+    assert {r.id for r in tab.store.list_runs()} == {run_id, run2}
+    tab.runs.selectAll()
+    assert tab.compare.rowCount() == 2  # (gemma, exact_match), (gemma, f1)
+    assert "short" in tab.compare_info.text()
+    assert len(tab.chart.items) == 2
+
+
+def test_missing_reference_column_starts_no_job(qtbot, main_window, pane, gemma_gguf) -> None:
+    services = main_window.services
+    ws = services.workspace
+    rec = ModelRegistry(ws).import_gguf(gemma_gguf, copy=False, name="gemma")
+    ds = _dataset(ws, "noref", with_reference=False)
+    tab = pane.eval_tab
+    tab.refresh_models()
+    tab.select_models([rec.id])
+    tab.select_dataset(ds)
+    assert tab.ref_col.currentText() == "(none)"
+    tab.select_metrics(["exact_match", "f1"])
+    assert tab.start_run() is None
+    assert tab.error.isVisible() and "reference column" in tab.error.text()
+    # a prompt field naming a column the dataset lacks: caught by validate_eval
+    tab.select_metrics(["latency_ms"])
+    tab.prompt.setText("Q: {input} ({answer})")
+    assert tab.start_run() is None
+    assert "no prompt field {answer}" in tab.error.text() and "question" in tab.error.text()
+    assert services.jobs.list_jobs() == []
+    assert tab.store.list_runs() == []
+
+
+def test_arena_blind_votes_and_leaderboard(qtbot, main_window, pane, gemma_gguf) -> None:
+    services = main_window.services
+    ws = services.workspace
+    reg = ModelRegistry(ws)
+    a = reg.import_gguf(gemma_gguf, copy=False, name="gemma-left")
+    b = reg.import_gguf(gemma_gguf, copy=False, name="gemma-right")
+    arena = pane.arena_tab
+    arena.refresh_models()
+    arena.select_models([a.id, b.id])
+    arena.prompts.setPlainText("Name a colour.\nName a fruit.")
+    arena.max_tokens.setValue(8)
+    arena.temperature.setValue(0.0)
+    assert arena.get_answers() is not None
+    qtbot.waitUntil(lambda: arena.fetcher is None, timeout=180_000)
+    assert arena.match is not None, arena.status.text()
+    assert len(arena.queue) == 1
+    # blind: the answers are shown, the names are not
+    assert arena.answer_a.toPlainText() == arena.match.answer_a
+    assert arena.answer_b.toPlainText() == arena.match.answer_b
+    assert arena.match.answer_a.strip() and arena.match.answer_b.strip()
+    shown = arena.title_a.text() + arena.title_b.text() + arena.reveal.text()
+    assert "gemma" not in shown
+
+    arena.vote_btns["a"].click()
+    first = ArenaService(ws).get(arena.match.id)
+    assert first.vote == "a"
+    assert reg.get(first.model_a).name in arena.title_a.text()
+    assert reg.get(first.model_b).name in arena.title_b.text()
+    assert "A was" in arena.reveal.text()
+    assert not arena.vote_btns["b"].isEnabled()
+    board = _board(arena)
+    assert set(board) == {"gemma-left", "gemma-right"}
+    winner = reg.get(first.model_a).name
+    assert board[winner]["W"] == "1" and board[winner]["#"] == "1"
+
+    assert arena.next_btn.isEnabled()
+    arena.next_btn.click()
+    assert "gemma" not in arena.title_a.text() + arena.title_b.text()
+    arena.vote_btns["tie"].click()
+    board = _board(arena)
+    assert all(row["T"] == "1" and row["Matches"] == "2" for row in board.values())
+    assert sum(int(row["W"]) for row in board.values()) == 1
+    assert not arena.next_btn.isEnabled()
+
+
+def _board(arena) -> dict[str, dict[str, str]]:
+    t = arena.board
+    heads = [t.horizontalHeaderItem(c).text() for c in range(t.columnCount())]
+    rows = {}
+    for r in range(t.rowCount()):
+        row = {h: t.item(r, c).text() for c, h in enumerate(heads)}
+        rows[row["Model"]] = row
+    return rows
+
+
+def test_cancel_keeps_the_samples_done(qtbot, main_window, pane, gemma_gguf) -> None:
+    services = main_window.services
+    ws = services.workspace
+    rec = ModelRegistry(ws).import_gguf(gemma_gguf, copy=False, name="gemma")
+    topics = [f"a city number {i}" for i in range(20)]
+    ds = (
+        DatasetStore(ws)
+        .create_dataset("stories", pa.table({"input": topics, "reference": topics}))
+        .dataset_id
+    )
+    tab = pane.eval_tab
+    tab.refresh_models()
+    tab.select_models([rec.id])
+    tab.select_dataset(ds)
+    tab.prompt.setText("Write a long story about {input}.")
+    tab.max_tokens.setValue(64)
+    job = tab.start_run()
+    assert job is not None
+    qtbot.waitUntil(lambda: "sample" in tab.status.text(), timeout=120_000)
+    assert tab.progress.value() > 0
+    tab.cancel_btn.click()
+    qtbot.waitUntil(lambda: tab.job_id is None, timeout=120_000)
+    assert services.jobs.get(job.id).state == JobState.CANCELLED
+    assert tab.run_btn.isEnabled() and not tab.cancel_btn.isEnabled()
+    run = tab.store.get_run(job.id)
+    assert run.state == "interrupted"
+    assert 1 <= len(tab.store.samples(run.id)) < 20

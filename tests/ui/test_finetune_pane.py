@@ -1,0 +1,75 @@
+"""The Fine-tune pane: start a real run, watch curves, cancel, resume, get the adapter."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from app.core.data.store import DatasetStore
+from app.core.jobs.store import JobState
+from app.core.models.registry import ModelRegistry
+
+
+@pytest.fixture
+def pane(qtbot, main_window, tiny_llama_dir):
+    ws = main_window.services.workspace
+    ModelRegistry(ws).import_hf_folder(tiny_llama_dir, copy=False, name="tiny")
+    rows = [
+        {"prompt": f"Say {w}:", "completion": f" {w} {w}"}
+        for w in ("red", "blue", "green", "cat", "dog", "sun") * 4
+    ]
+    DatasetStore(ws).create_dataset("echo", pa.Table.from_pylist(rows))
+    p = main_window.pane("finetune")
+    p.refresh_inputs()
+    return p
+
+
+def test_bad_config_is_reported_before_start(qtbot, pane) -> None:
+    pane._set_field("max_seq_len", 100_000)
+    assert pane.start() is None
+    assert "context" in pane.report.text()
+    assert [j for j in pane.services.jobs.list_jobs() if j.kind == "train.lora"] == []
+
+
+def test_run_curves_cancel_resume_and_outputs(qtbot, pane) -> None:
+    pane.preset.setCurrentIndex(pane.preset.findData("quick_test"))
+    pane._set_field("max_steps", 150)
+    pane._set_field("save_every", 5)
+    pane._set_field("device", "cpu")
+    pane.name.setText("echo-lora")
+    job = pane.start()
+    assert job is not None and "Ready" in pane.report.text()
+    jobs = pane.services.jobs
+    qtbot.waitUntil(lambda: len(pane.curves.series(job.id, "train_loss")) >= 8, timeout=120_000)
+    assert pane.curves.lines[(job.id, "train_loss")].getData()[0] is not None
+    pane.runs.setCurrentRow(0)
+    pane.cancel_btn.click()
+    qtbot.waitUntil(lambda: jobs.get(job.id).state == JobState.CANCELLED, timeout=60_000)
+    seen_before = set(pane.curves.series(job.id, "train_loss"))
+    assert len(seen_before) < 150
+    qtbot.waitUntil(lambda: pane.resume_btn.isEnabled(), timeout=5000)
+    pane.resume_btn.click()
+    qtbot.waitUntil(lambda: jobs.get(job.id).state == JobState.SUCCEEDED, timeout=300_000)
+    qtbot.waitUntil(lambda: len(pane.curves.series(job.id, "train_loss")) == 150, timeout=10_000)
+    # one continuous curve: every step once, no gap at the resume
+    assert sorted(pane.curves.series(job.id, "train_loss")) == list(range(1, 151))
+    final = jobs.get(job.id)
+    assert final.attempt == 2
+    rec = ModelRegistry(pane.services.workspace).get("echo-lora")
+    assert rec.format == "lora" and final.result["model_id"] == rec.id
+    qtbot.waitUntil(lambda: pane.chat_btn.isEnabled(), timeout=5000)
+    with qtbot.waitSignal(pane.services.bus.chat_with_model, timeout=2000) as sig:
+        pane.chat_btn.click()
+    assert sig.args == [rec.id]
+    merge = pane.merge_selected()
+    qtbot.waitUntil(
+        lambda: jobs.get(merge.id).state in (JobState.SUCCEEDED, JobState.FAILED), timeout=120_000
+    )
+    assert jobs.get(merge.id).state == JobState.SUCCEEDED, jobs.get(merge.id).error
+    merged = ModelRegistry(pane.services.workspace).get("echo-lora-merged")
+    assert merged.format == "hf"
+    rels = {
+        (e.model_id, e.relation)
+        for e in ModelRegistry(pane.services.workspace).lineage(merged.id).parents
+    }
+    assert (rec.id, "merged-from") in rels
