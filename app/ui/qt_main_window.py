@@ -58,7 +58,7 @@ class MainWindow(QMainWindow):
         self.sidebar = QListWidget()
         self.sidebar.setObjectName("sidebar")
         self.sidebar.setMaximumWidth(220)
-        self.sidebar.setMinimumWidth(110)
+        self.sidebar.setMinimumWidth(150)
         self.sidebar.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.sidebar.setStyleSheet("QListWidget#sidebar::item { padding: 6px 10px; }")
         for spec in self._specs:
@@ -72,7 +72,7 @@ class MainWindow(QMainWindow):
         self.splitter.addWidget(self.sidebar)
         self.splitter.addWidget(self.stack)
         self.splitter.setStretchFactor(1, 1)
-        self.splitter.setSizes([150, 1050])
+        self.splitter.setSizes([160, 1040])
         self.setCentralWidget(self.splitter)
         self.sidebar.currentRowChanged.connect(self.show_pane_at)
 

@@ -370,16 +370,29 @@ class Handler(BaseHTTPRequestHandler):
         params = SamplingParams.from_openai(body)
         stream = bool(body.get("stream"))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        grammar = response_format_grammar(body.get("response_format"))
         with slot.lock:
             engine = slot.get_engine()
-            if chat:
-                chunks = engine.chat(body["messages"], params)
-            else:
-                chunks = engine.complete(body["prompt"], params)
-            rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-            if stream:
-                return self._stream(record, slot.name, rid, chat, chunks, include_usage)
-            return self._whole(record, slot.name, rid, chat, chunks)
+            if grammar is not None:
+                if not hasattr(engine, "set_grammar"):
+                    raise HostError(
+                        400,
+                        "response_format json_object/json_schema is supported for GGUF models only.",
+                        code="unsupported_response_format",
+                    )
+                engine.set_grammar(grammar)
+            try:
+                if chat:
+                    chunks = engine.chat(body["messages"], params)
+                else:
+                    chunks = engine.complete(body["prompt"], params)
+                rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+                if stream:
+                    return self._stream(record, slot.name, rid, chat, chunks, include_usage)
+                return self._whole(record, slot.name, rid, chat, chunks)
+            finally:
+                if grammar is not None:
+                    engine.set_grammar(None)
 
     def _whole(
         self, record: dict[str, Any], model: str, rid: str, chat: bool, chunks: Iterator[Any]
@@ -501,6 +514,39 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return 499
         return status
+
+
+def response_format_grammar(fmt: Any) -> str | None:
+    """The GBNF grammar for an OpenAI ``response_format`` (None for free text).
+
+    ``{"type": "json_object"}`` constrains the reply to one JSON object;
+    ``{"type": "json_schema", "json_schema": {"schema": {...}}}`` to that schema.
+    """
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    from llama_cpp import llama_grammar
+
+    if kind == "json_object":
+        return str(llama_grammar.JSON_GBNF)
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise HostError(
+                400, "response_format.json_schema.schema must be an object.", code="invalid_schema"
+            )
+        try:
+            return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
+        except Exception as exc:
+            raise HostError(400, f"Unsupported JSON schema: {exc}", code="invalid_schema") from exc
+    raise HostError(
+        400,
+        "response_format.type must be text, json_object or json_schema.",
+        code="invalid_response_format",
+    )
 
 
 # --------------------------------------------------------------------------- main

@@ -319,12 +319,21 @@ class EvalStore:
         )
         return self.get_run(run_id)
 
+    def _state(self, r: dict[str, Any]) -> str:
+        """The run's state; a 'running' run whose job is over (killed, terminated) is interrupted."""
+        state = str(r["state"])
+        if state == "running" and r["job_id"]:
+            job = self.db.query_one("SELECT state FROM jobs WHERE id = ?", (r["job_id"],))
+            if job is None or job["state"] not in ("queued", "running", "cancelling"):
+                return "interrupted"
+        return state
+
     def _run(self, r: dict[str, Any]) -> EvalRun:
         return EvalRun(
             id=r["id"],
             job_id=r["job_id"],
             name=r["name"],
-            state=r["state"],
+            state=self._state(r),
             config=json.loads(r["config"]),
             dataset_ref=r["dataset_ref"],
             models=json.loads(r["models"]),

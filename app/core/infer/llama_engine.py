@@ -28,6 +28,19 @@ class LlamaEngine(Engine):
     formats = ("gguf",)
 
     _llm: Any = None
+    #: GBNF grammar text constraining the next generations (None = free text).
+    grammar: str | None = None
+
+    def set_grammar(self, grammar: str | None) -> None:
+        """Constrain generation to a GBNF grammar (e.g. JSON); None lifts the constraint."""
+        if grammar is not None:
+            from llama_cpp.llama_grammar import LlamaGrammar
+
+            try:
+                LlamaGrammar.from_string(grammar, verbose=False)
+            except (ValueError, RuntimeError) as exc:
+                raise ModelLoadError(f"Invalid grammar: {exc}") from exc
+        self.grammar = grammar
 
     def load(self, path: Path) -> None:
         if not path.is_file():
@@ -121,6 +134,11 @@ class LlamaEngine(Engine):
         n_out = 0
         finish = "length"
         hit = False
+        extra: dict[str, Any] = {}
+        if self.grammar is not None:
+            from llama_cpp.llama_grammar import LlamaGrammar
+
+            extra["grammar"] = LlamaGrammar.from_string(self.grammar, verbose=False)
         for token in llm.generate(
             tokens,
             top_k=params.top_k,
@@ -128,6 +146,7 @@ class LlamaEngine(Engine):
             min_p=params.min_p,
             temp=params.temperature,
             repeat_penalty=params.repeat_penalty,
+            **extra,
         ):
             if lib.llama_vocab_is_eog(vocab, token):
                 finish = "stop"

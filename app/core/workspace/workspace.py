@@ -130,6 +130,7 @@ def _check_writable(path: Path) -> None:
 
 def _register_core_schemas() -> None:
     # Importing the modules registers their migrations (cheap: plain SQL strings).
+    import app.core.agents.schema
     import app.core.chat.conversations
     import app.core.data.schema
     import app.core.eval.schema

@@ -1,0 +1,317 @@
+"""``demoai agent``: create, list, show, run, export and import agents (and prompts, runs)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from app.core.errors import ConfigError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("agent", help="agents: create, list, show, run, export, import")
+    asub = p.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
+
+    c = asub.add_parser("create", help="create an agent (or a new version) from a JSON/YAML spec")
+    c.add_argument("spec", help="spec file (.json, .yaml or .yml)")
+    c.add_argument("--json", action="store_true", help="print the saved spec as JSON")
+    c.set_defaults(func=cmd_create)
+
+    ls = asub.add_parser("list", help="installed agents and prompts with their versions")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+
+    sh = asub.add_parser("show", help="an agent spec")
+    sh.add_argument("agent")
+    sh.add_argument("--version", type=int, help="a version (default: the latest)")
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(func=cmd_show)
+
+    r = asub.add_parser(
+        "run",
+        help="run an agent on an input",
+        description="Run an agent. Side-effecting tool calls are asked on the terminal; "
+        "without a terminal they are denied, and --approve-all-read-only is required to "
+        "acknowledge running unattended (read-only tools never need approval).",
+    )
+    r.add_argument("agent")
+    r.add_argument("--input", required=True, help="the user's request")
+    r.add_argument("--version", type=int, help="agent version (default: the latest)")
+    r.add_argument(
+        "--approve-all-read-only",
+        action="store_true",
+        help="run without a terminal: read-only tools run, side-effecting calls are denied",
+    )
+    r.add_argument("--base-url", help="an OpenAI-compatible server instead of the library model")
+    r.add_argument("--api-key", help="its key (with --base-url)")
+    r.add_argument("--model-name", help="model name to send to --base-url")
+    r.add_argument("--seed", type=int, help="override the spec's seed")
+    r.add_argument("--n-ctx", type=int, default=4096, help="context size of the local model")
+    r.add_argument("--json", action="store_true", help="print the run and its steps as JSON")
+    r.set_defaults(func=cmd_run)
+
+    runs = asub.add_parser("runs", help="list or search agent runs")
+    runs.add_argument("--agent")
+    runs.add_argument("--search", help="text in the input, answer or any step")
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(func=cmd_runs)
+
+    ex = asub.add_parser("export", help="export an agent, a prompt or a run as a bundle")
+    ex.add_argument("name", help="agent name, prompt name or run id")
+    ex.add_argument("dest", help="a new folder, or a path ending in .tar.gz")
+    ex.add_argument("--kind", choices=("agent", "prompt", "run"), default="agent")
+    ex.add_argument("--version", type=int, help="agent version (default: the latest)")
+    ex.set_defaults(func=cmd_export)
+
+    im = asub.add_parser("import", help="import a bundle (checksums are verified first)")
+    im.add_argument("path")
+    im.add_argument("--json", action="store_true")
+    im.set_defaults(func=cmd_import)
+
+
+def _out(args: argparse.Namespace, obj: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        from app.cli.common import print_json
+
+        print_json(obj)
+    else:
+        print(text)
+
+
+def _load_spec_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {path}: {exc.strerror}.") from None
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(raw)
+        else:
+            data = json.loads(raw)
+    except Exception as exc:
+        raise ConfigError(f"{path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must contain an object.")
+    return data
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from app.cli.common import open_workspace
+    from app.core.agents import AgentSpec, AgentStore
+
+    spec = AgentSpec.from_dict(_load_spec_file(Path(args.spec)))
+    ws = open_workspace(args)
+    try:
+        saved = AgentStore(ws.db).save(spec)
+    finally:
+        ws.close()
+    _out(args, saved.to_dict(), f"{saved.name} v{saved.version}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from app.cli.common import open_workspace
+    from app.core.agents import AgentStore, PromptStore
+
+    ws = open_workspace(args)
+    try:
+        store, prompts = AgentStore(ws.db), PromptStore(ws.db)
+        agents: list[dict[str, Any]] = [
+            {
+                "name": s.name,
+                "version": s.version,
+                "versions": store.versions(s.name),
+                "model": s.model_id,
+                "tools": [t.name for t in s.tools],
+                "mcp_servers": [m.name for m in s.mcp_servers],
+                "description": s.description,
+            }
+            for s in store.list()
+        ]
+        plist = [
+            {"name": p.name, "version": p.version, "variables": p.variables} for p in prompts.list()
+        ]
+    finally:
+        ws.close()
+    lines = ["Agents:"] + [
+        f"  {a['name']} v{a['version']}  model={a['model'] or '-'}  tools={','.join(a['tools']) or '-'}"
+        for a in agents
+    ]
+    lines += ["Prompts:"] + [f"  {p['name']} v{p['version']}" for p in plist]
+    _out(args, {"agents": agents, "prompts": plist}, "\n".join(lines))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from app.cli.common import open_workspace
+    from app.core.agents import AgentStore
+
+    ws = open_workspace(args)
+    try:
+        spec = AgentStore(ws.db).get(args.agent, args.version)
+    finally:
+        ws.close()
+    _out(args, spec.to_dict(), json.dumps(spec.to_dict(), indent=2))
+    return 0
+
+
+def _ask(call: Any) -> str:
+    """Ask on the terminal whether a side-effecting call may run."""
+    args = json.dumps(call.arguments, ensure_ascii=False)
+    if len(args) > 500:
+        args = args[:500] + "…"
+    sys.stderr.write(f"\nThe agent wants to run {call.tool} with {args}\n")
+    while True:
+        sys.stderr.write("Allow? [o]nce / [a]lways for this agent / [d]eny: ")
+        sys.stderr.flush()
+        answer = sys.stdin.readline().strip().lower()
+        if answer in ("o", "once"):
+            return "once"
+        if answer in ("a", "always"):
+            return "always"
+        if answer in ("d", "deny", "n", "no", ""):
+            return "deny"
+
+
+def _deny_unattended(call: Any) -> str:
+    sys.stderr.write(f"denied: {call.tool} changes things and needs approval on a terminal\n")
+    return "deny"
+
+
+@contextlib.contextmanager
+def _client(ws: Any, spec: Any, args: argparse.Namespace) -> Iterator[Any]:
+    from app.core.agents import OpenAIChatClient
+
+    if args.base_url:
+        if not args.api_key:
+            raise ConfigError("--base-url needs --api-key.")
+        yield OpenAIChatClient(args.base_url, args.api_key, model=args.model_name)
+        return
+    if not spec.model_id:
+        raise ConfigError(
+            f"Agent {spec.name} names no model.", "Set model in its spec, or pass --base-url."
+        )
+    from app.core.models.registry import ModelRegistry
+    from app.workers.host_client import HostProcess
+
+    rec = ModelRegistry(ws).get(spec.model_id)
+    if spec.model_sha256 and rec.sha256 != spec.model_sha256:
+        raise ConfigError(
+            f"The library model {rec.id} is not the one agent {spec.name} was made with "
+            f"(sha256 {rec.sha256[:12]}…, expected {spec.model_sha256[:12]}…).",
+            "Import the exact model, or save a new agent version for this one.",
+        )
+    host = HostProcess(threads=ws.settings.threads, n_ctx=args.n_ctx)
+    host.start({rec.id: (rec.path, rec.format)})
+    try:
+        yield OpenAIChatClient(host.base_url, host.token, model=rec.id)
+    finally:
+        host.stop()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from app.cli.common import open_workspace
+    from app.core.agents import AgentStore, RunStore, agent_tools, run_agent
+
+    tty = sys.stdin.isatty() and sys.stderr.isatty()
+    if not tty and not args.approve_all_read_only:
+        raise ConfigError(
+            "Not on a terminal: nobody can approve tool calls.",
+            "Pass --approve-all-read-only to run unattended (side-effecting calls are denied).",
+        )
+    approve = _ask if tty else _deny_unattended
+    ws = open_workspace(args)
+    try:
+        agents = AgentStore(ws.db)
+        spec = agents.get(args.agent, args.version)
+
+        def show(step: Any) -> None:
+            if args.json or step.kind in ("system", "user"):
+                return
+            label = f"{step.kind}" + (f" {step.tool}" if step.tool else "")
+            text = step.content if len(step.content) <= 400 else step.content[:400] + "…"
+            print(f"[{label}] {text}", file=sys.stderr)
+
+        with _client(ws, spec, args) as client, agent_tools(spec) as tools:
+            result = run_agent(
+                spec,
+                args.input,
+                client=client,
+                runs=RunStore(ws.db),
+                tools=tools,
+                approve=approve,
+                agents=agents,
+                seed=args.seed,
+                on_step=show,
+            )
+    finally:
+        ws.close()
+    if args.json:
+        from app.cli.common import print_json
+
+        print_json({"run": result.run.to_dict(), "steps": [s.to_dict() for s in result.steps]})
+    elif result.final is not None:
+        print(result.final)
+    if result.status != "succeeded":
+        print(f"demoai: agent run {result.run.id} {result.status}: {result.error}", file=sys.stderr)
+        return 1
+    print(f"run {result.run.id}", file=sys.stderr)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from app.cli.common import open_workspace
+    from app.core.agents import RunStore
+
+    ws = open_workspace(args)
+    try:
+        runs = RunStore(ws.db).list(agent=args.agent, text=args.search)
+    finally:
+        ws.close()
+    lines = [f"{r.id}  {r.agent} v{r.agent_version}  {r.status}  {r.input[:60]!r}" for r in runs]
+    _out(args, [r.to_dict() for r in runs], "\n".join(lines) or "(no runs)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from app.cli.common import open_workspace
+    from app.core.agents import export_agent, export_prompt, export_run
+
+    ws = open_workspace(args)
+    dest = Path(args.dest)
+    try:
+        if args.kind == "agent":
+            out = export_agent(ws.db, args.name, dest, version=args.version)
+        elif args.kind == "prompt":
+            out = export_prompt(ws.db, args.name, dest)
+        else:
+            out = export_run(ws.db, args.name, dest)
+    finally:
+        ws.close()
+    print(out)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from app.cli.common import open_workspace
+    from app.core.agents import import_bundle
+
+    ws = open_workspace(args)
+    try:
+        report = import_bundle(ws.db, Path(args.path))
+    finally:
+        ws.close()
+    lines = [f"imported {x}" for x in report.imported]
+    for m in report.missing_models:
+        lines.append(
+            f"missing model: {m['id']} (sha256 {m['sha256'] or '?'}): import it before running"
+        )
+    _out(args, report.to_dict(), "\n".join(lines))
+    return 0

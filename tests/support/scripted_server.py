@@ -1,0 +1,163 @@
+"""A scripted OpenAI-compatible chat server, run as a real child process.
+
+``python -m tests.support.scripted_server --script S.json --ready-file R.json``
+listens on 127.0.0.1 (port 0), needs ``Authorization: Bearer $SCRIPTED_TOKEN``
+and answers ``POST /v1/chat/completions`` with the script item whose index is
+the number of assistant messages in the request (so a replayed conversation
+gets the same answers). Items are strings, or objects sent as their JSON text.
+Every request body is appended to ``--log`` as a JSON line.
+
+:class:`ScriptedServer` starts and stops it from a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, obj: Any) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        auth = self.headers.get("Authorization") or ""
+        if not hmac.compare_digest(auth.encode(), f"Bearer {self.server.token}".encode()):
+            self._send(401, {"error": {"message": "bad token", "type": "auth", "code": None}})
+            return
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            self._send(404, {"error": {"message": "no route", "type": "x", "code": None}})
+            return
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        with open(self.server.log, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(body) + "\n")
+        turn = sum(1 for m in body.get("messages", []) if m.get("role") == "assistant")
+        script = self.server.script
+        item = script[turn] if turn < len(script) else {"final": "(script exhausted)"}
+        text = item if isinstance(item, str) else json.dumps(item)
+        self._send(
+            200,
+            {
+                "id": f"scripted-{turn}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model") or "scripted",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            },
+        )
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    script: list[Any]
+    token: str
+    log: str
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--script", required=True)
+    p.add_argument("--ready-file", required=True)
+    p.add_argument("--log", required=True)
+    args = p.parse_args()
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.script = json.loads(Path(args.script).read_text(encoding="utf-8"))
+    server.token = os.environ["SCRIPTED_TOKEN"]
+    server.log = args.log
+    tmp = args.ready_file + ".tmp"
+    Path(tmp).write_text(json.dumps({"port": server.server_address[1], "pid": os.getpid()}))
+    os.replace(tmp, args.ready_file)
+    try:
+        server.serve_forever(poll_interval=0.1)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+class ScriptedServer:
+    """The scripted server as a child process: ``base_url``, ``token``, ``requests()``."""
+
+    def __init__(self, script: list[Any], token: str = "scripted-token") -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="scripted-"))
+        (self.dir / "script.json").write_text(json.dumps(script), encoding="utf-8")
+        self.token = token
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ScriptedServer:
+        ready = self.dir / "ready.json"
+        env = {**os.environ, "SCRIPTED_TOKEN": self.token}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.scripted_server",
+             "--script", str(self.dir / "script.json"), "--ready-file", str(ready),
+             "--log", str(self.dir / "requests.jsonl")],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"scripted server exited with {self.proc.returncode}")
+            if ready.is_file():
+                self.port = int(json.loads(ready.read_text())["port"])
+                return self
+            time.sleep(0.02)
+        raise RuntimeError("scripted server did not start")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def requests(self) -> list[dict[str, Any]]:
+        log = self.dir / "requests.jsonl"
+        if not log.is_file():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> ScriptedServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
