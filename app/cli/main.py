@@ -52,9 +52,23 @@ def _cmd_gui(args: argparse.Namespace) -> int:
     return run_gui(args.workspace)
 
 
+def _gui_only(argv: list[str]) -> argparse.Namespace | None:
+    """``demoai`` with global options only opens the window: skip loading every command."""
+    quick = argparse.ArgumentParser(add_help=False)
+    quick.add_argument("--workspace")
+    quick.add_argument("--debug", action="store_true")
+    try:
+        args, rest = quick.parse_known_args(argv)
+    except SystemExit:
+        return None
+    return args if not rest else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    raw = sys.argv[1:] if argv is None else argv
+    args = _gui_only(raw)
+    if args is None:
+        args = build_parser().parse_args(raw)
     func: Callable[[argparse.Namespace], int] = getattr(args, "func", _cmd_gui)
     debug = args.debug or os.environ.get("DEMOAI_DEBUG") == "1"
     try:

@@ -4,49 +4,42 @@ Importing this package is cheap: torch, transformers and llama_cpp are imported
 inside the functions that need them (which run in job processes).
 """
 
-from app.core.export.checksums import (
-    ChecksumError,
-    ChecksumReport,
-    check_sums,
-    verify_sums,
-    write_sums,
-)
-from app.core.export.docker import (
-    DEFAULT_BASE_IMAGE,
-    LOCAL_BASE_IMAGE,
-    BundleResult,
-    DockerError,
-    build_bundle,
-    docker_available,
-    make_local_base_image,
-)
-from app.core.export.gguf import QUANT_TYPES, GGUFOutput, export_gguf
-from app.core.export.package import PackageResult, export_package, import_package, is_package
-from app.core.export.records import ExportRecord, ExportStore
-from app.core.export.verify import THRESHOLDS, Verification
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "DEFAULT_BASE_IMAGE",
-    "LOCAL_BASE_IMAGE",
-    "QUANT_TYPES",
-    "THRESHOLDS",
-    "BundleResult",
-    "ChecksumError",
-    "ChecksumReport",
-    "DockerError",
-    "ExportRecord",
-    "ExportStore",
-    "GGUFOutput",
-    "PackageResult",
-    "Verification",
-    "build_bundle",
-    "check_sums",
-    "docker_available",
-    "export_gguf",
-    "export_package",
-    "import_package",
-    "is_package",
-    "make_local_base_image",
-    "verify_sums",
-    "write_sums",
-]
+# Loaded on first use, so that opening a workspace (which imports this package's
+# schema module) does not import every submodule.
+_EXPORTS = {
+    "BundleResult": "docker",
+    "ChecksumError": "checksums",
+    "ChecksumReport": "checksums",
+    "DEFAULT_BASE_IMAGE": "docker",
+    "DockerError": "docker",
+    "ExportRecord": "records",
+    "ExportStore": "records",
+    "GGUFOutput": "gguf",
+    "LOCAL_BASE_IMAGE": "docker",
+    "PackageResult": "package",
+    "QUANT_TYPES": "gguf",
+    "THRESHOLDS": "verify",
+    "Verification": "verify",
+    "build_bundle": "docker",
+    "check_sums": "checksums",
+    "docker_available": "docker",
+    "export_gguf": "gguf",
+    "export_package": "package",
+    "import_package": "package",
+    "is_package": "package",
+    "make_local_base_image": "docker",
+    "verify_sums": "checksums",
+    "write_sums": "checksums",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{module}"), name)

@@ -41,6 +41,12 @@ PANES: list[PaneSpec] = [
     ),
     PaneSpec("chat", "Chat", "app.ui.panes.chat.qt_chat_pane:ChatPane", "Chat with a model"),
     PaneSpec(
+        "agents",
+        "Agents",
+        "app.ui.panes.agents.qt_agents_pane:AgentsPane",
+        "Agents with tools, approvals, forks",
+    ),
+    PaneSpec(
         "export",
         "Export",
         "app.ui.panes.export.qt_export_pane:ExportPane",

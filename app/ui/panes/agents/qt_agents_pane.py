@@ -1,0 +1,766 @@
+"""The Agents pane: define agents, run them with tool approvals, browse and fork runs.
+
+Left: agents and runs (searchable). Middle: the agent form; every Save is a new
+version. Right: the run view. A run (or a fork) executes on a worker thread;
+its steps reach the UI through Qt signals as the loop records them. When the
+agent calls a side-effecting tool the worker blocks on a ``threading.Event``
+while an in-pane approval bar asks the user (approve once / always for this
+agent / deny). Tool results are shown marked UNTRUSTED, as the model sees them.
+
+The model client comes from the agent's library model through a model host
+process (like ``demoai agent run``); tests set :attr:`AgentsPane.client_factory`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtGui import QBrush, QColor
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core.agents import (
+    AgentSpec,
+    AgentStore,
+    ChatClient,
+    Limits,
+    OpenAIChatClient,
+    RunResult,
+    RunStore,
+    Step,
+    ToolCall,
+    ToolGrant,
+    agent_tools,
+    fork_run,
+    run_agent,
+)
+from app.core.agents.builtin_tools import BUILTIN_TOOLS, ToolContext, builtin_tool
+from app.core.errors import ConfigError, DemoAIError
+from app.core.models.registry import ModelRegistry
+from app.ui.panes.chat.qt_chat_pane import HostManager
+from app.ui.qt_errors import show_error
+from app.ui.services import Services
+
+#: Built-in tools that work inside the granted folder.
+FILE_TOOLS = {"read_file", "list_files", "search_files", "search_documents", "write_file"}
+STEP_ROLE = Qt.ItemDataRole.UserRole
+EDITABLE_KINDS = ("user", "model", "tool_result")
+
+
+def format_call(tool: str, arguments: dict[str, Any] | None, width: int = 80) -> str:
+    """``write_file(path='a.txt', content='hello…')`` with long values shortened."""
+    parts = []
+    for k, v in (arguments or {}).items():
+        r = repr(v)
+        parts.append(f"{k}={r if len(r) <= width else r[: width - 1] + '…'}")
+    return f"{tool}({', '.join(parts)})"
+
+
+def describe_step(step: Step) -> tuple[str, str]:
+    """(label, one-line content) of a step for the run view."""
+    first = " ".join(step.content.split())[:300]
+    if step.kind == "system":
+        n = len(step.data.get("tools") or [])
+        return "system", f"system prompt and {n} tool(s)"
+    if step.kind == "model":
+        reply = step.data.get("reply")
+        if isinstance(reply, dict) and "final" in reply:
+            return "final answer", str(reply["final"])
+        if isinstance(reply, dict) and reply.get("tool"):
+            return "tool call", format_call(str(reply["tool"]), reply.get("arguments"))
+        return "model (unusable reply)", f"{step.data.get('problem', '')}: {first}"
+    if step.kind == "approval":
+        who = step.data.get("by", "")
+        return (
+            f"approval: {step.content}",
+            f"{format_call(step.tool or '?', step.arguments)} ({who})",
+        )
+    if step.kind == "tool_result":
+        flag = " · error" if step.data.get("error") else ""
+        return f"tool result · UNTRUSTED{flag}", f"[{step.tool}] {first}"
+    return step.kind, first
+
+
+class _Bridge(QObject):
+    """Signals emitted from the worker thread, delivered on the UI thread."""
+
+    step = Signal(object)  # Step
+    approval = Signal(object)  # ToolCall
+    done = Signal(object, str)  # RunResult | None, error text
+
+
+class ForkDialog(QDialog):
+    """Edit a step's content before forking (or keep it to continue from the step)."""
+
+    def __init__(self, step: Step, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.step = step
+        self.setWindowTitle("Fork from this step")
+        lay = QVBoxLayout(self)
+        label, _ = describe_step(step)
+        self.editable = step.kind in EDITABLE_KINDS
+        lay.addWidget(
+            QLabel(
+                f"Fork from <b>{label}</b>. Edit the content; the run continues after it "
+                "on a new branch."
+                if self.editable
+                else f"Continue the run from <b>{label}</b> on a new branch."
+            )
+        )
+        self.editor = QPlainTextEdit(step.content)
+        self.editor.setReadOnly(not self.editable)
+        lay.addWidget(self.editor)
+        self.buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        ok = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
+        ok.setText("Fork and run")
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+        lay.addWidget(self.buttons)
+        self.resize(560, 320)
+
+    def content(self) -> str | None:
+        """The edited content, or None to continue from the step unchanged."""
+        text = self.editor.toPlainText()
+        if not self.editable or text == self.step.content:
+            return None
+        return text
+
+
+class AgentsPane(QWidget):
+    """Agents and runs on the left, the agent form in the middle, the run view on the right."""
+
+    def __init__(self, services: Services, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.services = services
+        db = services.workspace.db
+        self.agents = AgentStore(db)
+        self.runs = RunStore(db)
+        self.registry = ModelRegistry(services.workspace)
+        self.host = HostManager(services)
+        #: spec -> model client; None uses the agent's library model through a host process.
+        self.client_factory: Callable[[AgentSpec], ChatClient] | None = None
+        self.spec: AgentSpec | None = None  # the loaded (saved) version
+        self.run_id: str | None = None  # the run shown
+        self.fork_dialog: ForkDialog | None = None
+        self._worker: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._pending: tuple[ToolCall, threading.Event, list[str]] | None = None
+        self._bridge = _Bridge(self)
+        self._bridge.step.connect(self._on_step)
+        self._bridge.approval.connect(self._on_approval)
+        self._bridge.done.connect(self._on_done)
+
+        # -- left: agents and runs
+        self.agent_list = QListWidget()
+        self.agent_list.currentItemChanged.connect(self._agent_selected)
+        self.new_btn = QPushButton("New agent")
+        self.new_btn.clicked.connect(self.new_agent)
+        self.run_search = QLineEdit()
+        self.run_search.setPlaceholderText("Search runs…")
+        self.run_search.setClearButtonEnabled(True)
+        self.run_search.textChanged.connect(self.refresh_runs)
+        self.run_list = QListWidget()
+        self.run_list.currentItemChanged.connect(self._run_selected)
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.addWidget(QLabel("<b>Agents</b>"))
+        ll.addWidget(self.agent_list, 2)
+        ll.addWidget(self.new_btn)
+        ll.addWidget(QLabel("<b>Runs</b>"))
+        ll.addWidget(self.run_search)
+        ll.addWidget(self.run_list, 3)
+
+        # -- middle: the agent form
+        self.name = QLineEdit()
+        self.name.setPlaceholderText("letters, digits, . _ -")
+        self.description = QLineEdit()
+        self.model_combo = QComboBox()
+        self.system_prompt = QPlainTextEdit("You are a helpful assistant.")
+        self.system_prompt.setMaximumHeight(110)
+        self.tool_list = QListWidget()
+        self.tool_list.setMaximumHeight(160)
+        for name in BUILTIN_TOOLS:
+            tool = builtin_tool(name, ToolContext())
+            kind = "side effect: asks approval" if tool.side_effect else "read-only"
+            where = ", in the granted folder" if name in FILE_TOOLS else ""
+            item = QListWidgetItem(f"{name}  ({kind}{where})")
+            item.setData(STEP_ROLE, name)
+            item.setToolTip(tool.description)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Unchecked)
+            if tool.side_effect:
+                item.setForeground(QBrush(QColor("#a15c00")))
+            self.tool_list.addItem(item)
+        self.folder = QLineEdit()
+        self.folder.setPlaceholderText("folder the file tools may use (nothing outside it)")
+        self.folder_btn = QPushButton("Choose…")
+        self.folder_btn.clicked.connect(self._choose_folder)
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.folder, 1)
+        folder_row.addWidget(self.folder_btn)
+        self.max_steps = _spin(1, 200, Limits.max_steps, "model turns per run")
+        self.max_tokens = _spin(1, 32768, Limits.max_tokens, "tokens per model reply")
+        self.timeout = QDoubleSpinBox()
+        self.timeout.setRange(1.0, 24 * 3600.0)
+        self.timeout.setValue(Limits.timeout_s)
+        self.timeout.setSuffix(" s")
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setRange(0.0, 2.0)
+        self.temperature.setSingleStep(0.1)
+        self.seed = _spin(-1, 2**31 - 1, 0, "sampling seed; 'random' picks one per run")
+        self.seed.setSpecialValueText("random")
+        self.version_label = QLabel("not saved")
+        self.save_btn = QPushButton("Save (new version)")
+        self.save_btn.clicked.connect(self.save_agent)
+        form = QFormLayout()
+        form.addRow("Name", self.name)
+        form.addRow("Description", self.description)
+        form.addRow("Model", self.model_combo)
+        form.addRow("System prompt", self.system_prompt)
+        form.addRow("Tools", self.tool_list)
+        form.addRow("Granted folder", folder_row)
+        form.addRow("Max steps", self.max_steps)
+        form.addRow("Max tokens", self.max_tokens)
+        form.addRow("Timeout", self.timeout)
+        form.addRow("Temperature", self.temperature)
+        form.addRow("Seed", self.seed)
+        form.addRow("Version", self.version_label)
+        middle = QWidget()
+        ml = QVBoxLayout(middle)
+        ml.setContentsMargins(0, 0, 0, 0)
+        ml.addLayout(form)
+        ml.addWidget(self.save_btn)
+        ml.addStretch(1)
+
+        # -- right: run input, approval bar, run view
+        self.input = QPlainTextEdit()
+        self.input.setPlaceholderText("What should the agent do?")
+        self.input.setMaximumHeight(80)
+        self.run_btn = QPushButton("Run")
+        self.run_btn.clicked.connect(self.run)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.approval_bar = QFrame()
+        self.approval_bar.setFrameShape(QFrame.Shape.StyledPanel)
+        self.approval_bar.setStyleSheet("QFrame { background: #fff4d6; }")
+        self.approval_text = QLabel("")
+        self.approval_text.setWordWrap(True)
+        self.approval_text.setTextFormat(Qt.TextFormat.PlainText)
+        self.approve_once_btn = QPushButton("Approve once")
+        self.approve_always_btn = QPushButton("Always for this agent")
+        self.deny_btn = QPushButton("Deny")
+        self.approve_once_btn.clicked.connect(lambda: self.answer_approval("once"))
+        self.approve_always_btn.clicked.connect(lambda: self.answer_approval("always"))
+        self.deny_btn.clicked.connect(lambda: self.answer_approval("deny"))
+        bar = QVBoxLayout(self.approval_bar)
+        bar.addWidget(self.approval_text)
+        buttons = QHBoxLayout()
+        for b in (self.approve_once_btn, self.approve_always_btn, self.deny_btn):
+            buttons.addWidget(b)
+        buttons.addStretch(1)
+        bar.addLayout(buttons)
+        self.approval_bar.hide()
+        self.tree = QTreeWidget()
+        self.tree.setHeaderLabels(["Step", "Content"])
+        self.tree.setColumnWidth(0, 220)
+        self.tree.currentItemChanged.connect(self._step_selected)
+        self.detail = QPlainTextEdit()
+        self.detail.setReadOnly(True)
+        self.detail.setMaximumHeight(140)
+        self.fork_btn = QPushButton("Fork from here…")
+        self.fork_btn.clicked.connect(self.fork_selected)
+        self.final_label = QLabel("")
+        self.final_label.setWordWrap(True)
+        self.final_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(self.input)
+        row = QHBoxLayout()
+        row.addWidget(self.run_btn)
+        row.addWidget(self.status, 1)
+        rl.addLayout(row)
+        rl.addWidget(self.approval_bar)
+        rl.addWidget(self.tree, 3)
+        rl.addWidget(self.detail, 1)
+        frow = QHBoxLayout()
+        frow.addWidget(self.fork_btn)
+        frow.addStretch(1)
+        rl.addLayout(frow)
+        rl.addWidget(self.final_label)
+
+        split = QSplitter()
+        for w in (left, middle, right):
+            split.addWidget(w)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 2)
+        split.setStretchFactor(2, 3)
+        lay = QVBoxLayout(self)
+        lay.addWidget(split)
+
+        services.bus.models_changed.connect(self.refresh_models)
+        self.refresh_models()
+        self.refresh_agents()
+        self.refresh_runs()
+        self._set_busy(False)
+
+    # -- models -------------------------------------------------------------------------
+    def refresh_models(self) -> None:
+        current = self.model_combo.currentData()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.model_combo.addItem("(no model)", None)
+        for m in self.registry.list():
+            if m.format in ("gguf", "hf", "lora"):
+                self.model_combo.addItem(f"{m.name}  ({m.format})", m.id)
+        self._select_model(current)
+        self.model_combo.blockSignals(False)
+
+    def _select_model(self, model_id: str | None) -> None:
+        i = self.model_combo.findData(model_id) if model_id is not None else 0
+        if i < 0 and model_id is not None:
+            self.model_combo.addItem(f"{model_id}  (not in the library)", model_id)
+            i = self.model_combo.count() - 1
+        self.model_combo.setCurrentIndex(max(i, 0))
+
+    # -- agents -------------------------------------------------------------------------
+    def refresh_agents(self) -> None:
+        self.agent_list.blockSignals(True)
+        self.agent_list.clear()
+        for s in self.agents.list():
+            item = QListWidgetItem(f"{s.name}  v{s.version}")
+            item.setData(STEP_ROLE, s.name)
+            item.setToolTip(s.description)
+            self.agent_list.addItem(item)
+            if self.spec is not None and s.name == self.spec.name:
+                self.agent_list.setCurrentItem(item)
+        self.agent_list.blockSignals(False)
+
+    def _agent_selected(self, item: QListWidgetItem | None, _: Any = None) -> None:
+        if item is not None:
+            self.load_agent(self.agents.get(item.data(STEP_ROLE)))
+
+    def new_agent(self) -> None:
+        """Clear the form for a new agent."""
+        self.spec = None
+        self.agent_list.clearSelection()
+        self.name.clear()
+        self.name.setReadOnly(False)
+        self.description.clear()
+        self.system_prompt.setPlainText("You are a helpful assistant.")
+        self._select_model(None)
+        for i in range(self.tool_list.count()):
+            self.tool_list.item(i).setCheckState(Qt.CheckState.Unchecked)
+        self.folder.clear()
+        lim = Limits()
+        self.max_steps.setValue(lim.max_steps)
+        self.max_tokens.setValue(lim.max_tokens)
+        self.timeout.setValue(lim.timeout_s)
+        self.temperature.setValue(0.0)
+        self.seed.setValue(0)
+        self.version_label.setText("not saved")
+        self.name.setFocus()
+
+    def load_agent(self, spec: AgentSpec) -> None:
+        """Show a saved agent version in the form."""
+        self.spec = spec
+        self.name.setText(spec.name)
+        self.description.setText(spec.description)
+        self.system_prompt.setPlainText(spec.system_prompt)
+        self._select_model(spec.model_id)
+        granted = {t.name: t for t in spec.tools}
+        folders = [t.folder for t in spec.tools if t.folder]
+        self.folder.setText(folders[0] if folders else "")
+        for i in range(self.tool_list.count()):
+            it = self.tool_list.item(i)
+            on = it.data(STEP_ROLE) in granted
+            it.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+        self.max_steps.setValue(spec.limits.max_steps)
+        self.max_tokens.setValue(spec.limits.max_tokens)
+        self.timeout.setValue(spec.limits.timeout_s)
+        self.temperature.setValue(float(spec.sampling.get("temperature", 0.0) or 0.0))
+        self.seed.setValue(spec.seed if spec.seed is not None else -1)
+        self._show_version(spec)
+
+    def _show_version(self, spec: AgentSpec) -> None:
+        versions = self.agents.versions(spec.name)
+        extra = f" (versions: {', '.join(map(str, versions))})" if len(versions) > 1 else ""
+        mcp = f" · MCP servers: {', '.join(s.name for s in spec.mcp_servers)}"
+        self.version_label.setText(f"v{spec.version}{extra}{mcp if spec.mcp_servers else ''}")
+
+    def spec_from_form(self) -> AgentSpec:
+        """An unsaved spec from the form; ConfigError says what is wrong."""
+        folder = self.folder.text().strip() or None
+        tools = []
+        for i in range(self.tool_list.count()):
+            it = self.tool_list.item(i)
+            if it.checkState() == Qt.CheckState.Checked:
+                name = str(it.data(STEP_ROLE))
+                if name in FILE_TOOLS and folder is None:
+                    raise ConfigError(
+                        f"The tool {name} needs a granted folder.", "Choose the folder it may use."
+                    )
+                tools.append(ToolGrant(name, folder if name in FILE_TOOLS else None))
+        model_id = self.model_combo.currentData()
+        sha = None
+        if model_id is not None:
+            try:
+                sha = self.registry.get(model_id).sha256
+            except DemoAIError:
+                sha = self.spec.model_sha256 if self.spec is not None else None
+        sampling: dict[str, Any] = dict(self.spec.sampling) if self.spec is not None else {}
+        sampling["temperature"] = round(self.temperature.value(), 3)
+        if self.seed.value() >= 0:
+            sampling["seed"] = self.seed.value()
+        else:
+            sampling.pop("seed", None)
+        return AgentSpec(
+            name=self.name.text().strip(),
+            description=self.description.text().strip(),
+            model_id=model_id,
+            model_sha256=sha,
+            system_prompt=self.system_prompt.toPlainText(),
+            sampling=sampling,
+            tools=tuple(tools),
+            limits=Limits(self.max_steps.value(), self.max_tokens.value(), self.timeout.value()),
+            mcp_servers=self.spec.mcp_servers
+            if self.spec is not None and self.spec.name == self.name.text().strip()
+            else (),
+        )
+
+    def save_agent(self) -> AgentSpec | None:
+        """Save the form as the agent's next version."""
+        try:
+            saved = self.agents.save(self.spec_from_form())
+        except DemoAIError as exc:
+            show_error(self, "Cannot save the agent", exc)
+            return None
+        self.spec = saved
+        self.refresh_agents()
+        self._show_version(saved)
+        self.status.setText(f"Saved {saved.name} v{saved.version}.")
+        return saved
+
+    def _choose_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(
+            self, "Folder the agent may use", self.folder.text()
+        )
+        if path:
+            self.folder.setText(path)
+
+    # -- runs list ----------------------------------------------------------------------
+    def refresh_runs(self) -> None:
+        self.run_list.blockSignals(True)
+        self.run_list.clear()
+        for r in self.runs.list(text=self.run_search.text().strip() or None):
+            text = " ".join(r.input.split())
+            item = QListWidgetItem(f"{r.agent} v{r.agent_version} · {r.status} · {text[:50]}")
+            item.setData(STEP_ROLE, r.id)
+            item.setToolTip(f"run {r.id}\n{r.input}")
+            self.run_list.addItem(item)
+            if r.id == self.run_id:
+                self.run_list.setCurrentItem(item)
+        self.run_list.blockSignals(False)
+
+    def _run_selected(self, item: QListWidgetItem | None, _: Any = None) -> None:
+        if item is not None:
+            self.show_run(item.data(STEP_ROLE))
+
+    # -- the run view -------------------------------------------------------------------
+    def show_run(self, run_id: str, select: str | None = None) -> None:
+        """Draw the run's whole step tree; a step with several children shows its branches."""
+        self.run_id = run_id
+        run = self.runs.get(run_id)
+        steps = self.runs.steps(run_id)
+        kids: dict[str | None, list[Step]] = {}
+        for s in steps:
+            kids.setdefault(s.parent_id, []).append(s)
+        on_leaf_path = {s.id for s in self.runs.path(run_id)} if run.leaf_id else set()
+        self.tree.blockSignals(True)
+        self.tree.clear()
+        items: dict[str, QTreeWidgetItem] = {}
+
+        def chain(parent: QTreeWidgetItem | None, step: Step) -> None:
+            cur: Step | None = step
+            while cur is not None:
+                label, text = describe_step(cur)
+                item = QTreeWidgetItem([label, text])
+                item.setData(0, STEP_ROLE, cur.id)
+                item.setToolTip(1, cur.content[:2000])
+                if cur.kind == "tool_result":
+                    for col in (0, 1):
+                        item.setForeground(col, QBrush(QColor("#a15c00")))
+                elif cur.kind == "error":
+                    item.setForeground(0, QBrush(QColor("#b00020")))
+                if parent is None:
+                    self.tree.addTopLevelItem(item)
+                else:
+                    parent.addChild(item)
+                items[cur.id] = item
+                children = kids.get(cur.id, [])
+                if len(children) == 1:
+                    cur = children[0]
+                    continue
+                for n, child in enumerate(children, 1):
+                    shown = " (shown)" if child.id in on_leaf_path else ""
+                    branch = QTreeWidgetItem([f"branch {n}/{len(children)}{shown}", ""])
+                    item.addChild(branch)
+                    chain(branch, child)
+                    branch.setExpanded(True)
+                cur = None
+
+        for root in kids.get(None, []):
+            chain(None, root)
+        self.tree.expandAll()
+        target = items.get(select or run.leaf_id or "")
+        if target is not None:
+            self.tree.setCurrentItem(target)
+            self.tree.scrollToItem(target)
+        self.tree.blockSignals(False)
+        self._step_selected(self.tree.currentItem())
+        self._show_outcome(run.status, run.final, run.error)
+
+    def _show_outcome(self, status: str, final: str | None, error: str | None) -> None:
+        if status == "running":
+            self.final_label.setText("Running…")
+        elif final is not None:
+            self.final_label.setText(f"Final answer: {final}")
+        else:
+            self.final_label.setText(f"Run {status}: {error or ''}")
+
+    def selected_step(self) -> Step | None:
+        item = self.tree.currentItem()
+        sid = item.data(0, STEP_ROLE) if item is not None else None
+        if not sid or self.run_id is None:
+            return None
+        return self.runs.step(sid, run_id=self.run_id)
+
+    def _step_selected(self, item: QTreeWidgetItem | None, _: Any = None) -> None:
+        step = self.selected_step()
+        if step is None:
+            self.detail.clear()
+        else:
+            head = describe_step(step)[0]
+            if step.tool:
+                head += f"  {format_call(step.tool, step.arguments, 200)}"
+            self.detail.setPlainText(f"[{head}]\n{step.content}")
+        self._set_busy(self.busy)
+
+    # -- running ------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
+
+    def _set_busy(self, busy: bool) -> None:
+        self.run_btn.setEnabled(not busy)
+        self.fork_btn.setEnabled(not busy and self.selected_step() is not None)
+        self.save_btn.setEnabled(not busy)
+
+    def make_client(self, spec: AgentSpec) -> ChatClient:
+        """The model client for ``spec`` (called on the worker thread)."""
+        if self.client_factory is not None:
+            return self.client_factory(spec)
+        if not spec.model_id:
+            raise ConfigError(
+                f"Agent {spec.name} names no model.", "Choose a library model and save."
+            )
+        rec = self.registry.get(spec.model_id)
+        if spec.model_sha256 and rec.sha256 != spec.model_sha256:
+            raise ConfigError(
+                f"The library model {rec.id} is not the one agent {spec.name} was made with.",
+                "Import the exact model, or save a new agent version for this one.",
+            )
+        base_url, token = self.host.prepare(rec, None)
+        return OpenAIChatClient(base_url, token, model=rec.id)
+
+    def run(self) -> None:
+        """Run the saved agent on the input text (saving the form first if it changed)."""
+        if self.busy:
+            return
+        text = self.input.toPlainText().strip()
+        if not text:
+            self.status.setText("Type what the agent should do.")
+            return
+        try:
+            form = self.spec_from_form()
+        except DemoAIError as exc:
+            show_error(self, "Cannot run the agent", exc)
+            return
+        spec = self.spec
+        if spec is None or spec.content_dict() != form.content_dict():
+            spec = self.save_agent()
+            if spec is None:
+                return
+        self.run_id = None
+        self.tree.clear()
+        self.detail.clear()
+        self.final_label.setText("Running…")
+        saved = spec
+
+        def work(approve: Callable[[ToolCall], str], on_step: Callable[[Step], None]) -> Any:
+            client = self.make_client(saved)
+            with agent_tools(saved) as tools:
+                return run_agent(
+                    saved, text, client=client, runs=self.runs, tools=tools,
+                    approve=approve, agents=self.agents, on_step=on_step,
+                )  # fmt: skip
+
+        self._start(f"Running {spec.name} v{spec.version}…", work)
+
+    def fork_selected(self) -> ForkDialog | None:
+        """Open the fork dialog for the selected step (non-blocking; see :attr:`fork_dialog`)."""
+        step = self.selected_step()
+        if step is None or self.busy:
+            return None
+        dlg = ForkDialog(step, self)
+        dlg.accepted.connect(lambda: self.start_fork(step.run_id, step.id, dlg.content()))
+        self.fork_dialog = dlg
+        dlg.open()
+        return dlg
+
+    def start_fork(self, run_id: str, step_id: str, content: str | None) -> None:
+        """Continue ``run_id`` from ``step_id`` (with edited content) on the worker thread."""
+        if self.busy:
+            return
+        spec = self.runs.get(run_id).agent_spec()
+        self.final_label.setText("Running…")
+
+        def work(approve: Callable[[ToolCall], str], on_step: Callable[[Step], None]) -> Any:
+            client = self.make_client(spec)
+            with agent_tools(spec) as tools:
+                return fork_run(
+                    run_id, step_id, client=client, runs=self.runs, tools=tools,
+                    content=content, approve=approve, agents=self.agents, on_step=on_step,
+                )  # fmt: skip
+
+        self.run_id = run_id
+        self._start(f"Forking run {run_id}…", work)
+
+    def _start(self, label: str, work: Callable[..., Any]) -> None:
+        bridge = self._bridge
+
+        def main() -> None:
+            try:
+                result = work(self._approve, bridge.step.emit)
+            except DemoAIError as exc:
+                bridge.done.emit(None, exc.message + (f" {exc.hint}" if exc.hint else ""))
+            except Exception as exc:  # shown in the pane, never lost
+                bridge.done.emit(None, f"{type(exc).__name__}: {exc}")
+            else:
+                bridge.done.emit(result, "")
+
+        self.status.setText(label)
+        self._closing.clear()
+        self._worker = threading.Thread(target=main, name="agent-run", daemon=True)
+        self._set_busy(True)
+        self._worker.start()
+
+    def _approve(self, call: ToolCall) -> str:
+        """The loop's approver (worker thread): ask the UI and wait for the answer."""
+        event = threading.Event()
+        answer: list[str] = []
+        self._pending = (call, event, answer)
+        self._bridge.approval.emit(call)
+        while not event.wait(0.1):
+            if self._closing.is_set():
+                return "deny"
+        return answer[0] if answer else "deny"
+
+    def _on_approval(self, call: ToolCall) -> None:
+        agent = self.runs.get(self.run_id).agent if self.run_id else "The agent"
+        args = json.dumps(call.arguments, ensure_ascii=False)
+        self.approval_text.setText(
+            f"Agent {agent} wants to call {format_call(call.tool, call.arguments)}\n"
+            f"This tool changes things outside the conversation. Arguments: "
+            f"{args if len(args) <= 600 else args[:600] + '…'}"
+        )
+        self.approval_bar.show()
+        self.status.setText(f"Waiting for your approval of {call.tool}…")
+        self.approve_once_btn.setFocus()
+
+    def answer_approval(self, decision: str) -> None:
+        """Answer the pending approval: 'once', 'always' or 'deny'."""
+        pending, self._pending = self._pending, None
+        self.approval_bar.hide()
+        if pending is None:
+            return
+        call, event, answer = pending
+        answer.append(decision)
+        event.set()
+        self.status.setText(f"{call.tool}: {decision}.")
+
+    def _on_step(self, step: Step) -> None:
+        if self.run_id != step.run_id:
+            self.run_id = step.run_id
+            self.refresh_runs()
+        self.show_run(step.run_id, select=step.id)
+        self.final_label.setText("Running…")
+
+    def _on_done(self, result: RunResult | None, error: str) -> None:
+        if self._worker is not None:
+            self._worker.join(timeout=5)
+        self._worker = None
+        self.approval_bar.hide()
+        self._pending = None
+        if result is not None:
+            self.run_id = result.run.id
+            self.show_run(result.run.id)
+            self.status.setText(f"Run {result.run.id}: {result.status}.")
+        else:
+            self.status.setText(f"The run could not go on: {error}")
+            if self.run_id is not None:
+                self.show_run(self.run_id)
+            else:
+                self.final_label.setText(f"Failed: {error}")
+        self.refresh_runs()
+        self._set_busy(False)
+
+    def shutdown(self) -> None:
+        """Deny a pending approval, wait for the worker, stop the model host."""
+        self._closing.set()
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout=10)
+            if not worker.is_alive():
+                self._worker = None
+        self.approval_bar.hide()
+        self._pending = None
+        self.host.stop()
+
+
+def _spin(lo: int, hi: int, value: int, tip: str) -> QSpinBox:
+    s = QSpinBox()
+    s.setRange(lo, hi)
+    s.setValue(value)
+    s.setToolTip(tip)
+    return s
+
+
+__all__ = ["AgentsPane", "ForkDialog", "describe_step", "format_call"]

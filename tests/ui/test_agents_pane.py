@@ -1,0 +1,209 @@
+"""The Agents pane against a scripted OpenAI-compatible server (a real child process).
+
+Create an agent in the form, run it: the read-only call runs without asking,
+write_file waits for the in-pane approval bar, then fork from a tool result
+with edited content and see the new branch.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.core.agents import AgentStore, OpenAIChatClient, RunStore
+from tests.support.scripted_server import ScriptedServer
+
+SCRIPT = [
+    {"tool": "read_file", "arguments": {"path": "notes.txt"}},
+    {"tool": "write_file", "arguments": {"path": "out.txt", "content": "copied"}},
+    {"final": "I copied the notes to out.txt."},
+]
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    srv = ScriptedServer(SCRIPT).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def pane(qtbot: Any, main_window: Any, server: ScriptedServer) -> Iterator[Any]:
+    from app.ui.panes.agents.qt_agents_pane import AgentsPane
+
+    p = AgentsPane(main_window.services)
+    qtbot.addWidget(p)
+    p.client_factory = lambda spec: OpenAIChatClient(server.base_url, server.token)
+    p.show()
+    yield p
+    p.shutdown()
+
+
+def _items(pane: Any) -> list[Any]:
+    out = []
+
+    def walk(item: Any) -> None:
+        out.append(item)
+        for i in range(item.childCount()):
+            walk(item.child(i))
+
+    for i in range(pane.tree.topLevelItemCount()):
+        walk(pane.tree.topLevelItem(i))
+    return out
+
+
+def _labels(pane: Any) -> list[str]:
+    return [it.text(0) for it in _items(pane)]
+
+
+def _check_tool(pane: Any, name: str) -> None:
+    for i in range(pane.tool_list.count()):
+        it = pane.tool_list.item(i)
+        if it.data(Qt.ItemDataRole.UserRole) == name:
+            it.setCheckState(Qt.CheckState.Checked)
+            return
+    raise AssertionError(name)
+
+
+def test_run_approve_and_fork(
+    qtbot: Any, pane: Any, server: ScriptedServer, tmp_path: Path
+) -> None:
+    granted = tmp_path / "granted"
+    granted.mkdir()
+    (granted / "notes.txt").write_text("The answer is 42.\n")
+    store = AgentStore(pane.services.workspace.db)
+    runs = RunStore(pane.services.workspace.db)
+
+    # -- create the agent in the form; tools show read-only vs side effect
+    pane.new_agent()
+    pane.name.setText("copier")
+    pane.description.setText("copies notes")
+    texts = [pane.tool_list.item(i).text() for i in range(pane.tool_list.count())]
+    assert any(t.startswith("read_file") and "read-only" in t for t in texts)
+    assert any(t.startswith("write_file") and "approval" in t for t in texts)
+    _check_tool(pane, "read_file")
+    _check_tool(pane, "write_file")
+    pane.folder.setText(str(granted))
+    pane.seed.setValue(3)
+    pane.max_steps.setValue(6)
+    qtbot.mouseClick(pane.save_btn, Qt.MouseButton.LeftButton)
+    assert pane.version_label.text().startswith("v1")
+    spec = store.get("copier")
+    assert spec.version == 1 and spec.seed == 3 and spec.limits.max_steps == 6
+    assert {t.name: t.folder for t in spec.tools} == {
+        "read_file": str(granted),
+        "write_file": str(granted),
+    }
+    pane.description.setText("copies notes, v2")
+    qtbot.mouseClick(pane.save_btn, Qt.MouseButton.LeftButton)
+    assert pane.version_label.text().startswith("v2") and store.versions("copier") == [1, 2]
+    assert pane.agent_list.count() == 1
+
+    # -- run: read_file runs unasked, write_file waits for approval
+    pane.input.setPlainText("Copy my notes to out.txt")
+    qtbot.mouseClick(pane.run_btn, Qt.MouseButton.LeftButton)
+    assert pane.busy
+    qtbot.waitUntil(lambda: not pane.approval_bar.isHidden(), timeout=30_000)
+    assert "write_file(path='out.txt'" in pane.approval_text.text()
+    labels = _labels(pane)
+    assert labels[:3] == ["system", "user", "tool call"]
+    assert labels[3].startswith("tool result · UNTRUSTED")  # read_file, no approval asked
+    assert not any(lbl.startswith("approval") for lbl in labels)
+    assert not (granted / "out.txt").exists()
+    assert not pane.run_btn.isEnabled()
+    qtbot.mouseClick(pane.approve_once_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
+    assert (granted / "out.txt").read_text() == "copied"
+    assert pane.final_label.text() == "Final answer: I copied the notes to out.txt."
+    labels = _labels(pane)
+    assert "approval: once" in labels and labels[-1] == "final answer"
+    run = runs.get(pane.run_id)
+    assert run.status == "succeeded" and run.agent_version == 2
+    assert store.always_allowed("copier") == set()
+    assert pane.run_list.count() == 1
+
+    # -- run search
+    pane.run_search.setText("no such text")
+    assert pane.run_list.count() == 0
+    pane.run_search.setText("answer is 42")
+    assert pane.run_list.count() == 1
+
+    # -- fork from the read_file result with edited content
+    (granted / "out.txt").unlink()
+    read_result = next(
+        it
+        for it in _items(pane)
+        if it.text(0).startswith("tool result") and "read_file" in it.text(1)
+    )
+    pane.tree.setCurrentItem(read_result)
+    assert pane.fork_btn.isEnabled()
+    qtbot.mouseClick(pane.fork_btn, Qt.MouseButton.LeftButton)
+    dlg = pane.fork_dialog
+    assert dlg is not None and dlg.isVisible()
+    assert dlg.editor.toPlainText() == "The answer is 42.\n"
+    dlg.editor.setPlainText("The answer is 43.\n")
+    dlg.accept()
+    qtbot.waitUntil(lambda: not pane.approval_bar.isHidden(), timeout=30_000)
+    qtbot.mouseClick(pane.approve_always_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
+    assert (granted / "out.txt").read_text() == "copied"
+    assert store.always_allowed("copier") == {"write_file"}
+    labels = _labels(pane)
+    assert "branch 1/2" in labels and "branch 2/2 (shown)" in labels
+    assert pane.final_label.text().startswith("Final answer:")
+    # the new branch: the edited tool result under the same parent, then a full continuation
+    path = runs.path(run.id)
+    edited = [s for s in path if s.kind == "tool_result" and s.tool == "read_file"]
+    assert [s.content for s in edited] == ["The answer is 43.\n"]
+    assert edited[0].data.get("edited_from")
+    assert len(runs.children(edited[0].parent_id or "")) == 2
+    assert runs.get(run.id).status == "succeeded" and pane.run_list.count() == 1
+    assert "approval: always" in labels
+    # the model saw the edited result, marked untrusted
+    seen = server.requests()[-2]["messages"][-1]["content"]
+    assert seen.startswith("UNTRUSTED TOOL RESULT") and "The answer is 43." in seen
+
+
+def test_deny_and_shutdown_while_waiting(qtbot: Any, pane: Any, tmp_path: Path) -> None:
+    granted = tmp_path / "g"
+    granted.mkdir()
+    (granted / "notes.txt").write_text("hello\n")
+    pane.new_agent()
+    pane.name.setText("denied")
+    _check_tool(pane, "read_file")
+    _check_tool(pane, "write_file")
+    pane.folder.setText(str(granted))
+    pane.input.setPlainText("Copy")
+    pane.run()  # saves the form first (v1)
+    assert AgentStore(pane.services.workspace.db).versions("denied") == [1]
+    qtbot.waitUntil(lambda: not pane.approval_bar.isHidden(), timeout=30_000)
+    qtbot.mouseClick(pane.deny_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
+    assert not (granted / "out.txt").exists()
+    assert "approval: deny" in _labels(pane)
+    steps = RunStore(pane.services.workspace.db).path(pane.run_id)
+    assert any(s.data.get("denied") for s in steps)
+
+    # a second run left waiting for approval: closing the pane denies it and ends the worker
+    pane.run()
+    qtbot.waitUntil(lambda: not pane.approval_bar.isHidden(), timeout=30_000)
+    pane.shutdown()
+    assert pane._worker is None and not pane.busy
+    assert not (granted / "out.txt").exists()
+
+
+def test_pane_module_imports_no_ml_stack() -> None:
+    code = (
+        "import sys, app.ui.panes.agents.qt_agents_pane as m; "
+        "bad = [x for x in ('torch', 'transformers', 'llama_cpp', 'peft') if x in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
