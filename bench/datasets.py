@@ -5,7 +5,10 @@ each in a fresh process so peak memory is its own:
 
 - ``pyarrow.json.read_json`` of the whole file (the baseline),
 - ``import_dataset`` into a temporary workspace (parse, write Parquet, hash),
-- opening the imported version and reading its first rows (time to first rows).
+- opening the imported version and reading its first rows (time to first rows),
+- the Qt view (offscreen): an ArrowTableModel in a QTableView, time to the first
+  painted screen, then page-down and random-position scrolls, each repaint timed
+  (p50/p99, goal p99 <= 16 ms), and the view process's peak RSS.
 
 Prints seconds, rows/s, the ratio of our throughput to pyarrow's (goal >= 0.8x)
 and peak RSS (goal <= 300 MB for the import).
@@ -122,6 +125,79 @@ def child(mode: str, path: str, ws: str) -> None:
                 }
             )
         )
+    elif mode == "view":
+        print(json.dumps(_view_bench(ws)))
+
+
+def _pct(values: list[float], q: float) -> float:
+    xs = sorted(values)
+    return xs[min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))]
+
+
+def _view_bench(ws: str, screens: int = 200, seed: int = 0) -> dict[str, float]:
+    """The Qt view: model + QTableView offscreen, first paint, then page and random scrolls."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    sys.path.insert(0, str(ROOT))
+    t0 = time.perf_counter()
+    from PySide6.QtWidgets import QApplication, QTableView
+
+    from app.core.data.store import DatasetStore
+    from app.core.workspace import Workspace
+    from app.ui.panes.datasets.qt_arrow_model import ArrowTableModel
+
+    app = QApplication.instance() or QApplication([])
+    t_imports = time.perf_counter() - t0
+    w = Workspace.open(ws)
+    store = DatasetStore(w)
+    ref = store.list_datasets()[0].id
+    view = QTableView()
+    view.resize(1280, 800)
+    view.verticalHeader().setDefaultSectionSize(22)
+    view.horizontalHeader().setDefaultSectionSize(220)
+    view.setWordWrap(False)
+    view.show()
+    app.processEvents()
+    t1 = time.perf_counter()
+    model = ArrowTableModel(store.parquet_file(ref))
+    view.setModel(model)
+    view.viewport().repaint()  # paints the first screen of rows synchronously
+    first_s = time.perf_counter() - t1
+    rows = model.rowCount()
+    bar = view.verticalScrollBar()
+    page = max(1, bar.pageStep())
+    page_ms: list[float] = []
+    rand_ms: list[float] = []
+    rng = random.Random(seed)
+    for i in range(screens):  # page down from the top
+        bar.setValue(min(bar.maximum(), (i + 1) * page))
+        t = time.perf_counter()
+        view.viewport().repaint()
+        page_ms.append((time.perf_counter() - t) * 1000)
+    for _ in range(screens):  # jump anywhere (the scroll bar dragged)
+        bar.setValue(rng.randint(0, bar.maximum()))
+        t = time.perf_counter()
+        view.viewport().repaint()
+        rand_ms.append((time.perf_counter() - t) * 1000)
+    bar.setValue(bar.maximum())
+    t = time.perf_counter()
+    view.viewport().repaint()
+    end_ms = (time.perf_counter() - t) * 1000
+    app.processEvents()
+    both = page_ms + rand_ms
+    return {
+        "seconds": first_s,
+        "imports_s": t_imports,
+        "rows": rows,
+        "page_p50": _pct(page_ms, 50),
+        "page_p99": _pct(page_ms, 99),
+        "rand_p50": _pct(rand_ms, 50),
+        "rand_p99": _pct(rand_ms, 99),
+        "all_p50": _pct(both, 50),
+        "all_p99": _pct(both, 99),
+        "all_max": max(both),
+        "end_ms": end_ms,
+        "rss_mb": _peak_rss_mb(),
+    }
 
 
 def _run(mode: str, path: Path, ws: Path, repeat: int = 1) -> dict[str, float]:
@@ -157,6 +233,7 @@ def main() -> int:
     )
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (best time)")
     ap.add_argument("--keep", action="store_true", help="keep the generated file and workspace")
+    ap.add_argument("--no-view", action="store_true", help="skip the Qt view measurement")
     ap.add_argument("--child", nargs=3, metavar=("MODE", "PATH", "WS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -192,6 +269,23 @@ def main() -> int:
         f"open + first 50 rows       {opened['seconds'] * 1000:7.0f} ms (incl. imports; goal <= 1 s), "
         f"a block mid-file {opened['block_seconds'] * 1000:.0f} ms"
     )
+    if not args.no_view:
+        qv = _run("view", path, tmp / "ws")
+        print(
+            f"Qt view: first rows shown   {qv['seconds'] * 1000:7.0f} ms (model + first paint; "
+            f"PySide6 import {qv['imports_s'] * 1000:.0f} ms more; goal <= 1 s), {qv['rows']:,.0f} rows"
+        )
+        print(
+            f"Qt view: page-down repaint  p50 {qv['page_p50']:6.2f} ms  p99 {qv['page_p99']:6.2f} ms"
+        )
+        print(
+            f"Qt view: random-jump repaint p50 {qv['rand_p50']:6.2f} ms  p99 {qv['rand_p99']:6.2f} ms"
+        )
+        print(
+            f"Qt view: all screens         p50 {qv['all_p50']:6.2f} ms  p99 {qv['all_p99']:6.2f} ms "
+            f"(goal p99 <= 16 ms), max {qv['all_max']:.1f} ms, last screen {qv['end_ms']:.1f} ms"
+        )
+        print(f"Qt view: peak RSS            {qv['rss_mb']:,.0f} MB (goal <= 300 MB)")
     if not args.keep:
         import shutil
 

@@ -1,4 +1,4 @@
-"""``demoai data import|list|show|versions|diff|export|revert|apply-recipe``."""
+"""``demoai data import|list|show|versions|diff|export|revert|apply-recipe|synth|augment``."""
 
 from __future__ import annotations
 
@@ -71,9 +71,44 @@ def register(sub: Any) -> None:
     add_job_options(rec)
     rec.set_defaults(func=cmd_apply_recipe)
 
+    syn = dsub.add_parser(
+        "synth", help="self-instruct: new instruction rows from seed tasks with a library model"
+    )
+    syn.add_argument("dataset", help="DATASET or DATASET@VERSION with the seed tasks")
+    syn.add_argument("--model", required=True, help="library model id or name")
+    syn.add_argument("--n", type=int, default=10, help="instructions to generate (default 10)")
+    syn.add_argument("--instruction-column", default="instruction")
+    syn.add_argument("--input-column", default="input", help="'' for none")
+    syn.add_argument("--output-column", default="output")
+    syn.add_argument("--generate-input", action="store_true", help="also ask for an input")
+    syn.add_argument("--rouge-threshold", type=float, default=0.7)
+    syn.add_argument("--max-attempts", type=int, help="proposals to try (default max(20, 10 n))")
+    _sampling_options(syn, temperature=0.8)
+    syn.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_job_options(syn)
+    syn.set_defaults(func=cmd_synth)
+
+    aug = dsub.add_parser("augment", help="N paraphrases of a column per row with a library model")
+    aug.add_argument("dataset", help="DATASET or DATASET@VERSION")
+    aug.add_argument("--model", required=True, help="library model id or name")
+    aug.add_argument("--column", required=True, help="the text column to paraphrase")
+    aug.add_argument("--n", type=int, default=1, help="paraphrases per row (default 1)")
+    aug.add_argument("--max-rows", type=int, help="only the first rows")
+    aug.add_argument("--near-dup-threshold", type=float, default=0.8)
+    _sampling_options(aug, temperature=0.9)
+    aug.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_job_options(aug)
+    aug.set_defaults(func=cmd_augment)
+
     ops = dsub.add_parser("ops", help="the preparation operations and their parameters")
     ops.add_argument("--json", action="store_true")
     ops.set_defaults(func=cmd_ops)
+
+
+def _sampling_options(p: argparse.ArgumentParser, temperature: float) -> None:
+    p.add_argument("--seed", type=int, default=0, help="same seed -> same rows (default 0)")
+    p.add_argument("--temperature", type=float, default=temperature)
+    p.add_argument("--max-tokens", type=int, default=64)
 
 
 def _run_and_report(
@@ -241,3 +276,50 @@ def cmd_ops(args: argparse.Namespace) -> int:
         req = ", ".join(it["required"])
         print(f"{it['name']:<15} {it['description']}" + (f" (needs: {req})" if req else ""))
     return 0
+
+
+def _model_id(ws: Any, ref: str) -> str:
+    from app.core.models.registry import ModelRegistry
+
+    return ModelRegistry(ws).get(ref).id
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from app.core.data.store import DatasetStore
+
+    ws = open_workspace(args)
+    v = DatasetStore(ws).resolve(args.dataset)
+    params: dict[str, Any] = {
+        "dataset": f"{v.dataset_id}@{v.hash}",
+        "model": _model_id(ws, args.model),
+        "n_new": args.n,
+        "instruction_column": args.instruction_column,
+        "input_column": args.input_column or None,
+        "output_column": args.output_column,
+        "generate_input": args.generate_input,
+        "seed": args.seed,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "rouge_threshold": args.rouge_threshold,
+        "max_attempts": args.max_attempts,
+    }
+    return _run_and_report(ws, "data.self_instruct", params, args, f"Self-instruct {v.dataset_id}")
+
+
+def cmd_augment(args: argparse.Namespace) -> int:
+    from app.core.data.store import DatasetStore
+
+    ws = open_workspace(args)
+    v = DatasetStore(ws).resolve(args.dataset)
+    params: dict[str, Any] = {
+        "dataset": f"{v.dataset_id}@{v.hash}",
+        "model": _model_id(ws, args.model),
+        "column": args.column,
+        "n": args.n,
+        "max_rows": args.max_rows,
+        "near_dup_threshold": args.near_dup_threshold,
+        "seed": args.seed,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+    }
+    return _run_and_report(ws, "data.augment", params, args, f"Augment {v.dataset_id}")

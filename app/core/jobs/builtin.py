@@ -82,6 +82,16 @@ register_kind(
 
 register_kind(
     JobKind(
+        name="eval.checkpoints",
+        entry="app.core.eval.checkpoints:eval_checkpoints_job",
+        title="Evaluate checkpoints",
+        description="Perplexity of every checkpoint of a fine-tuning run (and its base and final "
+        "adapter) on the run's held-out texts, keyed by step.",
+    )
+)
+
+register_kind(
+    JobKind(
         name="export.gguf",
         entry="app.core.export.gguf:export_gguf_job",
         title="Export GGUF",
@@ -106,5 +116,25 @@ register_kind(
         entry="app.core.export.package:export_package_job",
         title="Model package",
         description="Write a portable, checksummed package of a model for another workstation.",
+    )
+)
+
+register_kind(
+    JobKind(
+        name="data.self_instruct",
+        entry="app.workers.synth_jobs:self_instruct_job",
+        title="Self-instruct",
+        description="Generate new instruction rows from seed tasks with a local model "
+        "(ROUGE-L and heuristic filters, provenance columns); a new version for review.",
+    )
+)
+
+register_kind(
+    JobKind(
+        name="data.augment",
+        entry="app.workers.synth_jobs:augment_job",
+        title="Augment (paraphrase)",
+        description="N paraphrases of a column per row with a local model (near-duplicates "
+        "dropped, provenance columns); a new version for review.",
     )
 )

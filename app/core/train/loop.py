@@ -358,7 +358,11 @@ class TrainSession:
 
     # -- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self, folder: Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``checkpoint-<step>`` atomically (a .tmp folder, then a rename)."""
+        """Write ``checkpoint-<step>`` atomically (a .tmp folder, then a rename).
+
+        Holds the raw trainable weights, optimizer and RNG state for an exact resume, and
+        the adapter in PEFT's layout for :mod:`app.core.eval.checkpoints`.
+        """
         import numpy as np
         import torch
         from safetensors.torch import save
@@ -375,6 +379,9 @@ class TrainSession:
             if p.requires_grad
         }
         atomic_write_bytes(tmp / "adapter.safetensors", save(weights))
+        # The same weights as a PEFT adapter (adapter_model.safetensors + adapter_config.json):
+        # every checkpoint can be evaluated, chatted with or merged like the final adapter.
+        self.model.save_pretrained(str(tmp), safe_serialization=True)
         opt = self.optimizer.state_dict()
         tensors: dict[str, Any] = {}
         plain: dict[str, dict[str, Any]] = {}

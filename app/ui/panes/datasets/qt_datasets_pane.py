@@ -14,7 +14,9 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QDoubleSpinBox,
     QFileDialog,
+    QFormLayout,
     QHBoxLayout,
     QInputDialog,
     QLabel,
@@ -24,6 +26,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPlainTextEdit,
     QPushButton,
+    QSpinBox,
     QSplitter,
     QTableView,
     QTextBrowser,
@@ -165,6 +168,124 @@ class PrepareDialog(QDialog):
         super().accept()
 
 
+class GenerateDialog(QDialog):
+    """Self-instruct or paraphrase augmentation with a library model, as a background job."""
+
+    def __init__(self, pane: DatasetsPane) -> None:
+        super().__init__(pane)
+        from app.core.models.registry import ModelRegistry
+
+        self.setWindowTitle("Generate synthetic rows")
+        self.pane = pane
+        columns = pane.dataset.columns if pane.dataset else []
+        self.model = QComboBox()
+        self.model.setObjectName("genModel")
+        for m in ModelRegistry(pane.services.workspace).list():
+            self.model.addItem(f"{m.name}  ({m.id})", m.id)
+        self.mode = QComboBox()
+        self.mode.setObjectName("genMode")
+        self.mode.addItem("Self-instruct: new instructions from these seed tasks", "self_instruct")
+        self.mode.addItem("Augment: paraphrases of a column per row", "augment")
+        self.count = QSpinBox()
+        self.count.setRange(1, 100_000)
+        self.count.setValue(10)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setRange(0.05, 2.0)
+        self.temperature.setSingleStep(0.05)
+        self.temperature.setValue(0.8)
+        self.max_tokens = QSpinBox()
+        self.max_tokens.setRange(8, 4096)
+        self.max_tokens.setValue(64)
+
+        def col_box(default: str, optional: bool = False) -> QComboBox:
+            box = QComboBox()
+            if optional:
+                box.addItem("(none)", None)
+            for c in columns:
+                box.addItem(c, c)
+            i = box.findData(default)
+            if i >= 0:
+                box.setCurrentIndex(i)
+            return box
+
+        self.instruction_col = col_box("instruction")
+        self.input_col = col_box("input", optional=True)
+        self.output_col = col_box("output")
+        self.count_label = QLabel()
+        self.error = QLabel()
+        self.error.setStyleSheet("color:#c0392b")
+        form = QFormLayout()
+        form.addRow("Model", self.model)
+        form.addRow("Mode", self.mode)
+        form.addRow(self.count_label, self.count)
+        form.addRow("Seed", self.seed)
+        form.addRow("Temperature", self.temperature)
+        form.addRow("Max tokens", self.max_tokens)
+        form.addRow("Instruction / augmented column", self.instruction_col)
+        form.addRow("Input column", self.input_col)
+        form.addRow("Output column", self.output_col)
+        buttons = QDialogButtonBox()
+        self.ok_btn = buttons.addButton("Generate", QDialogButtonBox.ButtonRole.AcceptRole)
+        buttons.addButton(QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        lay = QVBoxLayout(self)
+        lay.addWidget(
+            QLabel("Rows are generated in the background and land as a new version for review.")
+        )
+        lay.addLayout(form)
+        lay.addWidget(self.error)
+        lay.addWidget(buttons)
+        self.mode.currentIndexChanged.connect(self._mode_changed)
+        self._mode_changed()
+
+    def _mode_changed(self, *_: object) -> None:
+        synth = self.mode.currentData() == "self_instruct"
+        self.count_label.setText("New instructions" if synth else "Paraphrases per row")
+        self.count.setValue(10 if synth else 1)
+        self.temperature.setValue(0.8 if synth else 0.9)
+        self.input_col.setEnabled(synth)
+        self.output_col.setEnabled(synth)
+
+    def job_spec(self) -> tuple[str, dict[str, Any]]:
+        """(job kind, params) for the chosen settings; DemoAIError when incomplete."""
+        model = self.model.currentData()
+        if not model:
+            raise DemoAIError("Import a model first (Models pane).")
+        common: dict[str, Any] = {
+            "dataset": self.pane.ref(),
+            "model": model,
+            "seed": self.seed.value(),
+            "temperature": round(self.temperature.value(), 3),
+            "max_tokens": self.max_tokens.value(),
+        }
+        column = self.instruction_col.currentData()
+        if not column:
+            raise DemoAIError("Choose the instruction column.")
+        if self.mode.currentData() == "augment":
+            return "data.augment", {**common, "column": column, "n": self.count.value()}
+        output = self.output_col.currentData()
+        if not output:
+            raise DemoAIError("Choose the output column.")
+        return "data.self_instruct", {
+            **common,
+            "n_new": self.count.value(),
+            "instruction_column": column,
+            "input_column": self.input_col.currentData(),
+            "output_column": output,
+        }
+
+    def accept(self) -> None:
+        try:
+            self.chosen = self.job_spec()
+        except DemoAIError as exc:
+            self.error.setText(str(exc))
+            return
+        super().accept()
+
+
 class DatasetsPane(QWidget):
     """Datasets on the left; the table editor; versions and preparation on the right."""
 
@@ -246,6 +367,8 @@ class DatasetsPane(QWidget):
         self.del_col_btn = QPushButton("Delete column")
         self.save_btn = QPushButton("Save version…")
         self.prepare_btn = QPushButton("Prepare…")
+        self.generate_btn = QPushButton("Generate…")
+        self.generate_btn.setToolTip("Self-instruct or paraphrase rows with a library model")
         for b, fn in (
             (self.undo_btn, self.undo),
             (self.redo_btn, self.redo),
@@ -256,6 +379,7 @@ class DatasetsPane(QWidget):
             (self.del_col_btn, self.delete_column),
             (self.save_btn, self.save_version),
             (self.prepare_btn, self.prepare),
+            (self.generate_btn, self.generate),
         ):
             b.clicked.connect(fn)
         edit_row = QHBoxLayout()
@@ -270,6 +394,7 @@ class DatasetsPane(QWidget):
         ):
             edit_row.addWidget(b)
         edit_row.addStretch(1)
+        edit_row.addWidget(self.generate_btn)
         edit_row.addWidget(self.prepare_btn)
         edit_row.addWidget(self.save_btn)
         self.empty = QLabel(
@@ -474,6 +599,7 @@ class DatasetsPane(QWidget):
             self.ren_col_btn,
             self.del_col_btn,
             self.prepare_btn,
+            self.generate_btn,
             self.export_btn,
             self.delete_ds_btn,
         ):
@@ -664,6 +790,22 @@ class DatasetsPane(QWidget):
             {"dataset": self.ref(), "steps": [step]},
             title=f"Prepare {self.dataset.name}: {step['name']}",
         )
+        self._jobs.add(job.id)
+        self.services.hub.tick()
+        return job
+
+    def generate(self, spec: tuple[str, dict[str, Any]] | None = None) -> Job | None:
+        """Self-instruct or augmentation as a background job; the result is a new version."""
+        if self.dataset is None:
+            return None
+        if not isinstance(spec, tuple):
+            dlg = GenerateDialog(self)
+            if not dlg.exec():
+                return None
+            spec = dlg.chosen
+        kind, params = spec
+        what = "self-instruct" if kind == "data.self_instruct" else "augment"
+        job = self.services.jobs.submit(kind, params, title=f"Generate {self.dataset.name}: {what}")
         self._jobs.add(job.id)
         self.services.hub.tick()
         return job

@@ -1,7 +1,8 @@
 """Live training curves (pyqtgraph), several runs overlaid.
 
 Points are keyed by step: after a resume, a later point for the same step
-replaces the earlier one, so the curve stays continuous.
+replaces the earlier one, so the curve stays continuous. Series in
+:data:`POINT_SERIES` (checkpoint evaluations) are drawn as markers only.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import pyqtgraph as pg
 from PySide6.QtWidgets import QGridLayout, QWidget
 
 PLOTS = (
-    ("loss", "Loss", ("train_loss", "eval_loss")),
+    ("loss", "Loss", ("train_loss", "eval_loss", "ckpt_eval_loss")),
     ("learning_rate", "Learning rate", ("learning_rate",)),
     ("grad_norm", "Gradient norm", ("grad_norm",)),
     ("tokens_per_s", "Tokens/s", ("tokens_per_s",)),
     ("memory", "Memory (MB)", ("cpu_mem_mb", "gpu_mem_mb")),
 )
+#: Metrics drawn as markers only (no line), with their symbol: e.g. the eval loss of each
+#: checkpoint from an ``eval.checkpoints`` job, shown beside the run's own curves.
+POINT_SERIES = {"ckpt_eval_loss": "star"}
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
 
@@ -73,7 +77,20 @@ class CurvesWidget(QWidget):
         steps = sorted(pts)
         values = [pts[s] for s in steps]
         line = self.lines.get(key)
-        if line is None:
+        if line is None and key[1] in POINT_SERIES:
+            color = self._run_color[key[0]]
+            line = self.plots[self._metric_plot[key[1]]].plot(
+                steps,
+                values,
+                pen=None,
+                name=f"{self._labels[key[0]]} {key[1]}",
+                symbol=POINT_SERIES[key[1]],
+                symbolSize=12,
+                symbolBrush=color,
+                symbolPen=pg.mkPen("k", width=1),
+            )
+            self.lines[key] = line
+        elif line is None:
             dash = key[1] in ("eval_loss", "gpu_mem_mb")
             pen = pg.mkPen(
                 self._run_color[key[0]],

@@ -35,6 +35,8 @@ from app.ui.qt_errors import show_error
 from app.ui.services import Services
 
 KIND = "train.lora"
+#: Job kind that evaluates a run's checkpoints (its events draw on the run's loss plot).
+CKPT_KIND = "eval.checkpoints"
 #: Fields shown in the form (others keep their defaults or come from the preset).
 FORM_FIELDS = (
     "method",
@@ -75,7 +77,9 @@ class FinetunePane(QWidget):
         self._help = {
             f.name: str(f.metadata.get("help", "")) for f in dataclasses.fields(TrainConfig)
         }
-        self._defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        self._defaults: dict[str, Any] = {
+            f.name: f.default for f in dataclasses.fields(TrainConfig)
+        }
 
         # -- config form
         self.base = QComboBox()
@@ -130,6 +134,12 @@ class FinetunePane(QWidget):
         self.resume_btn = QPushButton("Resume")
         self.chat_btn = QPushButton("Chat with adapter")
         self.merge_btn = QPushButton("Merge into base")
+        self.ckpt_btn = QPushButton("Evaluate checkpoints")
+        self.ckpt_btn.setToolTip(
+            "Perplexity of the base model, each checkpoint and the final adapter on the run's "
+            "held-out texts, drawn as stars on the Loss plot (log perplexity)"
+        )
+        self.ckpt_btn.clicked.connect(self.evaluate_checkpoints_selected)
         self.cancel_btn.clicked.connect(self.cancel_selected)
         self.resume_btn.clicked.connect(self.resume_selected)
         self.chat_btn.clicked.connect(self.chat_selected)
@@ -143,7 +153,13 @@ class FinetunePane(QWidget):
         top = QHBoxLayout()
         top.addWidget(self.runs, 2)
         buttons = QVBoxLayout()
-        for b in (self.cancel_btn, self.resume_btn, self.chat_btn, self.merge_btn):
+        for b in (
+            self.cancel_btn,
+            self.resume_btn,
+            self.chat_btn,
+            self.merge_btn,
+            self.ckpt_btn,
+        ):
             buttons.addWidget(b)
         buttons.addStretch(1)
         top.addLayout(buttons)
@@ -161,6 +177,8 @@ class FinetunePane(QWidget):
         services.hub.job_events.connect(self._job_events)
         services.bus.models_changed.connect(self.refresh_inputs)
         self._merge_jobs: set[str] = set()
+        #: eval.checkpoints job id -> the training job it evaluates
+        self._ckpt_of: dict[str, str] = {}
         self.refresh_inputs()
         self.refresh_runs()
 
@@ -252,12 +270,18 @@ class FinetunePane(QWidget):
                     if self.registry.get(self.base.itemData(i)).format == "hf":
                         self.base.setCurrentIndex(i)
                         break
-        self.start_btn.setEnabled(self.base.count() > 0 and self.dataset.count() > 0)
-        if not self.start_btn.isEnabled():
+        has_hf = any(m.format == "hf" for m in self.registry.list())
+        ready = has_hf and self.dataset.count() > 0
+        self.start_btn.setEnabled(ready)
+        self.check_btn.setEnabled(ready)
+        if not ready:
             self.report.setText(
-                "To fine-tune, import a Hugging Face model folder in <b>Models</b> and a dataset "
-                "(or the sample) in <b>Datasets</b>."
+                "To fine-tune, import a Hugging Face model folder (config.json + safetensors) in "
+                "<b>Models</b> — GGUF files cannot be trained — and a dataset (or the sample) in "
+                "<b>Datasets</b>."
             )
+        elif "To fine-tune" in self.report.text():
+            self.report.clear()
 
     # -- checking and starting ----------------------------------------------------------------
     def build_config(self) -> TrainConfig:
@@ -353,6 +377,19 @@ class FinetunePane(QWidget):
             self.curves.add_events(job_id, self.services.hub.history(job))
             if job.state in (JobState.RUNNING, JobState.CANCELLING):
                 self.services.hub.watch(job)
+            for ev in self._ckpt_jobs(job_id):
+                self.curves.add_events(job_id, self.services.hub.history(ev))
+                if ev.state in (JobState.RUNNING, JobState.CANCELLING):
+                    self.services.hub.watch(ev)
+
+    def _ckpt_jobs(self, train_id: str) -> list[Job]:
+        """The eval.checkpoints jobs of one training run."""
+        out = []
+        for j in self.services.jobs.list_jobs(limit=200):
+            if j.kind == CKPT_KIND and (j.params or {}).get("train_job") == train_id:
+                self._ckpt_of[j.id] = train_id
+                out.append(j)
+        return out
 
     def selected_job(self) -> Job | None:
         item = self.runs.currentItem()
@@ -374,6 +411,9 @@ class FinetunePane(QWidget):
         )
         self.chat_btn.setEnabled(done)
         self.merge_btn.setEnabled(done)
+        self.ckpt_btn.setEnabled(
+            j is not None and j.state in (JobState.SUCCEEDED, JobState.CANCELLED)
+        )
         if j is None:
             self.run_info.clear()
             return
@@ -406,10 +446,35 @@ class FinetunePane(QWidget):
                     )
             if j.kind == KIND and j.state == JobState.SUCCEEDED:
                 self.services.bus.models_changed.emit()
+            if j.kind == CKPT_KIND:
+                self._ckpt_changed(j)
+
+    def _ckpt_changed(self, j: Job) -> None:
+        train_id = str((j.params or {}).get("train_job") or "")
+        self._ckpt_of[j.id] = train_id
+        if j.state in (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING):
+            return
+        if j.state == JobState.SUCCEEDED:
+            if train_id in self.curves._labels:  # all points, even if some were missed live
+                self.curves.add_events(train_id, self.services.hub.history(j))
+            pts = (j.result or {}).get("points") or []
+            self.run_info.setText(
+                f"Checkpoints evaluated: {len(pts)} point(s), perplexity "
+                + ", ".join(f"{p['step']}: {p['perplexity']:.3f}" for p in pts[:12])
+                + " (stars on the Loss plot: log perplexity)."
+            )
+        elif j.state == JobState.FAILED:
+            self.run_info.setText(
+                "<span style='color:#c0392b'>Checkpoint evaluation failed: "
+                f"{html.escape((j.error or '').splitlines()[0] if j.error else '')}</span>"
+                + (f"<br>{html.escape(j.hint)}" if j.hint else "")
+            )
 
     def _job_events(self, job_id: str, events: list[dict[str, Any]]) -> None:
         if job_id in self.curves._labels:
             self.curves.add_events(job_id, events)
+        elif self._ckpt_of.get(job_id) in self.curves._labels:
+            self.curves.add_events(self._ckpt_of[job_id], events)
 
     # -- actions -------------------------------------------------------------------------------------
     def cancel_selected(self) -> None:
@@ -440,5 +505,24 @@ class FinetunePane(QWidget):
             "train.merge", {"adapter": mid}, title=f"Merge {j.title.replace('Fine-tune ', '')}"
         )
         self._merge_jobs.add(job.id)
+        self.services.hub.tick()
+        return job
+
+    def evaluate_checkpoints_selected(self) -> Job | None:
+        """Submit an eval.checkpoints job for the selected run; its points join the run's curves."""
+        j = self.selected_job()
+        if j is None or j.state not in (JobState.SUCCEEDED, JobState.CANCELLED):
+            return None
+        job = self.services.jobs.submit(
+            CKPT_KIND,
+            {"train_job": j.id, "metric": "perplexity", "max_samples": 64},
+            title=f"Evaluate checkpoints of {j.title.replace('Fine-tune ', '')}",
+        )
+        self._ckpt_of[job.id] = j.id
+        for i in range(self.runs.count()):  # show the run's curves, where the points will go
+            item = self.runs.item(i)
+            if item.data(Qt.ItemDataRole.UserRole) == j.id:
+                item.setCheckState(Qt.CheckState.Checked)
+        self.run_info.setText("Evaluating the checkpoints…")
         self.services.hub.tick()
         return job

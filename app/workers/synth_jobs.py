@@ -1,0 +1,176 @@
+"""Jobs ``data.self_instruct`` and ``data.augment``: the model host plus app.core.data.synth.
+
+The core logic lives in :mod:`app.core.data.synth` (the core may not import the
+workers); these entry points start a :class:`HostProcess` for the library model,
+hand the synthesizer a completion function over ``/v1/completions`` and stop
+the host when done, failed or cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from app.core.data.synth import ModelInfo, SynthOutcome, augment, self_instruct
+from app.core.jobs.context import JobFailed
+from app.workers.host_client import HostProcess
+
+
+class HostCompleter:
+    """``POST {base_url}/completions`` (non-streaming) as a :class:`Completer`."""
+
+    def __init__(self, base_url: str, token: str, model: str, timeout: float = 600.0) -> None:
+        self.url = base_url.rstrip("/") + "/completions"
+        self.token = token
+        self.model = model
+        self.timeout = timeout
+        self.requests = 0
+
+    def __call__(
+        self,
+        prompt: str,
+        *,
+        seed: int,
+        temperature: float,
+        max_tokens: int,
+        stop: Sequence[str],
+    ) -> str:
+        body = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "seed": seed,
+            "stop": list(stop),
+            "stream": False,
+        }
+        req = urllib.request.Request(
+            self.url,
+            data=json.dumps(body).encode("utf-8"),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
+            method="POST",
+        )
+        self.requests += 1
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                obj = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")[:500]
+            raise JobFailed(f"The model host answered HTTP {exc.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise JobFailed(f"Cannot reach the model host: {exc}") from None
+        return str(obj["choices"][0].get("text") or "")
+
+
+@contextmanager
+def _host(
+    ctx: Any, model_id: str, threads: int | None, n_ctx: int
+) -> Iterator[tuple[HostCompleter, ModelInfo]]:
+    from app.core.models.registry import ModelRegistry
+
+    rec = ModelRegistry(ctx.workspace).get(model_id)
+    ctx.progress(None, f"starting the model host for {rec.name}")
+    host = HostProcess(
+        threads=ctx.workspace.settings.threads if threads is None else threads,
+        n_ctx=n_ctx,
+        state_dir=ctx.run_dir / "host",
+    )
+    host.start({rec.id: (rec.path, rec.format)})
+    try:
+        yield HostCompleter(host.base_url, host.token, rec.id), ModelInfo(rec.id, rec.sha256)
+    finally:
+        host.stop()
+
+
+def _finish(ctx: Any, outcome: SynthOutcome, what: str) -> dict[str, Any]:
+    result = outcome.result()
+    ctx.result(result)
+    if outcome.version is None:
+        raise JobFailed(
+            f"No {what} passed the filters in {outcome.attempts} attempts "
+            f"(rejects: {json.dumps(result['rejects'])}).",
+            "Try another seed, a higher temperature, more max_tokens or a larger model.",
+        )
+    return result
+
+
+def self_instruct_job(
+    ctx: Any,
+    dataset: str,
+    model: str,
+    n_new: int = 10,
+    instruction_column: str = "instruction",
+    input_column: str | None = "input",
+    output_column: str = "output",
+    seed: int = 0,
+    temperature: float = 0.8,
+    max_tokens: int = 64,
+    rouge_threshold: float = 0.7,
+    num_shots: int = 6,
+    generate_input: bool = False,
+    max_attempts: int | None = None,
+    threads: int | None = None,
+    n_ctx: int = 4096,
+) -> dict[str, Any]:
+    """Job ``data.self_instruct``: new instruction rows as a new version of ``dataset``."""
+    with _host(ctx, model, threads, n_ctx) as (complete, info):
+        outcome = self_instruct(
+            ctx.workspace,
+            dataset,
+            complete,
+            info,
+            instruction_column=instruction_column,
+            input_column=input_column,
+            output_column=output_column,
+            n_new=n_new,
+            seed=seed,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            rouge_threshold=rouge_threshold,
+            num_shots=num_shots,
+            generate_input=generate_input,
+            max_attempts=max_attempts,
+            progress=ctx.progress,
+            check_cancelled=ctx.check_cancelled,
+            log=ctx.log,
+        )
+    return _finish(ctx, outcome, "instruction")
+
+
+def augment_job(
+    ctx: Any,
+    dataset: str,
+    model: str,
+    column: str,
+    n: int = 1,
+    seed: int = 0,
+    temperature: float = 0.9,
+    max_tokens: int = 64,
+    near_dup_threshold: float = 0.8,
+    max_rows: int | None = None,
+    threads: int | None = None,
+    n_ctx: int = 4096,
+) -> dict[str, Any]:
+    """Job ``data.augment``: ``n`` paraphrases of ``column`` per row as a new version."""
+    with _host(ctx, model, threads, n_ctx) as (complete, info):
+        outcome = augment(
+            ctx.workspace,
+            dataset,
+            complete,
+            info,
+            column=column,
+            n=n,
+            seed=seed,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            near_dup_threshold=near_dup_threshold,
+            max_rows=max_rows,
+            progress=ctx.progress,
+            check_cancelled=ctx.check_cancelled,
+            log=ctx.log,
+        )
+    return _finish(ctx, outcome, "paraphrase")
