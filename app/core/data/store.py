@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 
 #: Rows per hashed chunk and per Parquet row group.
 CHUNK_ROWS = 65_536
+#: Rows per Parquet row group: small enough that the editor decodes little on a jump
+#: (it reads whole row groups), large enough for good compression.
+ROW_GROUP_ROWS = 8_192
 #: Version of the on-disk layout of a version folder (in manifest.json).
 MANIFEST_FORMAT = 1
 DATA_FILE = "data.parquet"
@@ -200,7 +203,7 @@ class VersionWriter:
         if self._hash_job is not None:
             self._hash_job.result()
         self._hash_job = self._hasher.submit(self._hash.update, chunk.serialize())
-        self._writer.write_batch(chunk, row_group_size=CHUNK_ROWS)
+        self._writer.write_batch(chunk, row_group_size=ROW_GROUP_ROWS)
         self.rows += chunk.num_rows
 
     def finish(self, empty_schema: pa.Schema | None = None) -> tuple[str, int, pa.Schema]:
