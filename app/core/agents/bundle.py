@@ -157,15 +157,9 @@ def read_bundle(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             raise BundleError(f"{path} is not a DemoAI bundle (no bundle.json / {SUMS_NAME}).")
         report = verify_sums(root)
         if not report.ok:
-            parts = []
-            if report.mismatched:
-                parts.append("changed: " + ", ".join(report.mismatched))
-            if report.missing:
-                parts.append("missing: " + ", ".join(report.missing))
-            if report.unlisted:
-                parts.append("not listed: " + ", ".join(report.unlisted))
             raise BundleError(
-                f"The bundle {path} failed its checksums ({'; '.join(parts)}). Nothing was imported.",
+                f"The bundle {path} failed its checksums ({report.describe()}). "
+                "Nothing was imported.",
                 "It was modified or damaged after export: get a fresh copy from its author.",
             )
         meta = _load(root, "bundle.json")

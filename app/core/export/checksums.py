@@ -29,6 +29,17 @@ class ChecksumReport:
     def ok(self) -> bool:
         return not (self.mismatched or self.missing or self.unlisted)
 
+    def describe(self) -> str:
+        """Which files are wrong, e.g. 'modified: a; missing: b'."""
+        parts = []
+        if self.mismatched:
+            parts.append("modified: " + ", ".join(self.mismatched))
+        if self.missing:
+            parts.append("missing: " + ", ".join(self.missing))
+        if self.unlisted:
+            parts.append("not listed: " + ", ".join(self.unlisted))
+        return "; ".join(parts)
+
 
 def list_files(root: Path) -> list[str]:
     """Relative POSIX paths of every regular file under ``root`` except SHA256SUMS, sorted."""
@@ -87,15 +98,8 @@ def check_sums(root: Path, *, allow_unlisted: bool = False) -> ChecksumReport:
     """:func:`verify_sums`, raising :class:`ChecksumError` naming the bad files."""
     rep = verify_sums(root, allow_unlisted=allow_unlisted)
     if not rep.ok:
-        parts = []
-        if rep.mismatched:
-            parts.append("modified: " + ", ".join(rep.mismatched))
-        if rep.missing:
-            parts.append("missing: " + ", ".join(rep.missing))
-        if rep.unlisted:
-            parts.append("not listed: " + ", ".join(rep.unlisted))
         raise ChecksumError(
-            f"SHA256SUMS verification failed in {root} ({'; '.join(parts)}).",
+            f"SHA256SUMS verification failed in {root} ({rep.describe()}).",
             "The files were changed or damaged after export; get a fresh copy.",
         )
     return rep
