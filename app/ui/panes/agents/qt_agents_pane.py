@@ -61,7 +61,7 @@ from app.core.agents import (
 from app.core.agents.builtin_tools import BUILTIN_TOOLS, ToolContext, builtin_tool
 from app.core.errors import ConfigError, DemoAIError
 from app.core.models.registry import ModelRegistry
-from app.ui.panes.chat.qt_chat_pane import HostManager
+from app.ui.host_manager import HostManager
 from app.ui.qt_errors import show_error
 from app.ui.services import Services
 

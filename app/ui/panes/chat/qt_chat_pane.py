@@ -9,7 +9,6 @@ and the view is redrawn at most every 50 ms, so the window stays responsive.
 from __future__ import annotations
 
 import html
-import threading
 import time
 from typing import Any
 
@@ -39,6 +38,7 @@ from app.core.chat import Conversation, ConversationStore, Message
 from app.core.errors import DemoAIError
 from app.core.models.registry import ModelRecord, ModelRegistry
 from app.core.store.files import atomic_write_json
+from app.ui.host_manager import HostManager
 from app.ui.panes.chat.qt_stream import ChatStream
 from app.ui.services import Services
 
@@ -49,49 +49,6 @@ TEMPLATE_CHOICES = [
     ("Llama 3", "llama3"),
     ("Plain (User:/Assistant:)", "plain"),
 ]
-
-
-class HostManager:
-    """One model host process for the chat pane, (re)started for the chosen model."""
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        self._lock = threading.Lock()
-        self._host: Any = None
-        self._key: tuple[str, str | None] | None = None
-        self.restarted = False
-
-    def prepare(self, model: ModelRecord, template: str | None) -> tuple[str, str]:
-        """Base URL and token of a host serving ``model`` (called off the UI thread)."""
-        from app.workers.host_client import HostProcess
-
-        with self._lock:
-            key = (model.id, template)
-            self.restarted = False
-            if self._host is not None and self._key != key:
-                self._host.stop()
-                self._host = None
-            if self._host is None:
-                s = self.services.workspace.settings
-                self._host = HostProcess(
-                    threads=s.threads,
-                    request_log=self.services.workspace.root / "logs" / "requests.jsonl",
-                )
-                self._host.start({model.id: (str(model.path), model.format)}, template=template)
-                self._key = key
-            elif self._host.ensure_running():
-                self.restarted = True
-            return self._host.base_url, self._host.token
-
-    @property
-    def pid(self) -> int | None:
-        return self._host.pid if self._host is not None else None
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._host is not None:
-                self._host.stop()
-                self._host = None
 
 
 class _EnterToSend(QObject):
@@ -609,4 +566,4 @@ def _spin(lo: int, hi: int, value: int, tip: str) -> QSpinBox:
     return w
 
 
-__all__ = ["ChatPane", "HostManager"]
+__all__ = ["ChatPane"]

@@ -16,52 +16,6 @@ from urllib.parse import urlparse
 
 from PySide6.QtCore import QObject, Signal
 
-from app.ui.services import Services
-
-#: (model id, path, format) of each model the host should serve.
-HostModels = Sequence[tuple[str, str, str]]
-
-
-class ArenaHost:
-    """One model host serving a set of models, restarted when the set changes."""
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        self._lock = threading.Lock()
-        self._host: Any = None
-        self._key: tuple[str, ...] | None = None
-
-    def prepare(self, models: HostModels) -> tuple[str, str]:
-        """Base URL and token of a host serving ``models`` (slow: call off the UI thread)."""
-        from app.workers.host_client import HostProcess
-
-        with self._lock:
-            key = tuple(sorted(m[0] for m in models))
-            if self._host is not None and self._key != key:
-                self._host.stop()
-                self._host = None
-            if self._host is None:
-                s = self.services.workspace.settings
-                self._host = HostProcess(
-                    threads=s.threads,
-                    request_log=self.services.workspace.root / "logs" / "requests.jsonl",
-                )
-                self._host.start({mid: (path, fmt) for mid, path, fmt in models})
-                self._key = key
-            else:
-                self._host.ensure_running()
-            return self._host.base_url, self._host.token
-
-    @property
-    def pid(self) -> int | None:
-        return self._host.pid if self._host is not None else None
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._host is not None:
-                self._host.stop()
-                self._host = None
-
 
 def ask(base_url: str, token: str, model: str, prompt: str, sampling: dict[str, Any]) -> str:
     """One non-streamed chat answer; raises RuntimeError with the host's message."""

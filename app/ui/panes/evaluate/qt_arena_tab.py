@@ -35,7 +35,8 @@ from app.core.errors import DemoAIError
 from app.core.eval.arena import ArenaService, BlindMatch
 from app.core.eval.runner import EvalStore
 from app.core.models.registry import ModelRegistry
-from app.ui.panes.evaluate.qt_answers import AnswerFetcher, ArenaHost
+from app.ui.host_manager import HostManager
+from app.ui.panes.evaluate.qt_answers import AnswerFetcher
 from app.ui.panes.evaluate.qt_eval_tab import (
     checkable,
     checked_data,
@@ -61,7 +62,7 @@ class ArenaTab(QWidget):
         self.datasets = DatasetStore(self.ws)
         self.arena = ArenaService(self.ws)
         self.evals = EvalStore(self.ws)
-        self.host = ArenaHost(services)
+        self.host = HostManager(services)
         self.fetcher: AnswerFetcher | None = None
         self.queue: list[BlindMatch] = [m.blind() for m in self.arena.matches(voted=False)]
         self.match: BlindMatch | None = None
@@ -280,7 +281,10 @@ class ArenaTab(QWidget):
             "temperature": round(self.temperature.value(), 3),
             "max_tokens": self.max_tokens.value(),
         }
-        fetcher = AnswerFetcher(lambda: self.host.prepare(specs), model_ids, prompts, sampling)
+        models = {mid: (path, fmt) for mid, path, fmt in specs}
+        fetcher = AnswerFetcher(
+            lambda: self.host.prepare_models(models), model_ids, prompts, sampling
+        )
         fetcher.answered.connect(self._answered)
         fetcher.finished.connect(self._fetch_finished)
         self.fetcher = fetcher
