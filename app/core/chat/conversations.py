@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from app.core.errors import NotFoundError
@@ -81,7 +81,6 @@ class Conversation:
     current_leaf: str | None
     created_at: float
     updated_at: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _msg(r: dict[str, Any]) -> Message:

@@ -438,15 +438,10 @@ def self_instruct(
         "attempts": attempts,
         "rejects": dict(sorted(rejects.items())),
     }
-    version = None
-    if rows:
-        version = store.create_version(
-            src.dataset_id,
-            append_rows(table, rows),
-            message=f"self-instruct: {len(rows)} generated rows for review",
-            operation={"name": "self_instruct", "params": params},
-            parent=src.hash,
-        )
+    version = _new_version(
+        store, src, table, rows, f"self-instruct: {len(rows)} generated rows for review",
+        "self_instruct", params,
+    )  # fmt: skip
     return SynthOutcome(version, len(rows), attempts, dict(rejects), n_new)
 
 
@@ -545,13 +540,29 @@ def augment(
         "attempts": attempts,
         "rejects": dict(sorted(rejects.items())),
     }
-    version = None
-    if rows:
-        version = store.create_version(
-            src.dataset_id,
-            append_rows(table, rows),
-            message=f"augment: {len(rows)} paraphrases of '{column}' for review",
-            operation={"name": "paraphrase", "params": params},
-            parent=src.hash,
-        )
+    version = _new_version(
+        store, src, table, rows, f"augment: {len(rows)} paraphrases of '{column}' for review",
+        "paraphrase", params,
+    )  # fmt: skip
     return SynthOutcome(version, len(rows), attempts, dict(rejects), n * total)
+
+
+def _new_version(
+    store: DatasetStore,
+    src: VersionRecord,
+    table: pa.Table,
+    rows: list[dict[str, Any]],
+    message: str,
+    op: str,
+    params: dict[str, Any],
+) -> VersionRecord | None:
+    """Original rows + generated rows as a new version for review (None when nothing passed)."""
+    if not rows:
+        return None
+    return store.create_version(
+        src.dataset_id,
+        append_rows(table, rows),
+        message=message,
+        operation={"name": op, "params": params},
+        parent=src.hash,
+    )
