@@ -209,7 +209,7 @@ def _client(ws: Any, spec: Any, args: argparse.Namespace) -> Iterator[Any]:
             "Import the exact model, or save a new agent version for this one.",
         )
     host = HostProcess(threads=ws.settings.threads, n_ctx=args.n_ctx)
-    host.start({rec.id: (rec.path, rec.format)})
+    host.start({rec.id: (rec.path, rec.format)}, template=spec.template)
     try:
         yield OpenAIChatClient(host.base_url, host.token, model=rec.id)
     finally:

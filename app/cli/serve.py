@@ -25,7 +25,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--allow-remote", action="store_true", help="allow a non-loopback --host (needs --api-key)"
     )
-    p.add_argument("--template", help="chat template preset: chatml, gemma, llama3, plain")
+    p.add_argument(
+        "--template",
+        help="chat template preset: chatml, hermes (ChatML with tools), gemma, llama3, plain",
+    )
     p.add_argument("--threads", type=int, help="CPU threads (default: the workspace setting)")
     p.add_argument("--n-ctx", type=int, help="context size (GGUF default 4096)")
     p.add_argument("--request-log", help="append one JSON line per request to this file")

@@ -276,6 +276,9 @@ class Handler(BaseHTTPRequestHandler):
                 ("POST", "/admin/unload"): self._unload,
             }
             route = routes.get((method, path))
+            if route is None and method == "GET" and path.startswith("/v1/models/"):
+                name = path.removeprefix("/v1/models/")
+                route = lambda record: self._model_info(record, name)  # noqa: E731
             if route is None:
                 raise HostError(404, f"Unknown route {method} {path}.", code="not_found")
             status = route(record)
@@ -316,6 +319,24 @@ class Handler(BaseHTTPRequestHandler):
             for s in self.server.config.models.values()
         ]
         self._send_json(200, {"object": "list", "data": data})
+        return 200
+
+    def _model_info(self, record: dict[str, Any], name: str) -> int:
+        """One model with what it can do; loads it (its chat template lives in the weights file)."""
+        slot = self._slot({"model": name})
+        record["model"] = slot.name
+        with slot.lock:
+            engine = slot.get_engine()
+            template = engine.chat_template
+            caps = {
+                "chat_template": template.name,
+                "tools": engine.tool_format,
+                "response_format": hasattr(engine, "set_grammar"),
+                "context_length": engine.context_length,
+            }
+        info = {"id": slot.name, "object": "model", "created": slot.created,
+                "owned_by": "demoai", "loaded": True, "capabilities": caps}  # fmt: skip
+        self._send_json(200, info)
         return 200
 
     def _unload(self, record: dict[str, Any]) -> int:
@@ -371,8 +392,26 @@ class Handler(BaseHTTPRequestHandler):
         stream = bool(body.get("stream"))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         grammar = response_format_grammar(body.get("response_format"))
+        tools: list[dict[str, Any]] = []
+        required = False
+        if chat and body.get("tools"):
+            from app.core.infer.tool_calls import chosen_tools, validate_tools
+
+            tools, required = chosen_tools(validate_tools(body["tools"]), body.get("tool_choice"))
+            if tools and grammar is not None:
+                raise HostError(400, "Use either tools or response_format, not both.")
         with slot.lock:
             engine = slot.get_engine()
+            tool_format = engine.tool_format if tools else None
+            if tools and tool_format is None:
+                raise HostError(
+                    400,
+                    f"The chat template of {slot.name!r} has no tool-calling format.",
+                    code="tools_unsupported",
+                )
+            if tools and required and hasattr(engine, "set_grammar"):
+                # GGUF: the call is grammar-constrained; HF engines generate freely.
+                grammar = tool_call_grammar(tools, str(tool_format))
             if grammar is not None:
                 if not hasattr(engine, "set_grammar"):
                     raise HostError(
@@ -383,10 +422,12 @@ class Handler(BaseHTTPRequestHandler):
                 engine.set_grammar(grammar)
             try:
                 if chat:
-                    chunks = engine.chat(body["messages"], params)
+                    chunks = engine.chat(body["messages"], params, tools=tools or None)
                 else:
                     chunks = engine.complete(body["prompt"], params)
                 rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+                if tool_format is not None:
+                    return self._tool_reply(record, slot.name, rid, chunks, tool_format, stream)
                 if stream:
                     return self._stream(record, slot.name, rid, chat, chunks, include_usage)
                 return self._whole(record, slot.name, rid, chat, chunks)
@@ -394,16 +435,15 @@ class Handler(BaseHTTPRequestHandler):
                 if grammar is not None:
                     engine.set_grammar(None)
 
-    def _whole(
-        self, record: dict[str, Any], model: str, rid: str, chat: bool, chunks: Iterator[Any]
-    ) -> int:
+    @staticmethod
+    def _collect(record: dict[str, Any], chunks: Iterator[Any]) -> tuple[str, str, dict[str, int]]:
+        """Drain ``chunks``: (text, finish_reason, usage dict); token counts go to ``record``."""
         parts: list[str] = []
         finish, usage = "stop", None
         for c in chunks:
             parts.append(c.text)
             if c.finish_reason:
                 finish, usage = c.finish_reason, c.usage
-        text = "".join(parts)
         usage_d = (
             usage.to_dict()
             if usage
@@ -412,6 +452,65 @@ class Handler(BaseHTTPRequestHandler):
         record.update(
             prompt_tokens=usage_d["prompt_tokens"], completion_tokens=usage_d["completion_tokens"]
         )
+        return "".join(parts), finish, usage_d
+
+    def _tool_reply(
+        self,
+        record: dict[str, Any],
+        model: str,
+        rid: str,
+        chunks: Iterator[Any],
+        tool_format: str,
+        stream: bool,
+    ) -> int:
+        """A chat reply that may hold tool calls: generated whole, then parsed.
+
+        Streaming requests get the result as one content delta or one
+        ``tool_calls`` delta (a call is only known once its text is complete).
+        """
+        from app.core.infer.tool_calls import parse_tool_calls
+
+        text, finish, usage_d = self._collect(record, chunks)
+        content, calls = parse_tool_calls(text, tool_format)
+        tool_calls = [c.to_openai() for c in calls]
+        if tool_calls:
+            finish = "tool_calls"
+            record["tool_calls"] = len(tool_calls)
+        message: dict[str, Any] = {"role": "assistant", "content": content or None}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        created = int(time.time())
+        head = {"id": rid, "created": created, "model": model}
+        if not stream:
+            choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+            self._send_json(
+                200, {**head, "object": "chat.completion", "choices": [choice], "usage": usage_d}
+            )
+            return 200
+        delta: dict[str, Any] = {"role": "assistant", "content": content or None}
+        if tool_calls:
+            delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(tool_calls)]
+        events = [
+            {"index": 0, "delta": delta, "finish_reason": None, "logprobs": None},
+            {"index": 0, "delta": {}, "finish_reason": finish, "logprobs": None},
+        ]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for ch in events:
+            obj = {**head, "object": "chat.completion.chunk", "choices": [ch]}
+            data = b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        done = b"data: [DONE]\n\n"
+        self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+        return 200
+
+    def _whole(
+        self, record: dict[str, Any], model: str, rid: str, chat: bool, chunks: Iterator[Any]
+    ) -> int:
+        text, finish, usage_d = self._collect(record, chunks)
         created = int(time.time())
         if chat:
             choice: dict[str, Any] = {
@@ -549,6 +648,33 @@ def response_format_grammar(fmt: Any) -> str | None:
     )
 
 
+def tool_call_grammar(tools: Sequence[Mapping[str, Any]], tool_format: str) -> str:
+    """GBNF for exactly one call of one of ``tools`` in the template's own call syntax."""
+    from llama_cpp import llama_grammar
+
+    from app.core.infer.tool_calls import call_grammar_schema, call_wrapping
+
+    schema = call_grammar_schema(tools, tool_format)
+    try:
+        body = str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
+    except Exception as exc:
+        raise HostError(
+            400, f"A tool's parameters schema is not supported: {exc}", code="invalid_tools"
+        ) from exc
+    before, after = call_wrapping(tool_format)
+    if not before and not after:
+        return body
+    # The schema grammar's start rule becomes one part of a new start rule.
+    lines = body.splitlines()
+    renamed = [
+        "tool-call-json ::=" + line[len("root ::=") :] if line.startswith("root ::=") else line
+        for line in lines
+    ]
+    return "\n".join(
+        [f"root ::= {json.dumps(before)} tool-call-json {json.dumps(after)}", *renamed]
+    )
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -585,7 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", type=Path, help='write {"port", "pid"} here once listening')
     p.add_argument("--request-log", type=Path, help="append one JSON line per request here")
     p.add_argument(
-        "--template", help="chat template preset for all models (chatml, gemma, llama3, plain)"
+        "--template",
+        help="chat template preset for all models (chatml, hermes, gemma, llama3, plain)",
     )
     p.add_argument("--threads", type=int, default=0, help="CPU threads per model (0 = all cores)")
     p.add_argument("--n-ctx", type=int, default=None, help="context size (GGUF default 4096)")

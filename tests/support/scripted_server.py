@@ -4,7 +4,11 @@
 listens on 127.0.0.1 (port 0), needs ``Authorization: Bearer $SCRIPTED_TOKEN``
 and answers ``POST /v1/chat/completions`` with the script item whose index is
 the number of assistant messages in the request (so a replayed conversation
-gets the same answers). Items are strings, or objects sent as their JSON text.
+gets the same answers). Items are strings, or objects sent as their JSON text;
+an object with ``tool_calls`` (``[{"name": ..., "arguments": {...}}]``) is sent
+as a native tool-call message instead. With ``--tool-format F`` the server
+answers ``GET /v1/models/{id}`` with ``capabilities.tools = F`` (a model whose
+template has native tool calling); without, that route is 404.
 Every request body is appended to ``--log`` as a JSON line.
 
 :class:`ScriptedServer` starts and stops it from a test.
@@ -41,10 +45,28 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_POST(self) -> None:
+    def _authorised(self) -> bool:
         auth = self.headers.get("Authorization") or ""
         if not hmac.compare_digest(auth.encode(), f"Bearer {self.server.token}".encode()):
             self._send(401, {"error": {"message": "bad token", "type": "auth", "code": None}})
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        if not self._authorised():
+            return
+        if self.path.rstrip("/") == "/v1/models":
+            self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+            return
+        name = self.path.rstrip("/").removeprefix("/v1/models/")
+        if self.server.tool_format and name and "/" not in name:
+            caps = {"tools": self.server.tool_format}
+            self._send(200, {"id": name, "object": "model", "capabilities": caps})
+            return
+        self._send(404, {"error": {"message": "no route", "type": "x", "code": None}})
+
+    def do_POST(self) -> None:
+        if not self._authorised():
             return
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._send(404, {"error": {"message": "no route", "type": "x", "code": None}})
@@ -55,7 +77,18 @@ class _Handler(BaseHTTPRequestHandler):
         turn = sum(1 for m in body.get("messages", []) if m.get("role") == "assistant")
         script = self.server.script
         item = script[turn] if turn < len(script) else {"final": "(script exhausted)"}
-        text = item if isinstance(item, str) else json.dumps(item)
+        message: dict[str, Any]
+        if isinstance(item, dict) and "tool_calls" in item:
+            calls = [
+                {"id": f"call_{turn}_{i}", "type": "function",
+                 "function": {"name": c["name"], "arguments": c["arguments"]
+                              if isinstance(c["arguments"], str) else json.dumps(c["arguments"])}}
+                for i, c in enumerate(item["tool_calls"])
+            ]  # fmt: skip
+            message = {"role": "assistant", "content": item.get("content"), "tool_calls": calls}
+        else:
+            text = item if isinstance(item, str) else json.dumps(item)
+            message = {"role": "assistant", "content": text}
         self._send(
             200,
             {
@@ -66,8 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
+                        "message": message,
+                        "finish_reason": "tool_calls" if "tool_calls" in message else "stop",
                     }
                 ],
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
@@ -80,6 +113,7 @@ class _Server(ThreadingHTTPServer):
     script: list[Any]
     token: str
     log: str
+    tool_format: str | None
 
 
 def main() -> int:
@@ -87,11 +121,13 @@ def main() -> int:
     p.add_argument("--script", required=True)
     p.add_argument("--ready-file", required=True)
     p.add_argument("--log", required=True)
+    p.add_argument("--tool-format")
     args = p.parse_args()
     server = _Server(("127.0.0.1", 0), _Handler)
     server.script = json.loads(Path(args.script).read_text(encoding="utf-8"))
     server.token = os.environ["SCRIPTED_TOKEN"]
     server.log = args.log
+    server.tool_format = args.tool_format
     tmp = args.ready_file + ".tmp"
     Path(tmp).write_text(json.dumps({"port": server.server_address[1], "pid": os.getpid()}))
     os.replace(tmp, args.ready_file)
@@ -105,10 +141,13 @@ def main() -> int:
 class ScriptedServer:
     """The scripted server as a child process: ``base_url``, ``token``, ``requests()``."""
 
-    def __init__(self, script: list[Any], token: str = "scripted-token") -> None:
+    def __init__(
+        self, script: list[Any], token: str = "scripted-token", tool_format: str | None = None
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="scripted-"))
         (self.dir / "script.json").write_text(json.dumps(script), encoding="utf-8")
         self.token = token
+        self.tool_format = tool_format
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -119,7 +158,8 @@ class ScriptedServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.support.scripted_server",
              "--script", str(self.dir / "script.json"), "--ready-file", str(ready),
-             "--log", str(self.dir / "requests.jsonl")],
+             "--log", str(self.dir / "requests.jsonl"),
+             *(["--tool-format", self.tool_format] if self.tool_format else [])],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 30

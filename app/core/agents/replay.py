@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.core.agents.loop import ChatClient, StopRun, run_agent
+from app.core.agents.loop import ChatClient, StopRun, run_agent, run_tool_mode
 from app.core.agents.runs import Run, RunStore, Step
 from app.core.agents.tools import Tool, ToolCall, ToolError, ToolRegistry
 from app.core.errors import ConfigError
@@ -155,5 +155,6 @@ def replay_run(
         executor=executor,
         system_text=path[0].content,
         replay_of=run_id,
+        tool_mode=run_tool_mode(runs, run_id),
     )
     return ReplayReport(original, result.run, compare_paths(path, result.steps))

@@ -109,6 +109,11 @@ class Limits:
 
 DEFAULT_SAMPLING: dict[str, Any] = {"temperature": 0.0, "seed": 0}
 
+#: How the model is asked to call tools: ``native`` uses the chat template's own
+#: tool format (the server must report one), ``json`` the constrained JSON
+#: protocol, ``auto`` native when the server reports a format, else json.
+TOOL_MODES = ("auto", "native", "json")
+
 
 @dataclass(frozen=True)
 class AgentSpec:
@@ -123,11 +128,26 @@ class AgentSpec:
     tools: tuple[ToolGrant, ...] = ()
     limits: Limits = field(default_factory=Limits)
     mcp_servers: tuple[McpServerConfig, ...] = ()
+    tool_mode: str = "auto"
+    #: Chat template preset for the local model host (None: the model's own template).
+    template: str | None = None
     version: int = 0
     created_at: float = 0.0
 
     def __post_init__(self) -> None:
         check_name("agent", self.name)
+        if self.tool_mode not in TOOL_MODES:
+            raise ConfigError(
+                f"tool_mode must be one of {', '.join(TOOL_MODES)}, not {self.tool_mode!r}."
+            )
+        if self.template is not None:
+            from app.core.infer.templates import PRESETS
+
+            if self.template not in PRESETS:
+                raise ConfigError(
+                    f"Unknown chat template preset {self.template!r}.",
+                    f"Choose one of: {', '.join(sorted(PRESETS))}, or leave it out.",
+                )
         from app.core.infer.sampling import SamplingParams
 
         if not isinstance(self.sampling, dict):
@@ -157,6 +177,8 @@ class AgentSpec:
             "tools": [asdict(t) for t in self.tools],
             "limits": asdict(self.limits),
             "mcp_servers": [s.to_dict() for s in self.mcp_servers],
+            "tool_mode": self.tool_mode,
+            "template": self.template,
             "created_at": self.created_at,
         }
 
@@ -175,6 +197,7 @@ class AgentSpec:
         known = {
             "format", "name", "version", "description", "model", "model_id", "model_sha256",
             "system_prompt", "sampling", "tools", "limits", "mcp_servers", "created_at",
+            "tool_mode", "template",
         }  # fmt: skip
         unknown = sorted(set(d) - known)
         if unknown:
@@ -201,6 +224,8 @@ class AgentSpec:
             tools=tuple(ToolGrant.from_obj(t) for t in d.get("tools") or []),
             limits=lim,
             mcp_servers=tuple(McpServerConfig.from_obj(s) for s in d.get("mcp_servers") or []),
+            tool_mode=str(d.get("tool_mode") or "auto"),
+            template=d.get("template") or None,
             version=int(d.get("version") or 0),
             created_at=float(d.get("created_at") or 0.0),
         )

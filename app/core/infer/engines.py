@@ -166,12 +166,34 @@ class Engine(ABC):
         """
 
     def chat(
-        self, messages: Sequence[Mapping[str, Any]], params: SamplingParams
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        params: SamplingParams,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> Iterator[Chunk]:
-        """Stream the assistant's reply to ``messages``, using the chat template."""
+        """Stream the assistant's reply to ``messages``, using the chat template.
+
+        ``tools`` (OpenAI function schemas) are rendered by the template; only
+        templates with a :attr:`tool_format` know what to do with them.
+        """
         template = self.chat_template
-        prompt = template.render(messages, add_generation_prompt=True)
+        if tools:
+            from app.core.infer.tool_calls import messages_for_template
+
+            prompt = template.render(
+                messages_for_template(messages), add_generation_prompt=True, tools=list(tools)
+            )
+        else:
+            prompt = template.render(messages, add_generation_prompt=True)
         return self.complete(prompt, params.with_stop(template.stop))
+
+    @property
+    def tool_format(self) -> str | None:
+        """The native tool-call syntax of the chat template (see ``tool_calls``), or None."""
+        from app.core.infer.tool_calls import detect_tool_format
+
+        return detect_tool_format(self.chat_template.source)
 
     def embeddings(self, texts: Sequence[str]) -> list[list[float]]:
         """One vector per text, when the engine supports it."""

@@ -216,6 +216,40 @@ _LLAMA3 = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
+# ChatML with tools in the Hermes function-calling format (as used by Hermes 2 Pro
+# and Qwen 2.5): tool schemas in a <tools> block of the system turn, calls as
+# <tool_call>JSON</tool_call>, results as <tool_response> in a user turn.
+# Without tools it renders exactly like chatml.
+_HERMES = (
+    "{% set ns = namespace(first=0) %}"
+    "{% if tools %}"
+    "{{ '<|im_start|>system\\n' }}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{{ messages[0]['content'] + '\\n\\n' }}{% set ns.first = 1 %}{% endif %}"
+    "{{ '# Tools\\n\\nYou may call one or more functions to assist with the user query.'"
+    " + ' You are provided with function signatures within <tools></tools> XML tags:'"
+    " + '\\n<tools>' }}"
+    "{% for t in tools %}{{ '\\n' + (t | tojson) }}{% endfor %}"
+    "{{ '\\n</tools>\\n\\nFor each function call, return a JSON object with the function'"
+    " + ' name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n'"
+    ' + \'{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call>\''
+    " + '<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% for m in messages[ns.first:] %}"
+    "{% if m['role'] == 'tool' %}"
+    "{{ '<|im_start|>user\\n<tool_response>\\n' + m['content'] + '\\n</tool_response><|im_end|>\\n' }}"
+    "{% elif m['role'] == 'assistant' and m['tool_calls'] %}"
+    "{{ '<|im_start|>assistant\\n' + m['content'] }}"
+    "{% for c in m['tool_calls'] %}"
+    "{{ '<tool_call>\\n' + ({'name': c['function']['name'], 'arguments': c['function']['arguments']} | tojson) + '\\n</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 _PLAIN = (
     "{% for m in messages %}"
     "{% if m['role'] == 'system' %}{{ m['content'] + '\\n\\n' }}"
@@ -228,6 +262,7 @@ _PLAIN = (
 #: Preset name -> (template source, default bos, default eos, stop strings).
 PRESETS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "chatml": (_CHATML, "", "<|im_end|>", ("<|im_end|>",)),
+    "hermes": (_HERMES, "", "<|im_end|>", ("<|im_end|>",)),
     "gemma": (_GEMMA, "<bos>", "<eos>", ("<end_of_turn>",)),
     "llama3": (_LLAMA3, "<|begin_of_text|>", "<|eot_id|>", ("<|eot_id|>",)),
     "plain": (_PLAIN, "", "", ("\nUser:",)),
@@ -237,7 +272,7 @@ PRESETS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
 def preset(
     name: str, *, bos_token: str | None = None, eos_token: str | None = None
 ) -> ChatTemplate:
-    """A preset template by name (``chatml``, ``gemma``, ``llama3``, ``plain``)."""
+    """A preset template by name (``chatml``, ``hermes``, ``gemma``, ``llama3``, ``plain``)."""
     try:
         source, bos, eos, stop = PRESETS[name]
     except KeyError:
