@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import app.core.data.schema  # noqa: F401  (registers the tables)
@@ -56,6 +57,11 @@ DATA_FILE = "data.parquet"
 #: Parquet codec of version files: snappy is ~3.5x smaller than none on text, and
 #: costs about a third of the import time.
 PARQUET_COMPRESSION = "snappy"
+#: A column is dictionary-encoded only when its first chunk has at most this share of
+#: distinct values: on free text, dictionary encoding halves the write speed and the
+#: file is no smaller (measured: 1M instruction rows, snappy, 1.15 s / 77 MB with
+#: dictionaries everywhere vs 0.56 s / 74 MB without).
+DICTIONARY_MAX_DISTINCT = 0.1
 MANIFEST_FILE = "manifest.json"
 
 
@@ -152,11 +158,20 @@ class VersionWriter:
         self._hash.update(
             json.dumps(schema_to_json(self.schema), sort_keys=True).encode("utf-8") + b"\n"
         )
-        self._writer = pq.ParquetWriter(
+
+    def _open_writer(self, first: pa.RecordBatch) -> pq.ParquetWriter:
+        assert self.schema is not None
+        dictionary = [
+            f.name
+            for f, col in zip(self.schema, first.columns, strict=True)
+            if _low_cardinality(col)
+        ]
+        return pq.ParquetWriter(
             self.tmp_dir / DATA_FILE,
             self.schema,
             compression=self._compression,
             write_statistics=False,
+            use_dictionary=dictionary,
         )
 
     def _conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -188,7 +203,7 @@ class VersionWriter:
             self._emit(CHUNK_ROWS)
 
     def _emit(self, n: int) -> None:
-        assert self.schema is not None and self._writer is not None
+        assert self.schema is not None
         table = pa.Table.from_batches(self._pending, schema=self.schema)
         chunk_parts = table.slice(0, n).to_batches()
         # Concatenating copies into fresh, exactly sized buffers: the IPC bytes then
@@ -203,6 +218,8 @@ class VersionWriter:
         if self._hash_job is not None:
             self._hash_job.result()
         self._hash_job = self._hasher.submit(self._hash.update, chunk.serialize())
+        if self._writer is None:
+            self._writer = self._open_writer(chunk)
         self._writer.write_batch(chunk, row_group_size=ROW_GROUP_ROWS)
         self.rows += chunk.num_rows
 
@@ -214,7 +231,9 @@ class VersionWriter:
             self._open(empty_schema)
         if self._pending_rows:
             self._emit(self._pending_rows)
-        assert self._writer is not None and self.schema is not None
+        assert self.schema is not None
+        if self._writer is None:  # no rows: a valid empty file with the schema
+            self._writer = self._open_writer(pa.RecordBatch.from_pylist([], schema=self.schema))
         self._writer.close()
         self._stop_hasher()
         self.finished = True
@@ -236,6 +255,18 @@ class VersionWriter:
         with contextlib.suppress(Exception):
             self._stop_hasher()
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def _low_cardinality(col: pa.Array) -> bool:
+    """Whether dictionary encoding pays for a column, judged from its first chunk."""
+    if len(col) == 0 or pa.types.is_nested(col.type):
+        return False
+    col = col.slice(0, 4096)  # a sample is enough to tell labels from free text
+    try:
+        distinct = pc.count_distinct(col, mode="all").as_py()
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return False
+    return bool(distinct <= DICTIONARY_MAX_DISTINCT * len(col))
 
 
 def hash_table(table: pa.Table) -> str:

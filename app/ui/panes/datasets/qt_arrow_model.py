@@ -23,7 +23,29 @@ from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelInd
 
 _Index = QModelIndex | QPersistentModelIndex
 _uid = itertools.count(1)
-MAX_CELL_CHARS = 500
+MAX_CELL_CHARS = 200  # a cell shows ~35 characters at the default width; the tooltip has all
+#: Source rows whose display strings are converted together (one vectorised
+#: ``to_pylist`` instead of a scalar conversion per cell); blocks kept in an LRU.
+BLOCK_ROWS = 64
+CACHE_BLOCKS = 4096
+# Roles as plain ints: data() runs ~1,000 times per painted screen, and comparing
+# ints is much cheaper than going through Python enums on every call.
+_DISPLAY = Qt.ItemDataRole.DisplayRole.value
+_EDIT = Qt.ItemDataRole.EditRole.value
+_TOOLTIP = Qt.ItemDataRole.ToolTipRole.value
+_FONT = Qt.ItemDataRole.FontRole.value
+_FLAGS = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+_FLAGS_EDIT = _FLAGS | Qt.ItemFlag.ItemIsEditable
+
+
+def display_text(v: Any) -> str | None:
+    """How a cell value is shown in the table (one line, shortened)."""
+    if v is None:
+        return None
+    text = v if isinstance(v, str) else str(v)
+    if "\n" in text:
+        text = text.replace("\n", " ⏎ ")
+    return text if len(text) <= MAX_CELL_CHARS else text[:MAX_CELL_CHARS] + "…"
 
 
 @dataclass
@@ -83,6 +105,9 @@ class ArrowTableModel(QAbstractTableModel):
         self._next_added = -1
         self.undo_stack: list[_Change] = []
         self.redo_stack: list[_Change] = []
+        self._live: list[int] = []
+        self._count = int(self.n_src)
+        self._blocks: OrderedDict[tuple[int, str], list[str | None]] = OrderedDict()
 
     # -- reading ------------------------------------------------------------------------
     def _group(self, g: int) -> pa.Table:
@@ -101,16 +126,41 @@ class ArrowTableModel(QAbstractTableModel):
         t = self._group(g)
         return t.column(src)[row - int(self._rg_starts[g])].as_py()
 
+    def _block(self, b: int, src: str) -> list[str | None]:
+        """Display strings of source rows ``b*BLOCK_ROWS ...`` of column ``src``."""
+        key = (b, src)
+        block = self._blocks.get(key)
+        if block is not None:
+            self._blocks.move_to_end(key)
+            return block
+        start = b * BLOCK_ROWS
+        stop = min(start + BLOCK_ROWS, int(self.n_src))
+        g = int(np.searchsorted(self._rg_starts, start, side="right") - 1)
+        g_start = int(self._rg_starts[g])
+        t = self._group(g)
+        if stop - g_start <= t.num_rows:  # the block lies in one row group
+            values = t.column(src).slice(start - g_start, stop - start).to_pylist()
+        else:
+            values = [self.source_value(r, src) for r in range(start, stop)]
+        block = [display_text(v) for v in values]
+        self._blocks[key] = block
+        if len(self._blocks) > CACHE_BLOCKS:
+            self._blocks.popitem(last=False)
+        return block
+
     def _base_count(self) -> int:
         if self._rows is not None:
             return len(self._rows)
         return int(self.n_src)
 
     def row_id(self, view_row: int) -> int:
-        base = self._base_count()
-        if view_row < base:
-            return int(self._rows[view_row]) if self._rows is not None else view_row
-        return int(self._live_added()[view_row - base])
+        rows = self._rows
+        if rows is None:
+            if view_row < self.n_src:
+                return view_row
+        elif view_row < len(rows):
+            return int(rows[view_row])
+        return int(self._live[view_row - self._base_count()])
 
     def _live_added(self) -> list[int]:
         return [a for a in self.added if a not in self.deleted]
@@ -131,18 +181,20 @@ class ArrowTableModel(QAbstractTableModel):
         self.endResetModel()
 
     def _recompute_rows(self) -> None:
+        self._live = self._live_added()
         src_deleted = np.fromiter((d for d in self.deleted if d >= 0), dtype=np.int64)
         if self.view is None and len(src_deleted) == 0:
             self._rows = None
-            return
-        base = self.view if self.view is not None else np.arange(self.n_src, dtype=np.int64)
-        if len(src_deleted):
-            base = base[~np.isin(base, src_deleted)]
-        self._rows = base
+        else:
+            base = self.view if self.view is not None else np.arange(self.n_src, dtype=np.int64)
+            if len(src_deleted):
+                base = base[~np.isin(base, src_deleted)]
+            self._rows = base
+        self._count = self._base_count() + len(self._live)
 
     # -- Qt -------------------------------------------------------------------------------
     def rowCount(self, parent: _Index = QModelIndex()) -> int:
-        return 0 if parent.isValid() else self._base_count() + len(self._live_added())
+        return 0 if parent.isValid() else self._count
 
     def columnCount(self, parent: _Index = QModelIndex()) -> int:
         return 0 if parent.isValid() else len(self.columns)
@@ -155,35 +207,39 @@ class ArrowTableModel(QAbstractTableModel):
         return str(self.row_id(section) + 1) if self.row_id(section) >= 0 else "new"
 
     def flags(self, index: _Index) -> Qt.ItemFlag:
-        base = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
-        return base | Qt.ItemFlag.ItemIsEditable if index.isValid() else base
+        return _FLAGS_EDIT if index.isValid() else _FLAGS
 
     def data(self, index: _Index, role: int = 0) -> Any:
-        if not index.isValid() or role not in (
-            Qt.ItemDataRole.DisplayRole,
-            Qt.ItemDataRole.EditRole,
-            Qt.ItemDataRole.ToolTipRole,
-            Qt.ItemDataRole.FontRole,
-        ):
-            return None
-        rid = self.row_id(index.row())
-        col = self.columns[index.column()]
-        if role == Qt.ItemDataRole.FontRole:
-            if (rid, col.uid) in self.edits or rid < 0:
+        if role == _DISPLAY:
+            rid = self.row_id(index.row())
+            col = self.columns[index.column()]
+            if (
+                rid >= 0
+                and col.src is not None
+                and (not self.edits or (rid, col.uid) not in self.edits)
+            ):
+                if self._rows is None:  # file order: neighbours are shown together
+                    return self._block(rid // BLOCK_ROWS, col.src)[rid % BLOCK_ROWS]
+                return display_text(self.source_value(rid, col.src))
+            return display_text(self.value(rid, col))
+        if role == _FONT:
+            if not self.edits and not self.added:
+                return None
+            rid = self.row_id(index.row())
+            if (rid, self.columns[index.column()].uid) in self.edits or rid < 0:
                 from PySide6.QtGui import QFont
 
                 f = QFont()
                 f.setItalic(True)
                 return f
             return None
-        v = self.value(rid, col)
+        if role != _EDIT and role != _TOOLTIP:
+            return None
+        v = self.value(self.row_id(index.row()), self.columns[index.column()])
         if v is None:
-            return "" if role == Qt.ItemDataRole.EditRole else None
+            return "" if role == _EDIT else None
         text = v if isinstance(v, str) else str(v)
-        if role == Qt.ItemDataRole.DisplayRole:
-            text = text.replace("\n", " ⏎ ")
-            return text if len(text) <= MAX_CELL_CHARS else text[:MAX_CELL_CHARS] + "…"
-        if role == Qt.ItemDataRole.ToolTipRole:
+        if role == _TOOLTIP:
             return text if len(text) <= 4000 else text[:4000] + "…"
         return text
 
