@@ -175,3 +175,39 @@ def test_display_blocks_match_the_file_across_row_groups(qtbot, tmp_path: Path) 
     model.set_view(np.arange(n - 1, -1, -1))  # reversed: rows no longer in file order
     assert model.index(0, 0).data() == "999" and model.index(n - 1 - 5, 1).data() == "changed"
     assert model.index(n - 1 - 500, 1).data() == "line 500 ⏎ second"
+
+
+def test_column_header_filters_and_sort(qtbot, main_window, workspace) -> None:
+    table = pa.table(
+        {
+            "text": ["Refund please", "printer broken", "refund again", "hello", "REFUNDED"],
+            "label": ["billing", "it", "billing", "other", "billing"],
+            "n": [3, 1, 4, 2, 5],
+        }
+    )
+    ds = DatasetStore(workspace).create_dataset("tickets", table).dataset_id
+    pane = main_window.pane("datasets")
+    pane.refresh_datasets(select=ds)
+    pane.open_dataset(ds)
+    menu = pane.header_menu(0)
+    labels = [a.text() for a in menu.actions() if a.text()]
+    assert labels == ["Sort ascending", "Sort descending", "Filter text…"]
+    pane.set_column_filter("text", "refund")
+    qtbot.waitUntil(lambda: pane.model.rowCount() == 3, timeout=10_000)
+    pane.set_column_filter("label", "bill")  # two column filters combine with AND
+    pane.header_menu(2).actions()[1].trigger()  # sort descending by n
+
+    def shown() -> list[str]:
+        return [pane.model.index(r, 2).data() for r in range(pane.model.rowCount())]
+
+    qtbot.waitUntil(lambda: shown() == ["5", "4", "3"], timeout=10_000)  # file order: 3, 4, 5
+    qtbot.waitUntil(lambda: "Working" not in pane.info.text(), timeout=10_000)
+    assert "text contains “refund”" in pane.info.text() and "label contains" in pane.info.text()
+    assert "Clear the filter on text" in [a.text() for a in pane.header_menu(0).actions()]
+    pane.set_column_filter("text", "")
+    qtbot.waitUntil(lambda: pane.model.rowCount() == 3, timeout=10_000)  # billing rows
+    assert "text contains" not in pane.info.text()
+    pane.clear_query()
+    assert pane.model.rowCount() == 5 and not pane.column_filters
+    pane.model.add_column("notes")
+    assert not pane.header_menu(3).actions()[0].isEnabled()

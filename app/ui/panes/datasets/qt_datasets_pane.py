@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QMessageBox,
     QPlainTextEdit,
     QPushButton,
@@ -356,6 +357,13 @@ class DatasetsPane(QWidget):
         self.table.verticalHeader().setDefaultSectionSize(22)
         self.table.horizontalHeader().setDefaultSectionSize(220)
         self.table.setWordWrap(False)
+        header = self.table.horizontalHeader()
+        header.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        header.customContextMenuRequested.connect(
+            lambda pos: self.header_menu(header.logicalIndexAt(pos)).exec(header.mapToGlobal(pos))
+        )
+        header.setToolTip("Right-click a column header to sort or filter by that column")
+        self.column_filters: dict[str, str] = {}
         self.info = QLabel("")
         self.info.setObjectName("datasetInfo")
         self.undo_btn = QPushButton("Undo")
@@ -499,10 +507,11 @@ class DatasetsPane(QWidget):
         self.model.changed.connect(self._update_buttons)
         self.table.setModel(self.model)
         self.query = ViewQuery()
+        self.column_filters = {}
         self.sort_col.clear()
         self.sort_col.addItem("(file order)", None)
         for c in self.model.columns:
-            self.sort_col.addItem(c.name, c.name)
+            self.sort_col.addItem(c.name, c.src)
         self.refresh_versions()
         self.open_ms = (time.perf_counter() - t0) * 1000
         self._update_info()
@@ -542,6 +551,57 @@ class DatasetsPane(QWidget):
         return str(item.data(Qt.ItemDataRole.UserRole)) if item is not None else None
 
     # -- view ---------------------------------------------------------------------------
+    def header_menu(self, section: int) -> QMenu:
+        """The column header's menu: sort by it, filter it (contains text), clear its filter."""
+        menu = QMenu(self)
+        if self.model is None or not 0 <= section < len(self.model.columns):
+            return menu
+        col = self.model.columns[section]
+        if col.src is None:  # added in this session: not in the file yet
+            menu.addAction("Save a version to sort or filter by this column").setEnabled(False)
+            return menu
+        src = col.src
+        menu.addAction("Sort ascending", lambda: self.sort_by(src, descending=False))
+        menu.addAction("Sort descending", lambda: self.sort_by(src, descending=True))
+        menu.addSeparator()
+        menu.addAction(f"Filter {col.name}…", lambda: self.ask_column_filter(src, col.name))
+        if src in self.column_filters:
+            menu.addAction(
+                f"Clear the filter on {col.name}", lambda: self.set_column_filter(src, "")
+            )
+        if self.column_filters:
+            menu.addAction("Clear all column filters", self.clear_column_filters)
+        return menu
+
+    def sort_by(self, column: str, *, descending: bool) -> None:
+        i = self.sort_col.findData(column)
+        if i >= 0:
+            self.sort_col.setCurrentIndex(i)
+        self.sort_order.setCurrentText("descending" if descending else "ascending")
+        self.apply_query()
+
+    def ask_column_filter(self, column: str, label: str) -> None:
+        text, ok = QInputDialog.getText(
+            self,
+            f"Filter {label}",
+            f"Show rows whose {label} contains (case-insensitive; empty clears):",
+            text=self.column_filters.get(column, ""),
+        )
+        if ok:
+            self.set_column_filter(column, text)
+
+    def set_column_filter(self, column: str, text: str) -> None:
+        """Keep rows whose ``column`` contains ``text`` (empty: remove the filter)."""
+        if text.strip():
+            self.column_filters[column] = text.strip()
+        else:
+            self.column_filters.pop(column, None)
+        self.apply_query()
+
+    def clear_column_filters(self) -> None:
+        self.column_filters.clear()
+        self.apply_query()
+
     def apply_query(self) -> None:
         if self.model is None:
             return
@@ -549,6 +609,7 @@ class DatasetsPane(QWidget):
             sort_column=self.sort_col.currentData(),
             descending=self.sort_order.currentText() == "descending",
             search=self.search.text().strip(),
+            column_filters=dict(self.column_filters),
             expression=self.expr.text().strip(),
         )
         self._serial += 1
@@ -561,6 +622,7 @@ class DatasetsPane(QWidget):
     def clear_query(self) -> None:
         self.search.clear()
         self.expr.clear()
+        self.column_filters.clear()
         self.sort_col.setCurrentIndex(0)
         if self.model is not None:
             self.query = ViewQuery()
@@ -583,6 +645,10 @@ class DatasetsPane(QWidget):
             return
         shown = self.model.rowCount()
         text = f"{shown:,} of {self.version.rows:,} rows shown · version {self.version.short}"
+        if self.query.column_filters:
+            text += " · " + ", ".join(
+                f"{c} contains “{t}”" for c, t in sorted(self.query.column_filters.items())
+            )
         if self.model.has_changes:
             s = self.model.summary()
             text += f" · unsaved: {s['cells_edited']} cell(s), +{s['rows_added']} / -{s['rows_deleted']} rows"
