@@ -75,7 +75,7 @@ def test_prompt_library(workspace: Any) -> None:
     with pytest.raises(ConfigError):
         store.save("summary", "{{missing}}", test_inputs=[{"other": 1}])
     diff = store.diff("summary", 1, 2)
-    assert "-Summarise {{text}} in {{ n }} words." in diff and "+Be brief." in diff
+    assert "-Summarise {{text}} in {{ n }} words." in diff.splitlines() and "+Be brief." in diff
     assert store.render_tests("summary", 1) == ["Summarise x in 5 words."]
 
 

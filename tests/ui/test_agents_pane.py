@@ -207,3 +207,136 @@ def test_pane_module_imports_no_ml_stack() -> None:
     root = Path(__file__).resolve().parents[2]
     res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+REPLAY_SCRIPT = [
+    {"tool": "read_file", "arguments": {"path": "notes.txt"}},
+    {"final": "The notes say 42."},
+]
+OTHER_SCRIPT = [
+    {"tool": "read_file", "arguments": {"path": "other.txt"}},
+    {"final": "Something else."},
+]
+
+
+def _select_run(pane: Any, run_id: str) -> None:
+    for i in range(pane.run_list.count()):
+        if pane.run_list.item(i).data(Qt.ItemDataRole.UserRole) == run_id:
+            pane.run_list.setCurrentRow(i)
+            return
+    raise AssertionError(run_id)
+
+
+def test_replay_identical_then_diverged_and_export_run(
+    qtbot: Any, main_window: Any, tmp_path: Path
+) -> None:
+    from app.core.agents.bundle import read_bundle
+
+    granted = tmp_path / "granted"
+    granted.mkdir()
+    (granted / "notes.txt").write_text("42\n")
+    runs = RunStore(main_window.services.workspace.db)
+    with ScriptedServer(REPLAY_SCRIPT) as same, ScriptedServer(OTHER_SCRIPT) as other:
+        pane = main_window.pane("agents")
+        pane.client_factory = lambda spec: OpenAIChatClient(same.base_url, same.token)
+        pane.new_agent()
+        pane.name.setText("reader")
+        _check_tool(pane, "read_file")
+        pane.folder.setText(str(granted))
+        pane.input.setPlainText("What do my notes say?")
+        assert not pane.replay_btn.isEnabled()  # no run shown yet
+        qtbot.mouseClick(pane.run_btn, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
+        original = pane.run_id
+        assert runs.get(original).final == "The notes say 42."
+
+        # replay: the tool result comes from the recording, not the (changed) file
+        (granted / "notes.txt").write_text("changed\n")
+        assert pane.replay_btn.isEnabled()
+        qtbot.mouseClick(pane.replay_btn, Qt.MouseButton.LeftButton)
+        assert pane.busy and not pane.replay_btn.isEnabled()
+        qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
+        report = pane.last_replay
+        assert report is not None and report.identical and report.original.id == original
+        assert pane.replay_label.isVisible()
+        assert pane.replay_label.text() == (
+            f"Replay of run {original}: identical, every step matches the recording."
+        )
+        replay = runs.get(pane.run_id)
+        assert replay.id != original and replay.replay_of == original
+        assert replay.final == "The notes say 42."
+        reqs = same.requests()
+        assert len(reqs) == 4 and [r["messages"] for r in reqs[2:]] == [
+            r["messages"] for r in reqs[:2]
+        ]
+        assert pane.run_list.count() == 2
+        assert any(
+            f"replay of {original}" in pane.run_list.item(i).text()
+            for i in range(pane.run_list.count())
+        )
+
+        # the same run replayed against a model that answers differently: where it diverged
+        _select_run(pane, original)
+        assert pane.run_id == original and not pane.replay_label.isVisible()
+        pane.client_factory = lambda spec: OpenAIChatClient(other.base_url, other.token)
+        qtbot.mouseClick(pane.replay_btn, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
+        report = pane.last_replay
+        assert report is not None and not report.identical
+        assert report.divergence is not None and report.divergence.index == 2
+        text = pane.replay_label.text()
+        assert text.startswith(f"Replay of run {original} diverged at step 2: expected model")
+        assert "notes.txt" in text and "other.txt" in text
+        assert runs.get(pane.run_id).status == "diverged"
+        # the divergent step is the one selected in the run view
+        assert pane.selected_step() is not None
+        assert pane.selected_step().id == report.divergence.actual.id
+
+    # export the original run as a bundle: every step, verified
+    _select_run(pane, original)
+    out = pane.export_run(tmp_path / "run-bundle")
+    assert out == tmp_path / "run-bundle"
+    meta, files = read_bundle(out)
+    assert meta["kind"] == "run" and files["run.json"]["id"] == original
+    assert len(files["steps.json"]) == len(runs.steps(original))
+
+
+def test_agent_on_a_library_gguf_model_answers_in_json_mode(
+    qtbot: Any, main_window: Any, gemma_gguf: Path
+) -> None:
+    """No client_factory: the pane starts a model host for the library GGUF (JSON-constrained)."""
+    import json
+
+    from app.core.agents.loop import first_json_object
+    from app.core.models.registry import ModelRegistry
+
+    rec = ModelRegistry(main_window.services.workspace).import_gguf(
+        gemma_gguf, copy=False, name="gemma"
+    )
+    main_window.services.bus.models_changed.emit()
+    pane = main_window.pane("agents")
+    assert pane.client_factory is None and pane.host.pid is None
+    pane.new_agent()
+    pane.name.setText("gemma-json")
+    pane.model_combo.setCurrentIndex(pane.model_combo.findData(rec.id))
+    pane.system_prompt.setPlainText('You answer in JSON: {"final": "..."}')
+    pane.temperature.setValue(0.0)
+    pane.seed.setValue(1)
+    pane.max_steps.setValue(1)
+    pane.max_tokens.setValue(48)
+    pane.timeout.setValue(600)
+    pane.input.setPlainText('Repeat this JSON exactly: {"final": "hello"}')
+    qtbot.mouseClick(pane.run_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not pane.busy, timeout=600_000)
+    runs = RunStore(main_window.services.workspace.db)
+    run = runs.get(pane.run_id)
+    steps = runs.path(run.id)
+    assert run.status == "succeeded", (run.error, [(s.kind, s.content) for s in steps])
+    assert run.final == "hello" and pane.final_label.text() == "Final answer: hello"
+    assert (run.model_id, run.model_sha256) == (rec.id, rec.sha256)
+    assert pane.host.pid is not None  # the pane's own model host served the library model
+    model_steps = [s for s in steps if s.kind == "model"]
+    assert len(model_steps) == 1
+    reply = first_json_object(model_steps[0].content)
+    assert model_steps[0].content.lstrip().startswith("{") and reply is not None
+    assert reply["final"] == "hello", json.dumps(reply)

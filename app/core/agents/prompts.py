@@ -27,6 +27,11 @@ def variables(text: str) -> list[str]:
     return list(dict.fromkeys(_VAR.findall(text)))
 
 
+def _lines(text: str) -> list[str]:
+    """Lines for a diff, each ending in a newline (else a last line runs into the next one)."""
+    return [line if line.endswith("\n") else line + "\n" for line in text.splitlines(True)]
+
+
 def render(text: str, values: dict[str, Any]) -> str:
     """Substitute ``{{name}}`` placeholders; ConfigError listing every missing variable."""
     missing = [v for v in variables(text) if v not in values]
@@ -152,10 +157,7 @@ class PromptStore:
         pa, pb = self.get(name, a), self.get(name, b)
         return "".join(
             difflib.unified_diff(
-                pa.text.splitlines(keepends=True),
-                pb.text.splitlines(keepends=True),
-                fromfile=f"{name}@v{a}",
-                tofile=f"{name}@v{b}",
+                _lines(pa.text), _lines(pb.text), fromfile=f"{name}@v{a}", tofile=f"{name}@v{b}"
             )
         )
 

@@ -1,7 +1,10 @@
-"""The Agents pane: define agents, run them with tool approvals, browse and fork runs.
+"""The Agents pane: define agents, run them with tool approvals, browse, fork and replay runs.
 
-Left: agents and runs (searchable). Middle: the agent form; every Save is a new
-version. Right: the run view. A run (or a fork) executes on a worker thread;
+Three tabs. **Agents**: agents and runs (searchable) on the left, the agent form
+in the middle (every Save is a new version; the system prompt can come from the
+prompt library), the run view on the right. **Prompts**: the prompt library
+(versions, diff, variables, test inputs). **Installed**: agents and prompts with
+their versions, bundle export and import. A run, a fork or a replay executes on a worker thread;
 its steps reach the UI through Qt signals as the loop records them. When the
 agent calls a side-effecting tool the worker blocks on a ``threading.Event``
 while an in-pane approval bar asks the user (approve once / always for this
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal
@@ -37,6 +41,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSpinBox,
     QSplitter,
+    QTabWidget,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -49,6 +54,7 @@ from app.core.agents import (
     ChatClient,
     Limits,
     OpenAIChatClient,
+    ReplayReport,
     RunResult,
     RunStore,
     Step,
@@ -56,12 +62,15 @@ from app.core.agents import (
     ToolGrant,
     agent_tools,
     fork_run,
+    replay_run,
     run_agent,
 )
 from app.core.agents.builtin_tools import BUILTIN_TOOLS, ToolContext, builtin_tool
 from app.core.errors import ConfigError, DemoAIError
 from app.core.models.registry import ModelRegistry
 from app.ui.host_manager import HostManager
+from app.ui.panes.agents.qt_agent_store import AgentStoreView, ask_export_path, export_bundle
+from app.ui.panes.agents.qt_prompt_library import PromptLibrary
 from app.ui.qt_errors import show_error
 from app.ui.services import Services
 
@@ -110,7 +119,7 @@ class _Bridge(QObject):
 
     step = Signal(object)  # Step
     approval = Signal(object)  # ToolCall
-    done = Signal(object, str)  # RunResult | None, error text
+    done = Signal(object, str)  # RunResult | ReplayReport | None, error text
 
 
 class ForkDialog(QDialog):
@@ -168,6 +177,8 @@ class AgentsPane(QWidget):
         self.spec: AgentSpec | None = None  # the loaded (saved) version
         self.run_id: str | None = None  # the run shown
         self.fork_dialog: ForkDialog | None = None
+        self.prompt_picker: QDialog | None = None
+        self.last_replay: ReplayReport | None = None
         self._worker: threading.Thread | None = None
         self._closing = threading.Event()
         self._pending: tuple[ToolCall, threading.Event, list[str]] | None = None
@@ -204,6 +215,15 @@ class AgentsPane(QWidget):
         self.model_combo = QComboBox()
         self.system_prompt = QPlainTextEdit("You are a helpful assistant.")
         self.system_prompt.setMaximumHeight(110)
+        self.prompt_btn = QPushButton("From library…")
+        self.prompt_btn.setToolTip("Replace the system prompt with a prompt from the library.")
+        self.prompt_btn.clicked.connect(self.pick_system_prompt)
+        prompt_box = QVBoxLayout()
+        prompt_box.addWidget(self.system_prompt)
+        prompt_row = QHBoxLayout()
+        prompt_row.addStretch(1)
+        prompt_row.addWidget(self.prompt_btn)
+        prompt_box.addLayout(prompt_row)
         self.tool_list = QListWidget()
         self.tool_list.setMaximumHeight(160)
         for name in BUILTIN_TOOLS:
@@ -243,7 +263,7 @@ class AgentsPane(QWidget):
         form.addRow("Name", self.name)
         form.addRow("Description", self.description)
         form.addRow("Model", self.model_combo)
-        form.addRow("System prompt", self.system_prompt)
+        form.addRow("System prompt", prompt_box)
         form.addRow("Tools", self.tool_list)
         form.addRow("Granted folder", folder_row)
         form.addRow("Max steps", self.max_steps)
@@ -296,6 +316,19 @@ class AgentsPane(QWidget):
         self.detail.setMaximumHeight(140)
         self.fork_btn = QPushButton("Fork from here…")
         self.fork_btn.clicked.connect(self.fork_selected)
+        self.replay_btn = QPushButton("Replay")
+        self.replay_btn.setToolTip(
+            "Run the same agent version again with the same seed, answering tool calls from "
+            "the recording, and show whether it went the same way."
+        )
+        self.replay_btn.clicked.connect(self.replay_selected)
+        self.export_run_btn = QPushButton("Export run…")
+        self.export_run_btn.setToolTip("Write this run (every branch) as a bundle.")
+        self.export_run_btn.clicked.connect(lambda: self.export_run())
+        self.replay_label = QLabel("")
+        self.replay_label.setWordWrap(True)
+        self.replay_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.replay_label.hide()
         self.final_label = QLabel("")
         self.final_label.setWordWrap(True)
         self.final_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -312,8 +345,11 @@ class AgentsPane(QWidget):
         rl.addWidget(self.detail, 1)
         frow = QHBoxLayout()
         frow.addWidget(self.fork_btn)
+        frow.addWidget(self.replay_btn)
         frow.addStretch(1)
+        frow.addWidget(self.export_run_btn)
         rl.addLayout(frow)
+        rl.addWidget(self.replay_label)
         rl.addWidget(self.final_label)
 
         split = QSplitter()
@@ -322,8 +358,21 @@ class AgentsPane(QWidget):
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 2)
         split.setStretchFactor(2, 3)
+
+        # -- the prompt library and the installed agents/prompts
+        self.store_view = AgentStoreView(db)
+        self.prompt_library = PromptLibrary(db)
+        self.prompt_library.saved.connect(lambda _: self.store_view.refresh())
+        self.store_view.imported.connect(self._imported)
+        self.store_view.open_agent.connect(self.open_agent)
+        self.store_view.open_prompt.connect(self.open_prompt)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(split, "Agents")
+        self.tabs.addTab(self.prompt_library, "Prompts")
+        self.tabs.addTab(self.store_view, "Installed")
+        self.tabs.currentChanged.connect(self._tab_changed)
         lay = QVBoxLayout(self)
-        lay.addWidget(split)
+        lay.addWidget(self.tabs)
 
         services.bus.models_changed.connect(self.refresh_models)
         self.refresh_models()
@@ -417,6 +466,7 @@ class AgentsPane(QWidget):
 
     def spec_from_form(self) -> AgentSpec:
         """An unsaved spec from the form; ConfigError says what is wrong."""
+        same = self.spec if self.spec and self.spec.name == self.name.text().strip() else None
         folder = self.folder.text().strip() or None
         tools = []
         for i in range(self.tool_list.count()):
@@ -450,9 +500,10 @@ class AgentsPane(QWidget):
             sampling=sampling,
             tools=tuple(tools),
             limits=Limits(self.max_steps.value(), self.max_tokens.value(), self.timeout.value()),
-            mcp_servers=self.spec.mcp_servers
-            if self.spec is not None and self.spec.name == self.name.text().strip()
-            else (),
+            mcp_servers=same.mcp_servers if same is not None else (),
+            # not in the form yet: kept from the loaded version (e.g. an imported bundle)
+            tool_mode=same.tool_mode if same is not None else "auto",
+            template=same.template if same is not None else None,
         )
 
     def save_agent(self) -> AgentSpec | None:
@@ -464,9 +515,50 @@ class AgentsPane(QWidget):
             return None
         self.spec = saved
         self.refresh_agents()
+        self.store_view.refresh()
         self._show_version(saved)
         self.status.setText(f"Saved {saved.name} v{saved.version}.")
         return saved
+
+    def pick_system_prompt(self) -> QDialog:
+        """Open the prompt picker; its rendered text replaces the system prompt."""
+        from app.ui.qt_prompt_picker import open_prompt_picker
+
+        self.prompt_picker = open_prompt_picker(
+            self,
+            self.services.workspace.db,
+            self.system_prompt.setPlainText,
+            title="System prompt from the library",
+            action="Use as system prompt",
+        )
+        return self.prompt_picker
+
+    def open_agent(self, name: str) -> None:
+        """Show the agent in the form (Agents tab)."""
+        self.tabs.setCurrentIndex(0)
+        self.load_agent(self.agents.get(name))
+        self.refresh_agents()
+
+    def open_prompt(self, name: str) -> None:
+        """Show the prompt in the library editor (Prompts tab)."""
+        self.tabs.setCurrentIndex(1)
+        self.prompt_library.load(name)
+
+    def _tab_changed(self, index: int) -> None:
+        # the CLI or another window may have changed the workspace since the tab was shown
+        widget = self.tabs.widget(index)
+        if widget is self.prompt_library:
+            self.prompt_library.refresh()
+        elif widget is self.store_view:
+            self.store_view.refresh()
+        else:
+            self.refresh_agents()
+            self.refresh_runs()
+
+    def _imported(self, report: Any) -> None:
+        self.refresh_agents()
+        self.prompt_library.refresh()
+        self.refresh_runs()
 
     def _choose_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(
@@ -481,7 +573,10 @@ class AgentsPane(QWidget):
         self.run_list.clear()
         for r in self.runs.list(text=self.run_search.text().strip() or None):
             text = " ".join(r.input.split())
-            item = QListWidgetItem(f"{r.agent} v{r.agent_version} · {r.status} · {text[:50]}")
+            replay = f" · replay of {r.replay_of}" if r.replay_of else ""
+            item = QListWidgetItem(
+                f"{r.agent} v{r.agent_version} · {r.status}{replay} · {text[:50]}"
+            )
             item.setData(STEP_ROLE, r.id)
             item.setToolTip(f"run {r.id}\n{r.input}")
             self.run_list.addItem(item)
@@ -491,6 +586,7 @@ class AgentsPane(QWidget):
 
     def _run_selected(self, item: QListWidgetItem | None, _: Any = None) -> None:
         if item is not None:
+            self.replay_label.hide()
             self.show_run(item.data(STEP_ROLE))
 
     # -- the run view -------------------------------------------------------------------
@@ -582,6 +678,8 @@ class AgentsPane(QWidget):
         self.run_btn.setEnabled(not busy)
         self.fork_btn.setEnabled(not busy and self.selected_step() is not None)
         self.save_btn.setEnabled(not busy)
+        self.replay_btn.setEnabled(not busy and self.run_id is not None)
+        self.export_run_btn.setEnabled(self.run_id is not None)
 
     def make_client(self, spec: AgentSpec) -> ChatClient:
         """The model client for ``spec`` (called on the worker thread)."""
@@ -619,6 +717,7 @@ class AgentsPane(QWidget):
             if spec is None:
                 return
         self.run_id = None
+        self.replay_label.hide()
         self.tree.clear()
         self.detail.clear()
         self.final_label.setText("Running…")
@@ -662,6 +761,55 @@ class AgentsPane(QWidget):
 
         self.run_id = run_id
         self._start(f"Forking run {run_id}…", work)
+
+    def replay_selected(self) -> None:
+        """Replay the shown run on the worker thread; the outcome says where it diverged."""
+        if self.busy or self.run_id is None:
+            return
+        run_id = self.run_id
+        spec = self.runs.get(run_id).agent_spec()
+        self.replay_label.hide()
+        self.final_label.setText("Replaying…")
+
+        def work(approve: Callable[[ToolCall], str], on_step: Callable[[Step], None]) -> Any:
+            return replay_run(run_id, client=self.make_client(spec), runs=self.runs)
+
+        self._start(f"Replaying run {run_id}…", work)
+
+    def export_run(self, dest: Path | None = None) -> Path | None:
+        """Write the shown run as a bundle (asks where when ``dest`` is None)."""
+        if self.run_id is None:
+            return None
+        if dest is None:
+            dest = ask_export_path(self, f"run-{self.run_id}")
+            if dest is None:
+                return None
+        try:
+            out = export_bundle(self.services.workspace.db, "run", self.run_id, dest)
+        except DemoAIError as exc:
+            show_error(self, "Cannot export the run", exc)
+            return None
+        self.status.setText(f"Exported run {self.run_id} to {out}.")
+        return out
+
+    def _show_replay(self, report: ReplayReport) -> None:
+        self.last_replay = report
+        original = report.original.id
+        if report.identical:
+            text = f"Replay of run {original}: identical, every step matches the recording."
+            color = "#116329"
+        else:
+            assert report.divergence is not None
+            text = f"Replay of run {original} diverged at {report.divergence.describe()}"
+            color = "#b00020"
+        self.replay_label.setText(text)
+        self.replay_label.setStyleSheet(f"color: {color}")
+        self.replay_label.show()
+        self.run_id = report.replay.id
+        div = report.divergence
+        select = div.actual.id if div is not None and div.actual is not None else None
+        self.show_run(report.replay.id, select=select)
+        self.status.setText(f"Replay {report.replay.id}: {report.replay.status}.")
 
     def _start(self, label: str, work: Callable[..., Any]) -> None:
         bridge = self._bridge
@@ -723,16 +871,19 @@ class AgentsPane(QWidget):
         self.show_run(step.run_id, select=step.id)
         self.final_label.setText("Running…")
 
-    def _on_done(self, result: RunResult | None, error: str) -> None:
+    def _on_done(self, result: RunResult | ReplayReport | None, error: str) -> None:
         if self._worker is not None:
             self._worker.join(timeout=5)
         self._worker = None
         self.approval_bar.hide()
         self._pending = None
-        if result is not None:
+        if isinstance(result, ReplayReport):
+            self._show_replay(result)
+        elif result is not None:
             self.run_id = result.run.id
             self.show_run(result.run.id)
             self.status.setText(f"Run {result.run.id}: {result.status}.")
+            self.replay_label.hide()
         else:
             self.status.setText(f"The run could not go on: {error}")
             if self.run_id is not None:

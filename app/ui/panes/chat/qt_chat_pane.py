@@ -138,6 +138,10 @@ class ChatPane(QWidget):
         )
         self.input.setMaximumHeight(110)
         self.input.installEventFilter(_EnterToSend(self))
+        self.prompt_btn = QPushButton("Prompt…")
+        self.prompt_btn.setToolTip("Insert a prompt from the library (variables filled in).")
+        self.prompt_btn.clicked.connect(self.insert_prompt)
+        self.prompt_picker: QWidget | None = None
         self.send_btn = QPushButton("Send")
         self.stop_btn = QPushButton("Stop")
         self.regen_btn = QPushButton("Regenerate")
@@ -157,6 +161,7 @@ class ChatPane(QWidget):
         ml.addWidget(self.banner)
         ml.addWidget(self.input)
         brow = QHBoxLayout()
+        brow.addWidget(self.prompt_btn)
         brow.addWidget(self.stats, 1)
         for b in (self.regen_btn, self.stop_btn, self.send_btn):
             brow.addWidget(b)
@@ -373,6 +378,17 @@ class ChatPane(QWidget):
         user = self.store.add(self.conv.id, path[-1].id if path else None, "user", text)
         self.input.clear()
         self._answer(user)
+
+    def insert_prompt(self) -> QWidget:
+        """Open the prompt picker; the rendered prompt goes into the composer at the cursor."""
+        from app.ui.qt_prompt_picker import open_prompt_picker
+
+        def insert(text: str) -> None:
+            self.input.insertPlainText(text)
+            self.input.setFocus()
+
+        self.prompt_picker = open_prompt_picker(self, self.services.workspace.db, insert)
+        return self.prompt_picker
 
     def regenerate(self) -> None:
         """A new answer to the last user message, kept as a sibling of the old one."""

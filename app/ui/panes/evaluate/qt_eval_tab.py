@@ -234,6 +234,10 @@ class EvalTab(QWidget):
         self.rubric = QPlainTextEdit(DEFAULT_RUBRIC)
         self.rubric.setMaximumHeight(80)
         self.rubric.setToolTip("What the judge model is asked to score (1..5).")
+        self.rubric_btn = QPushButton("Rubric from library…")
+        self.rubric_btn.setToolTip("Use a prompt from the library as the judge's rubric.")
+        self.rubric_btn.clicked.connect(self.pick_rubric)
+        self.prompt_picker: QWidget | None = None
         self.name = QLineEdit()
         self.name.setPlaceholderText("optional run name")
         self.error = QLabel("")
@@ -267,6 +271,7 @@ class EvalTab(QWidget):
         form.addRow("Rows", self.limit)
         form.addRow("Judge model", self.judge)
         form.addRow("Rubric", self.rubric)
+        form.addRow("", self.rubric_btn)
         form.addRow("Name", self.name)
         setup = QWidget()
         sl = QVBoxLayout(setup)
@@ -451,6 +456,16 @@ class EvalTab(QWidget):
         i = self.dataset.findData(dataset_id)
         if i >= 0:
             self.dataset.setCurrentIndex(i)
+
+    def pick_rubric(self) -> QWidget:
+        """Open the prompt picker; the rendered prompt replaces the judge rubric."""
+        from app.ui.qt_prompt_picker import open_prompt_picker
+
+        self.prompt_picker = open_prompt_picker(
+            self, self.ws.db, self.rubric.setPlainText,
+            title="Judge rubric from the library", action="Use as rubric",
+        )  # fmt: skip
+        return self.prompt_picker
 
     def select_metrics(self, names: list[str]) -> None:
         set_checked(self.metrics, names)
