@@ -268,19 +268,24 @@ def test_export_filter_folder_and_cancel(
     assert view.export_selected() is None
 
 
-def test_form_keeps_settings_it_does_not_show(qtbot: Any, pane: Any) -> None:
-    """tool_mode, template and MCP servers (from the CLI or a bundle) survive a save in the form."""
+def test_form_keeps_and_edits_tool_mode_and_template(qtbot: Any, pane: Any) -> None:
+    """tool_mode and template (from the CLI or a bundle) show in the form and survive a save."""
     from app.core.agents import AgentSpec
 
     store = AgentStore(pane.services.workspace.db)
     store.save(AgentSpec(name="native", tool_mode="json", template="chatml"))
     pane.open_agent("native")
     assert pane.tabs.currentIndex() == 0 and pane.name.text() == "native"
+    assert (pane.tool_mode.currentData(), pane.template.currentData()) == ("json", "chatml")
     pane.description.setText("edited in the form")
     _click(qtbot, pane.save_btn)
     saved = store.get("native")
     assert saved.version == 2 and saved.description == "edited in the form"
     assert (saved.tool_mode, saved.template) == ("json", "chatml")
+    pane.tool_mode.setCurrentIndex(pane.tool_mode.findData("native"))
+    pane.template.setCurrentIndex(pane.template.findData("hermes"))
+    _click(qtbot, pane.save_btn)
+    assert (store.get("native").tool_mode, store.get("native").template) == ("native", "hermes")
     # a new agent from the form gets the defaults
     pane.new_agent()
     pane.name.setText("fresh")

@@ -340,3 +340,44 @@ def test_agent_on_a_library_gguf_model_answers_in_json_mode(
     reply = first_json_object(model_steps[0].content)
     assert model_steps[0].content.lstrip().startswith("{") and reply is not None
     assert reply["final"] == "hello", json.dumps(reply)
+
+
+def test_native_tool_calls_from_the_pane(qtbot: Any, main_window: Any, tmp_path: Path) -> None:
+    """A server whose model has a native tool format: the pane's run uses tools/tool_calls,
+    still asks before the side effect, and shows the mode on the system step."""
+    from app.ui.panes.agents.qt_agents_pane import AgentsPane
+
+    script = [
+        {"content": None, "tool_calls": [{"name": "write_file",
+                                          "arguments": {"path": "out.txt", "content": "hi"}}]},
+        "Wrote it.",
+    ]  # fmt: skip
+    granted = tmp_path / "granted"
+    granted.mkdir()
+    with ScriptedServer(script, tool_format="hermes") as srv:
+        p = AgentsPane(main_window.services)
+        qtbot.addWidget(p)
+        p.client_factory = lambda spec: OpenAIChatClient(srv.base_url, srv.token)
+        p.show()
+        try:
+            p.new_agent()
+            p.name.setText("native-writer")
+            _check_tool(p, "write_file")
+            p.folder.setText(str(granted))
+            assert p.tool_mode.currentData() == "auto"
+            qtbot.mouseClick(p.save_btn, Qt.MouseButton.LeftButton)
+            p.input.setPlainText("write hi to out.txt")
+            qtbot.mouseClick(p.run_btn, Qt.MouseButton.LeftButton)
+            qtbot.waitUntil(lambda: not p.approval_bar.isHidden(), timeout=30_000)
+            assert not (granted / "out.txt").exists()
+            qtbot.mouseClick(p.approve_once_btn, Qt.MouseButton.LeftButton)
+            qtbot.waitUntil(lambda: not p.busy, timeout=30_000)
+            assert (granted / "out.txt").read_text() == "hi"
+            first = _items(p)[0]
+            assert "native tool calls" in first.text(1)
+            assert "final answer" in _labels(p)
+            sent = srv.requests()
+            assert sent[0]["tools"][0]["function"]["name"] == "write_file"
+            assert sent[1]["messages"][-1]["role"] == "tool"
+        finally:
+            p.shutdown()

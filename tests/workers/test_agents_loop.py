@@ -94,7 +94,10 @@ def test_read_only_tool_runs_and_final_is_recorded(
     assert res.steps[3].content == "The answer is 42.\n"
     # What the model saw: the JSON protocol, json_object mode, the result marked untrusted.
     reqs = servers[0].requests()
-    assert reqs[0]["response_format"] == {"type": "json_object"} and reqs[0]["seed"] == 3
+    fmt = reqs[0]["response_format"]
+    assert fmt["type"] == "json_schema" and reqs[0]["seed"] == 3
+    options = fmt["json_schema"]["schema"]["oneOf"]  # one call per tool, or a final answer
+    assert [o["properties"].get("tool", {}).get("const") for o in options] == ["read_file", None]
     assert '{"tool": "<tool name>"' in reqs[0]["messages"][0]["content"]
     tool_msg = reqs[1]["messages"][-1]
     assert tool_msg["role"] == "user" and tool_msg["content"].startswith("UNTRUSTED TOOL RESULT")

@@ -158,7 +158,7 @@ def test_tool_mode_choice(workspace: Any, granted: Path, servers: list[ScriptedS
     # auto against the same server falls back to the JSON protocol.
     res = go(workspace, client, spec_for(granted, "read_file"))
     assert res.steps[0].data["tool_mode"] == "json"
-    assert servers[0].requests()[0]["response_format"] == {"type": "json_object"}
+    assert servers[0].requests()[0]["response_format"]["type"] == "json_schema"
     # json forced on a native-capable server: the JSON protocol, no tools sent.
     client2 = start(servers, [{"final": "ok"}])
     res2 = go(workspace, client2, spec_for(granted, "read_file", mode="json"))

@@ -79,6 +79,11 @@ NATIVE_CORRECTION = "Your reply was empty. Answer the user, or call one of the t
 class ModelCallError(DemoAIError):
     """The model server did not answer usefully."""
 
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
 
 class StopRun(DemoAIError):
     """Raised by a tool executor to end the run (e.g. a replay that diverged)."""
@@ -98,6 +103,7 @@ class ChatClient(Protocol):
         sampling: dict[str, Any],
         max_tokens: int,
         timeout: float,
+        schema: dict[str, Any] | None = None,
     ) -> str: ...
 
 
@@ -130,6 +136,7 @@ class OpenAIChatClient:
         self.model = model
         self.json_mode = json_mode
         self._tool_format: tuple[str | None] | None = None
+        self._schema_ok = True
 
     def _request(self, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
         req = urllib.request.Request(
@@ -146,7 +153,15 @@ class OpenAIChatClient:
                 obj = json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:500]
-            raise ModelCallError(f"The model server answered HTTP {exc.code}: {detail}") from None
+            try:
+                code = json.loads(detail).get("error", {}).get("code")
+            except (ValueError, AttributeError):
+                code = None
+            raise ModelCallError(
+                f"The model server answered HTTP {exc.code}: {detail}",
+                status=exc.code,
+                code=code if isinstance(code, str) else None,
+            ) from None
         except (urllib.error.URLError, OSError) as exc:
             raise ModelCallError(
                 f"Cannot reach the model server at {self.base_url}: {exc}"
@@ -181,13 +196,34 @@ class OpenAIChatClient:
         sampling: dict[str, Any],
         max_tokens: int,
         timeout: float,
+        schema: dict[str, Any] | None = None,
     ) -> str:
+        """One completion as text; in JSON mode constrained to ``schema`` when given.
+
+        A server that cannot use the schema (HTTP 400 ``invalid_schema``, e.g. a
+        tool schema its grammar converter does not support) gets plain
+        ``json_object`` mode from then on.
+        """
         body = self._body(messages, sampling, max_tokens)
         if self.json_mode:
+            if schema is not None and self._schema_ok:
+                body["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "agent_turn", "schema": schema},
+                }
+            else:
+                body["response_format"] = {"type": "json_object"}
+        try:
+            obj = self._request("/chat/completions", body, timeout)
+        except ModelCallError as exc:
+            if body.get("response_format", {}).get("type") != "json_schema" or exc.status != 400:
+                raise
+            if exc.code not in ("invalid_schema", "unsupported_response_format"):
+                raise
+            self._schema_ok = False
             body["response_format"] = {"type": "json_object"}
-        return str(
-            self._message(self._request("/chat/completions", body, timeout)).get("content") or ""
-        )
+            obj = self._request("/chat/completions", body, timeout)
+        return str(self._message(obj).get("content") or "")
 
     def tool_format(self, timeout: float = 60.0) -> str | None:
         """The model's native tool format as the server reports it; None when it reports none.
@@ -295,6 +331,32 @@ def parse_reply(text: str) -> Reply:
     if not isinstance(args, dict):
         raise ValueError('"arguments" must be a JSON object')
     return Reply(call=ToolCall(name, args))
+
+
+def turn_schema(tools: ToolRegistry) -> dict[str, Any]:
+    """JSON schema of one turn in the JSON protocol: a call of one of ``tools`` or a final answer.
+
+    Sent as ``response_format: json_schema``, it holds even a small model to the
+    protocol: only tool names that exist, only their arguments.
+    """
+    options: list[dict[str, Any]] = [
+        {
+            "type": "object",
+            "properties": {"tool": {"const": t.name}, "arguments": t.parameters},
+            "required": ["tool", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in tools
+    ]
+    options.append(
+        {
+            "type": "object",
+            "properties": {"final": {"type": "string"}},
+            "required": ["final"],
+            "additionalProperties": False,
+        }
+    )
+    return options[0] if len(options) == 1 else {"oneOf": options}
 
 
 def system_prompt(spec: AgentSpec, tools: ToolRegistry) -> str:
@@ -528,8 +590,9 @@ class _Loop:
         messages = self.messages(path)
         if not self.native:
             text = self.client.chat(
-                messages, sampling=sampling, max_tokens=max_tokens, timeout=timeout
-            )
+                messages, sampling=sampling, max_tokens=max_tokens, timeout=timeout,
+                schema=turn_schema(self.tools),
+            )  # fmt: skip
             try:
                 return text, parse_reply(text), None, {}
             except ValueError as exc:

@@ -94,7 +94,8 @@ def describe_step(step: Step) -> tuple[str, str]:
     first = " ".join(step.content.split())[:300]
     if step.kind == "system":
         n = len(step.data.get("tools") or [])
-        return "system", f"system prompt and {n} tool(s)"
+        mode = {"native": " · native tool calls", "json": " · JSON tool protocol"}
+        return "system", f"system prompt and {n} tool(s){mode.get(step.data.get('tool_mode'), '')}"
     if step.kind == "model":
         reply = step.data.get("reply")
         if isinstance(reply, dict) and "final" in reply:
@@ -256,6 +257,28 @@ class AgentsPane(QWidget):
         self.temperature.setSingleStep(0.1)
         self.seed = _spin(-1, 2**31 - 1, 0, "sampling seed; 'random' picks one per run")
         self.seed.setSpecialValueText("random")
+        self.tool_mode = QComboBox()
+        for label, mode in (
+            ("Automatic: native when the model's template has a tool format", "auto"),
+            ("Native (the chat template's own tool format)", "native"),
+            ("Constrained JSON (works with every model)", "json"),
+        ):
+            self.tool_mode.addItem(label, mode)
+        self.tool_mode.setToolTip(
+            "How the model calls tools. Native needs a chat template with tools "
+            "(e.g. Qwen, Llama 3.1, or the ChatML-with-tools template below)."
+        )
+        self.template = QComboBox()
+        self.template.addItem("Model's own (or a preset guessed from the architecture)", None)
+        for label, name in (
+            ("ChatML", "chatml"),
+            ("ChatML with tools (Hermes format)", "hermes"),
+            ("Gemma", "gemma"),
+            ("Llama 3", "llama3"),
+            ("Plain (User:/Assistant:)", "plain"),
+        ):
+            self.template.addItem(label, name)
+        self.template.setToolTip("The chat template the local model host uses for this agent.")
         self.version_label = QLabel("not saved")
         self.save_btn = QPushButton("Save (new version)")
         self.save_btn.clicked.connect(self.save_agent)
@@ -271,6 +294,8 @@ class AgentsPane(QWidget):
         form.addRow("Timeout", self.timeout)
         form.addRow("Temperature", self.temperature)
         form.addRow("Seed", self.seed)
+        form.addRow("Tool calling", self.tool_mode)
+        form.addRow("Chat template", self.template)
         form.addRow("Version", self.version_label)
         middle = QWidget()
         ml = QVBoxLayout(middle)
@@ -434,6 +459,8 @@ class AgentsPane(QWidget):
         self.timeout.setValue(lim.timeout_s)
         self.temperature.setValue(0.0)
         self.seed.setValue(0)
+        self.tool_mode.setCurrentIndex(0)
+        self.template.setCurrentIndex(0)
         self.version_label.setText("not saved")
         self.name.setFocus()
 
@@ -456,6 +483,8 @@ class AgentsPane(QWidget):
         self.timeout.setValue(spec.limits.timeout_s)
         self.temperature.setValue(float(spec.sampling.get("temperature", 0.0) or 0.0))
         self.seed.setValue(spec.seed if spec.seed is not None else -1)
+        self.tool_mode.setCurrentIndex(max(0, self.tool_mode.findData(spec.tool_mode)))
+        self.template.setCurrentIndex(max(0, self.template.findData(spec.template)))
         self._show_version(spec)
 
     def _show_version(self, spec: AgentSpec) -> None:
@@ -501,9 +530,8 @@ class AgentsPane(QWidget):
             tools=tuple(tools),
             limits=Limits(self.max_steps.value(), self.max_tokens.value(), self.timeout.value()),
             mcp_servers=same.mcp_servers if same is not None else (),
-            # not in the form yet: kept from the loaded version (e.g. an imported bundle)
-            tool_mode=same.tool_mode if same is not None else "auto",
-            template=same.template if same is not None else None,
+            tool_mode=str(self.tool_mode.currentData()),
+            template=self.template.currentData(),
         )
 
     def save_agent(self) -> AgentSpec | None:
@@ -695,7 +723,7 @@ class AgentsPane(QWidget):
                 f"The library model {rec.id} is not the one agent {spec.name} was made with.",
                 "Import the exact model, or save a new agent version for this one.",
             )
-        base_url, token = self.host.prepare(rec, None)
+        base_url, token = self.host.prepare(rec, spec.template)
         return OpenAIChatClient(base_url, token, model=rec.id)
 
     def run(self) -> None:

@@ -45,6 +45,7 @@ from app.ui.services import Services
 TEMPLATE_CHOICES = [
     ("Model's own (or a preset guessed from the architecture)", None),
     ("ChatML", "chatml"),
+    ("ChatML with tools (Hermes format)", "hermes"),
     ("Gemma", "gemma"),
     ("Llama 3", "llama3"),
     ("Plain (User:/Assistant:)", "plain"),
