@@ -95,6 +95,11 @@ def register(sub: Any) -> None:
     aug.add_argument("--n", type=int, default=1, help="paraphrases per row (default 1)")
     aug.add_argument("--max-rows", type=int, help="only the first rows")
     aug.add_argument("--near-dup-threshold", type=float, default=0.8)
+    aug.add_argument(
+        "--prompt",
+        metavar="NAME[@VERSION]",
+        help="a library prompt with {{text}} instead of the built-in few-shot prompt",
+    )
     _sampling_options(aug, temperature=0.9)
     aug.add_argument("--json", action="store_true", help="print the result as JSON")
     add_job_options(aug)
@@ -322,4 +327,15 @@ def cmd_augment(args: argparse.Namespace) -> int:
         "temperature": args.temperature,
         "max_tokens": args.max_tokens,
     }
+    if args.prompt:
+        from app.core.agents.prompts import PromptStore
+        from app.core.data.synth import check_paraphrase_template
+        from app.core.errors import ConfigError
+
+        name, _, ver = args.prompt.partition("@")
+        if ver and not ver.isdigit():
+            raise ConfigError(f"Bad prompt version {ver!r}.", "Use NAME or NAME@VERSION.")
+        text = PromptStore(ws.db).get(name, int(ver) if ver else None).text
+        check_paraphrase_template(text)  # fail before the job starts
+        params["prompt_template"] = text
     return _run_and_report(ws, "data.augment", params, args, f"Augment {v.dataset_id}")

@@ -154,6 +154,7 @@ def augment_job(
     max_rows: int | None = None,
     threads: int | None = None,
     n_ctx: int = 4096,
+    prompt_template: str | None = None,
 ) -> dict[str, Any]:
     """Job ``data.augment``: ``n`` paraphrases of ``column`` per row as a new version."""
     with _host(ctx, model, threads, n_ctx) as (complete, info):
@@ -169,6 +170,7 @@ def augment_job(
             max_tokens=max_tokens,
             near_dup_threshold=near_dup_threshold,
             max_rows=max_rows,
+            prompt_template=prompt_template,
             progress=ctx.progress,
             check_cancelled=ctx.check_cancelled,
             log=ctx.log,

@@ -59,3 +59,32 @@ def test_generate_dialog_self_instruct(
     assert current.current_version == newest.hash and newest.operation["name"] == "self_instruct"
     assert newest.rows > 6 and pane.model.rowCount() == newest.rows
     assert "self-instruct" in pane.versions.item(0).text()
+
+
+def test_generate_dialog_paraphrase_prompt_from_library(qtbot, main_window, workspace) -> None:
+    from app.core.agents.prompts import PromptStore
+
+    prompts = PromptStore(workspace.db)
+    prompts.save("ticket-rewrite", "Rewrite this ticket in other words: {{text}}\nRewritten:")
+    prompts.save("needs-two", "{{text}} for {{audience}}")  # not offered: two variables
+    v = DatasetStore(workspace).create_dataset("t", pa.table({"instruction": ["a", "b"]}))
+    pane = main_window.pane("datasets")
+    pane.refresh_datasets(select=v.dataset_id)
+    pane.open_dataset(v.dataset_id)
+    ModelRegistry(workspace)  # no model: the dialog still builds
+    dlg = GenerateDialog(pane)
+    dlg.mode.setCurrentIndex(dlg.mode.findData("augment"))
+    assert dlg.prompt_text.isEnabled()
+    labels = [dlg.prompt_pick.itemText(i) for i in range(dlg.prompt_pick.count())]
+    assert labels == ["Built-in few-shot paraphrase prompt", "Library: ticket-rewrite v1"]
+    dlg.prompt_pick.setCurrentIndex(1)
+    assert dlg.prompt_text.toPlainText().startswith("Rewrite this ticket")
+    dlg.model.addItem("m", "some-model")  # job_spec needs a model id
+    dlg.model.setCurrentIndex(dlg.model.count() - 1)
+    kind, params = dlg.job_spec()
+    assert kind == "data.augment" and params["prompt_template"].endswith("Rewritten:")
+    dlg.prompt_text.setPlainText("no placeholder")
+    dlg.accept()
+    assert "{{text}}" in dlg.error.text()
+    dlg.mode.setCurrentIndex(dlg.mode.findData("self_instruct"))
+    assert not dlg.prompt_text.isEnabled()

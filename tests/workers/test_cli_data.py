@@ -92,3 +92,26 @@ def test_failed_import_reports_lines_and_leaves_no_dataset(tmp_path: Path) -> No
     assert json.loads(r.stdout)["bad_rows"] == 1
     r = demoai(ws, "data", "show", "nope")
     assert r.returncode == 2 and "No dataset 'nope'" in r.stderr
+
+
+def test_augment_prompt_from_library_is_checked_before_a_job(
+    tmp_path: Path, gemma_gguf: Path
+) -> None:
+    from app.core.agents.prompts import PromptStore
+    from app.core.data.store import DatasetStore
+    from app.core.models.registry import ModelRegistry
+    from app.core.workspace import Workspace
+
+    ws_dir = tmp_path / "ws"
+    ws = Workspace.open(ws_dir)
+    import pyarrow as pa
+
+    v = DatasetStore(ws).create_dataset("d", pa.table({"instruction": ["Greet"]}))
+    PromptStore(ws.db).save("bad", "Paraphrase this.")  # no {{text}}
+    model = ModelRegistry(ws).import_path(gemma_gguf, copy=False).id
+    ws.close()
+    r = demoai(ws_dir, "data", "augment", v.dataset_id, "--model", model, "--column",
+               "instruction", "--prompt", "bad@1")  # fmt: skip
+    assert r.returncode != 0 and "{{text}}" in r.stderr, r.stderr
+    r2 = demoai(ws_dir, "jobs", "list", "--json")
+    assert json.loads(r2.stdout) == []

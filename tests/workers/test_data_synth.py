@@ -163,6 +163,26 @@ def test_augment_scripted_drops_empty_and_duplicates(workspace: Any) -> None:
     assert rows[1]["output"] == SEED_ROWS[1][2] and rows[1]["gen_method"] == "paraphrase"
 
 
+def test_augment_with_a_custom_prompt_template(workspace: Any) -> None:
+    from app.core.errors import ConfigError
+
+    ref = _seed_dataset(workspace)
+    completer = Scripted(["Make a short autumn leaf poem."])
+    template = "Rewrite the request in other words.\nRequest: {{text}}\nRewritten:"
+    out = augment(workspace, ref, completer, MODEL, column="instruction", n=1, max_rows=1,
+                  prompt_template=template)  # fmt: skip
+    prompt = completer.calls[0][0]
+    assert prompt == f"Rewrite the request in other words.\nRequest: {SEED_ROWS[0][0]}\nRewritten:"
+    assert out.generated == 1 and out.version is not None
+    assert out.version.operation["params"]["prompt_template"] == template
+    row = DatasetStore(workspace).read_table(ref.split("@")[0]).to_pylist()[-1]
+    assert row["gen_prompt"] == prompt and row["instruction"] == "Make a short autumn leaf poem."
+    for bad in ("no variable here", "{{text}} for {{audience}}"):
+        with pytest.raises(ConfigError):
+            augment(workspace, ref, completer, MODEL, column="instruction", prompt_template=bad)
+    assert len(completer.calls) == 1  # refused before calling the model
+
+
 # -- real jobs with Gemma 3 270M --------------------------------------------------------------
 @pytest.fixture
 def gemma_model(workspace: Any, gemma_gguf: Path) -> str:

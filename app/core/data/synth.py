@@ -246,10 +246,32 @@ PARAPHRASE_SHOTS = (
 )
 
 
-def paraphrase_prompt(text: str) -> str:
-    """Few-shot paraphrase prompt, ending in ``Paraphrase:``."""
+def paraphrase_prompt(text: str, template: str | None = None) -> str:
+    """The paraphrase prompt for ``text``: our few-shot prompt ending in ``Paraphrase:``,
+    or the user's ``template`` (e.g. from the prompt library) with ``{{text}}`` filled in."""
+    if template is not None:
+        from app.core.agents.prompts import render
+
+        return render(template, {"text": " ".join(text.split())})
     shots = "".join(f"Sentence: {a}\nParaphrase: {b}\n\n" for a, b in PARAPHRASE_SHOTS)
     return f"{shots}Sentence: {' '.join(text.split())}\nParaphrase:"
+
+
+def check_paraphrase_template(template: str) -> None:
+    """A custom paraphrase prompt must use ``{{text}}`` and no other variable."""
+    from app.core.agents.prompts import variables
+
+    names = variables(template)
+    if "text" not in names:
+        raise ConfigError(
+            "The paraphrase prompt must contain {{text}} where the row's text goes.",
+            "For example: Rewrite in other words: {{text}}\nRewritten:",
+        )
+    other = [v for v in names if v != "text"]
+    if other:
+        raise ConfigError(
+            f"The paraphrase prompt uses variable(s) {', '.join(other)}; only {{{{text}}}} is filled in."
+        )
 
 
 # -- tables ----------------------------------------------------------------------------------
@@ -460,13 +482,19 @@ def augment(
     near_dup_threshold: float = 0.8,
     attempts_per_paraphrase: int = 2,
     max_rows: int | None = None,
+    prompt_template: str | None = None,
     progress: ProgressFn | None = None,
     check_cancelled: Callable[[], None] | None = None,
     log: LogFn | None = None,
 ) -> SynthOutcome:
-    """``n`` paraphrases of ``column`` per row (other columns copied); a new version."""
+    """``n`` paraphrases of ``column`` per row (other columns copied); a new version.
+
+    ``prompt_template`` replaces the built-in few-shot prompt; ``{{text}}`` is the row's text.
+    """
     if n < 1:
         raise ConfigError("n must be at least 1.")
+    if prompt_template is not None:
+        check_paraphrase_template(prompt_template)
     if temperature <= 0:
         raise ConfigError("temperature must be above 0 (sampling, not greedy).")
     store = DatasetStore(workspace)
@@ -483,7 +511,7 @@ def augment(
         if not source:
             rejects["empty_source"] += 1
             continue
-        prompt = paraphrase_prompt(source)
+        prompt = paraphrase_prompt(source, prompt_template)
         kept: list[str] = []
         for j in range(n * max(1, attempts_per_paraphrase)):
             if len(kept) >= n:
@@ -536,6 +564,7 @@ def augment(
         "max_tokens": max_tokens,
         "near_dup_threshold": near_dup_threshold,
         "max_rows": max_rows,
+        "prompt_template": prompt_template,
         "generated": len(rows),
         "attempts": attempts,
         "rejects": dict(sorted(rejects.items())),

@@ -214,6 +214,28 @@ class GenerateDialog(QDialog):
         self.instruction_col = col_box("instruction")
         self.input_col = col_box("input", optional=True)
         self.output_col = col_box("output")
+        # Augment: the built-in few-shot prompt, or the user's ({{text}} = the row's text).
+        self.prompt_pick = QComboBox()
+        self.prompt_pick.setObjectName("genPromptPick")
+        self.prompt_pick.addItem("Built-in few-shot paraphrase prompt", None)
+        from app.core.agents.prompts import PromptStore, variables
+
+        for p in PromptStore(pane.services.workspace.db).list():
+            if variables(p.text) == ["text"]:
+                self.prompt_pick.addItem(f"Library: {p.name} v{p.version}", p.text)
+        self.prompt_pick.setToolTip(
+            "Library prompts whose only variable is {{text}} are listed (Agents → Prompts)."
+        )
+        self.prompt_text = QPlainTextEdit()
+        self.prompt_text.setObjectName("genPromptText")
+        self.prompt_text.setPlaceholderText(
+            "Leave empty for the built-in prompt, or write one with {{text}}, e.g.\n"
+            "Rewrite this support ticket in other words: {{text}}\nRewritten:"
+        )
+        self.prompt_text.setMaximumHeight(90)
+        self.prompt_pick.currentIndexChanged.connect(
+            lambda _i: self.prompt_text.setPlainText(self.prompt_pick.currentData() or "")
+        )
         self.count_label = QLabel()
         self.error = QLabel()
         self.error.setStyleSheet("color:#c0392b")
@@ -227,6 +249,8 @@ class GenerateDialog(QDialog):
         form.addRow("Instruction / augmented column", self.instruction_col)
         form.addRow("Input column", self.input_col)
         form.addRow("Output column", self.output_col)
+        form.addRow("Paraphrase prompt", self.prompt_pick)
+        form.addRow("", self.prompt_text)
         buttons = QDialogButtonBox()
         self.ok_btn = buttons.addButton("Generate", QDialogButtonBox.ButtonRole.AcceptRole)
         buttons.addButton(QDialogButtonBox.StandardButton.Cancel)
@@ -249,6 +273,8 @@ class GenerateDialog(QDialog):
         self.temperature.setValue(0.8 if synth else 0.9)
         self.input_col.setEnabled(synth)
         self.output_col.setEnabled(synth)
+        self.prompt_pick.setEnabled(not synth)
+        self.prompt_text.setEnabled(not synth)
 
     def job_spec(self) -> tuple[str, dict[str, Any]]:
         """(job kind, params) for the chosen settings; DemoAIError when incomplete."""
@@ -266,7 +292,14 @@ class GenerateDialog(QDialog):
         if not column:
             raise DemoAIError("Choose the instruction column.")
         if self.mode.currentData() == "augment":
-            return "data.augment", {**common, "column": column, "n": self.count.value()}
+            params = {**common, "column": column, "n": self.count.value()}
+            template = self.prompt_text.toPlainText().strip()
+            if template:
+                from app.core.data.synth import check_paraphrase_template
+
+                check_paraphrase_template(template)
+                params["prompt_template"] = template
+            return "data.augment", params
         output = self.output_col.currentData()
         if not output:
             raise DemoAIError("Choose the output column.")
