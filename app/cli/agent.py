@@ -186,13 +186,19 @@ def _deny_unattended(call: Any) -> str:
 
 
 @contextlib.contextmanager
-def _client(ws: Any, spec: Any, args: argparse.Namespace) -> Iterator[Any]:
+def _client(ws: Any, spec: Any, args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    """(chat client, embedder_for) for the agent's model and its tools' embedding models."""
     from app.core.agents import OpenAIChatClient
+    from app.core.agents.docindex import OpenAIEmbedder
+    from app.core.agents.loop import embedding_models
 
     if args.base_url:
         if not args.api_key:
             raise ConfigError("--base-url needs --api-key.")
-        yield OpenAIChatClient(args.base_url, args.api_key, model=args.model_name)
+        yield (
+            OpenAIChatClient(args.base_url, args.api_key, model=args.model_name),
+            lambda mid: OpenAIEmbedder(args.base_url, args.api_key, mid),
+        )
         return
     if not spec.model_id:
         raise ConfigError(
@@ -208,10 +214,21 @@ def _client(ws: Any, spec: Any, args: argparse.Namespace) -> Iterator[Any]:
             f"(sha256 {rec.sha256[:12]}…, expected {spec.model_sha256[:12]}…).",
             "Import the exact model, or save a new agent version for this one.",
         )
-    host = HostProcess(threads=ws.settings.threads, n_ctx=args.n_ctx)
-    host.start({rec.id: (rec.path, rec.format)}, template=spec.template)
+    served = {rec.id: (rec.path, rec.format)}
+    for mid in embedding_models(spec):
+        emb = ModelRegistry(ws).get(mid)
+        served[emb.id] = (emb.path, emb.format)
+    host = HostProcess(
+        threads=ws.settings.threads,
+        n_ctx=args.n_ctx,
+        request_log=ws.root / "logs" / "requests.jsonl",
+    )
+    host.start(served, template=spec.template)
     try:
-        yield OpenAIChatClient(host.base_url, host.token, model=rec.id)
+        yield (
+            OpenAIChatClient(host.base_url, host.token, model=rec.id),
+            lambda mid: OpenAIEmbedder(host.base_url, host.token, mid),
+        )
     finally:
         host.stop()
 
@@ -239,7 +256,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             text = step.content if len(step.content) <= 400 else step.content[:400] + "…"
             print(f"[{label}] {text}", file=sys.stderr)
 
-        with _client(ws, spec, args) as client, agent_tools(spec) as tools:
+        with (
+            _client(ws, spec, args) as (client, embedder_for),
+            agent_tools(
+                spec, embedder_for=embedder_for, index_dir=ws.root / "agents" / "index"
+            ) as tools,
+        ):
             result = run_agent(
                 spec,
                 args.input,

@@ -291,3 +291,30 @@ def test_form_keeps_and_edits_tool_mode_and_template(qtbot: Any, pane: Any) -> N
     pane.name.setText("fresh")
     _click(qtbot, pane.save_btn)
     assert (store.get("fresh").tool_mode, store.get("fresh").template) == ("auto", None)
+
+
+def test_document_search_embedding_model_in_the_form(
+    qtbot: Any, pane: Any, main_window: Any, gemma_gguf: Path, tmp_path: Path
+) -> None:
+    from app.core.models.registry import ModelRegistry
+
+    rec = ModelRegistry(main_window.services.workspace).import_path(gemma_gguf, copy=False)
+    main_window.services.bus.models_changed.emit()
+    store = AgentStore(pane.services.workspace.db)
+    pane.new_agent()
+    pane.name.setText("finder")
+    for i in range(pane.tool_list.count()):
+        it = pane.tool_list.item(i)
+        if it.data(Qt.ItemDataRole.UserRole) in ("search_documents", "read_file"):
+            it.setCheckState(Qt.CheckState.Checked)
+    pane.folder.setText(str(tmp_path))
+    assert pane.embedding_combo.currentData() is None  # keywords only by default
+    pane.embedding_combo.setCurrentIndex(pane.embedding_combo.findData(rec.id))
+    _click(qtbot, pane.save_btn)
+    tools = {t.name: t for t in store.get("finder").tools}
+    assert tools["search_documents"].embedding_model == rec.id
+    assert tools["read_file"].embedding_model is None
+    pane.new_agent()
+    assert pane.embedding_combo.currentData() is None
+    pane.open_agent("finder")
+    assert pane.embedding_combo.currentData() == rec.id

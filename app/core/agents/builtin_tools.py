@@ -30,11 +30,15 @@ TEXT_SUFFIXES = {
 
 @dataclass(frozen=True)
 class ToolContext:
-    """What a built-in tool factory needs: the granted folder and sandbox limits."""
+    """What a built-in tool factory needs: the granted folder, sandbox limits and, for
+    semantic document search, an embedding function with its model and index folder."""
 
     folder: Path | None = None
     python_timeout_s: float = 10.0
     python_memory_mb: int = 512
+    embed: Callable[[list[str]], list[list[float]]] | None = None
+    embedding_model: str | None = None
+    index_dir: Path | None = None
 
 
 # --------------------------------------------------------------------------- paths
@@ -274,29 +278,40 @@ def bm25_search(
     docs: list[tuple[str, str]], query: str, k: int = 5, k1: float = 1.5, b: float = 0.75
 ) -> list[tuple[float, str, str]]:
     """Rank (label, text) chunks against ``query`` with BM25; best first, zero scores dropped."""
+    ranked = bm25_rank([t for _, t in docs], query, k1=k1, b=b)
+    return [(s, docs[i][0], docs[i][1]) for s, i in ranked[:k]]
+
+
+def bm25_rank(
+    texts: list[str], query: str, k1: float = 1.5, b: float = 0.75
+) -> list[tuple[float, int]]:
+    """(BM25 score, chunk number) of every chunk matching ``query``; best first."""
     q = set(_tokens(query))
-    if not q or not docs:
+    if not q or not texts:
         return []
-    toks = [_tokens(t) for _, t in docs]
+    toks = [_tokens(t) for t in texts]
     avg = sum(len(t) for t in toks) / len(toks) or 1.0
     df: Counter[str] = Counter()
     for t in toks:
         df.update(set(t) & q)
-    n = len(docs)
-    scored: list[tuple[float, str, str]] = []
-    for (label, text), t in zip(docs, toks, strict=True):
+    n = len(texts)
+    scored: list[tuple[float, int]] = []
+    for i, t in enumerate(toks):
         tf = Counter(w for w in t if w in q)
         s = 0.0
         for w, f in tf.items():
             idf = math.log(1 + (n - df[w] + 0.5) / (df[w] + 0.5))
             s += idf * f * (k1 + 1) / (f + k1 * (1 - b + b * len(t) / avg))
         if s > 0:
-            scored.append((s, label, text))
+            scored.append((s, i))
     scored.sort(key=lambda x: (-x[0], x[1]))
-    return scored[:k]
+    return scored
 
 
 def _search_documents(ctx: ToolContext) -> Tool:
+    if ctx.embed is not None:
+        return _semantic_search_documents(ctx)
+
     def fn(a: dict[str, Any]) -> str:
         root = _need_folder(ctx).resolve()
         docs: list[tuple[str, str]] = []
@@ -314,6 +329,51 @@ def _search_documents(ctx: ToolContext) -> Tool:
     return Tool(
         "search_documents",
         "Keyword (BM25) search over text chunks of the documents in the granted folder.",
+        schema({"query": {"type": "string"}, "k": {"type": "integer"}}, ["query"]),
+        fn,
+    )
+
+
+def _semantic_search_documents(ctx: ToolContext) -> Tool:
+    from app.core.agents.docindex import DocumentIndex, fuse
+
+    assert ctx.embed is not None
+    index: DocumentIndex | None = None
+
+    def fn(a: dict[str, Any]) -> str:
+        nonlocal index
+        root = _need_folder(ctx).resolve()
+        if index is None:
+            if ctx.index_dir is None:
+                raise ToolError("Semantic search needs an index folder (the workspace).")
+            assert ctx.embed is not None
+            index = DocumentIndex(
+                root, ctx.index_dir, ctx.embed, ctx.embedding_model or "?",
+                files=_walk_text_files, chunker=chunk_text,
+            )  # fmt: skip
+        index.refresh()
+        query = str(a["query"])
+        k = max(1, min(int(a.get("k") or 5), 20))
+        semantic = index.semantic(query)
+        keyword = bm25_rank(index.texts, query)
+        sims = {i: s for s, i in semantic}
+        fused = fuse([[i for _, i in semantic], [i for _, i in keyword]])[:k]
+        return dumps(
+            [
+                {
+                    "chunk": index.labels[i],
+                    "score": round(s, 4),
+                    "similarity": round(sims.get(i, 0.0), 4),
+                    "text": index.texts[i],
+                }
+                for s, i in fused
+            ]
+        )
+
+    return Tool(
+        "search_documents",
+        "Search text chunks of the documents in the granted folder by meaning and keywords "
+        f"(embeddings from {ctx.embedding_model} fused with BM25); best first.",
         schema({"query": {"type": "string"}, "k": {"type": "integer"}}, ["query"]),
         fn,
     )

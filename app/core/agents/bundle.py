@@ -47,10 +47,13 @@ class ImportReport:
         return dict(self.__dict__)
 
 
-def _requires(spec: AgentSpec) -> dict[str, Any]:
+def _requires(spec: AgentSpec, db: Database) -> dict[str, Any]:
     models = []
     if spec.model_id or spec.model_sha256:
         models.append({"id": spec.model_id, "sha256": spec.model_sha256})
+    for mid in sorted({t.embedding_model for t in spec.tools if t.embedding_model}):
+        row = db.query_one("SELECT sha256 FROM models WHERE id = ?", (mid,))
+        models.append({"id": mid, "sha256": row["sha256"] if row else None, "role": "embedding"})
     return {
         "models": models,
         "tools": [t.name for t in spec.tools],
@@ -99,7 +102,9 @@ def _write_bundle(dest: Path, kind: str, name: str, requires: dict[str, Any],
 def export_agent(db: Database, name: str, dest: Path, *, version: int | None = None) -> Path:
     """An agent version (default: the latest) as a bundle at ``dest``."""
     spec = AgentStore(db).get(name, version)
-    return _write_bundle(dest, "agent", spec.name, _requires(spec), {"agent.json": spec.to_dict()})
+    return _write_bundle(
+        dest, "agent", spec.name, _requires(spec, db), {"agent.json": spec.to_dict()}
+    )
 
 
 def export_prompt(db: Database, name: str, dest: Path) -> Path:
@@ -117,7 +122,7 @@ def export_run(db: Database, run_id: str, dest: Path) -> Path:
     runs = RunStore(db)
     run = runs.get(run_id)
     steps = [s.to_dict() for s in runs.steps(run_id)]
-    req = _requires(run.agent_spec())
+    req = _requires(run.agent_spec(), db)
     files = {"run.json": run.to_dict(), "steps.json": steps, "agent.json": run.spec}
     return _write_bundle(dest, "run", run.id, req, files)
 

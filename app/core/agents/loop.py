@@ -424,14 +424,42 @@ def resolve_tool_mode(spec: AgentSpec, client: ChatClient, tools: ToolRegistry) 
 # --------------------------------------------------------------------------- tools
 
 
+def embedding_models(spec: AgentSpec) -> list[str]:
+    """Library models the agent's tools embed with (semantic document search)."""
+    return sorted({t.embedding_model for t in spec.tools if t.embedding_model})
+
+
 @contextlib.contextmanager
-def agent_tools(spec: AgentSpec, *, python_timeout_s: float = 10.0) -> Iterator[ToolRegistry]:
-    """The tools an agent spec grants, with its MCP servers connected for the duration."""
+def agent_tools(
+    spec: AgentSpec,
+    *,
+    python_timeout_s: float = 10.0,
+    embedder_for: Callable[[str], Callable[[list[str]], list[list[float]]]] | None = None,
+    index_dir: Path | None = None,
+) -> Iterator[ToolRegistry]:
+    """The tools an agent spec grants, with its MCP servers connected for the duration.
+
+    ``embedder_for(model_id)`` gives the embedding function of a library model
+    (through the model host) for a ``search_documents`` grant with an
+    ``embedding_model``; its index is cached under ``index_dir``.
+    """
     reg = ToolRegistry()
     for grant in spec.tools:
+        embed = None
+        if grant.embedding_model:
+            if embedder_for is None:
+                raise ConfigError(
+                    f"search_documents uses the embedding model {grant.embedding_model}, "
+                    "but no model host serves it here.",
+                    "Run the agent from the Agents pane or `demoai agent run` with a library model.",
+                )
+            embed = embedder_for(grant.embedding_model)
         ctx = ToolContext(
             folder=Path(grant.folder).expanduser() if grant.folder else None,
             python_timeout_s=python_timeout_s,
+            embed=embed,
+            embedding_model=grant.embedding_model,
+            index_dir=index_dir,
         )
         reg.register(builtin_tool(grant.name, ctx))
     with contextlib.ExitStack() as stack:

@@ -32,10 +32,21 @@ def check_name(kind: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class ToolGrant:
-    """A tool the agent may use; file tools need ``folder`` (the granted folder)."""
+    """A tool the agent may use; file tools need ``folder`` (the granted folder).
+
+    ``embedding_model`` (a library model id, ``search_documents`` only) turns on
+    semantic search: chunks embedded by that model, fused with keyword ranking.
+    """
 
     name: str
     folder: str | None = None
+    embedding_model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.embedding_model is not None and self.name != "search_documents":
+            raise ConfigError(
+                f"Tool {self.name!r}: only search_documents takes an embedding_model."
+            )
 
     @classmethod
     def from_obj(cls, obj: Any) -> ToolGrant:
@@ -45,8 +56,17 @@ class ToolGrant:
             folder = obj.get("folder")
             if folder is not None and not isinstance(folder, str):
                 raise ConfigError(f"Tool {obj['name']!r}: folder must be a path string.")
-            return cls(obj["name"], folder)
+            emb = obj.get("embedding_model")
+            if emb is not None and not isinstance(emb, str):
+                raise ConfigError(f"Tool {obj['name']!r}: embedding_model must be a model id.")
+            return cls(obj["name"], folder, emb or None)
         raise ConfigError(f"A tool must be a name or {{'name': ..., 'folder': ...}}, got {obj!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "folder": self.folder}
+        if self.embedding_model:
+            d["embedding_model"] = self.embedding_model
+        return d
 
 
 @dataclass(frozen=True)
@@ -174,7 +194,7 @@ class AgentSpec:
             "model": {"id": self.model_id, "sha256": self.model_sha256},
             "system_prompt": self.system_prompt,
             "sampling": dict(self.sampling),
-            "tools": [asdict(t) for t in self.tools],
+            "tools": [t.to_dict() for t in self.tools],
             "limits": asdict(self.limits),
             "mcp_servers": [s.to_dict() for s in self.mcp_servers],
             "tool_mode": self.tool_mode,

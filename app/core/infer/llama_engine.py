@@ -28,6 +28,8 @@ class LlamaEngine(Engine):
     formats = ("gguf",)
 
     _llm: Any = None
+    #: A second ``Llama`` in embedding mode, made on the first embeddings request.
+    _embed_llm: Any = None
     #: GBNF grammar text constraining the next generations (None = free text).
     grammar: str | None = None
 
@@ -68,8 +70,10 @@ class LlamaEngine(Engine):
 
     def close(self) -> None:
         llm, self._llm = self._llm, None
-        if llm is not None:
-            llm.close()
+        emb, self._embed_llm = self._embed_llm, None
+        for m in (llm, emb):
+            if m is not None:
+                m.close()
 
     @property
     def llm(self) -> Any:
@@ -101,6 +105,48 @@ class LlamaEngine(Engine):
             return bytes(llm.detokenize([tok], special=True)).decode("utf-8", "replace")
 
         return text(llm.token_bos()), text(llm.token_eos())
+
+    def embeddings(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text from llama.cpp in embedding mode.
+
+        Embedding models (BERT-style GGUFs, nomic, bge...) declare their pooling
+        in the file; for other models the hidden states are mean-pooled. The
+        embedding context is a second ``Llama`` made on first use: prefer a small
+        embedding model over a large chat model for this.
+        """
+        if self._embed_llm is None:
+            import llama_cpp
+            from llama_cpp import Llama
+
+            declared = f"{self.architecture()}.pooling_type" in self._metadata()
+            n = min(self.context_length, 2048)
+            threads = self.options.n_threads
+            try:
+                self._embed_llm = Llama(
+                    model_path=str(self.path),
+                    embedding=True,
+                    n_ctx=n,
+                    n_batch=n,
+                    n_ubatch=n,
+                    pooling_type=llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
+                    if declared
+                    else llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    verbose=False,
+                )
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise ModelLoadError(
+                    f"llama.cpp could not load {self.path} for embeddings: {exc}"
+                ) from exc
+        emb = self._embed_llm
+        limit = int(emb.n_batch)
+        for text in texts:
+            n_tokens = len(emb.tokenize(text.encode("utf-8")))
+            if n_tokens > limit:
+                raise ContextOverflowError(n_tokens, limit)
+        vectors = emb.embed(list(texts), normalize=False, truncate=False)
+        return [[float(x) for x in v] for v in vectors]
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))

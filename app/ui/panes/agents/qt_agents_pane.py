@@ -66,6 +66,8 @@ from app.core.agents import (
     run_agent,
 )
 from app.core.agents.builtin_tools import BUILTIN_TOOLS, ToolContext, builtin_tool
+from app.core.agents.docindex import OpenAIEmbedder
+from app.core.agents.loop import embedding_models
 from app.core.errors import ConfigError, DemoAIError
 from app.core.models.registry import ModelRegistry
 from app.ui.host_manager import HostManager
@@ -175,6 +177,9 @@ class AgentsPane(QWidget):
         self.host = HostManager(services)
         #: spec -> model client; None uses the agent's library model through a host process.
         self.client_factory: Callable[[AgentSpec], ChatClient] | None = None
+        #: Tests: embedding functions by model id (else the pane's model host serves them).
+        self.embedder_factory: Callable[[str], Any] | None = None
+        self._embedder_for: Callable[[str], Any] | None = None
         self.spec: AgentSpec | None = None  # the loaded (saved) version
         self.run_id: str | None = None  # the run shown
         self.fork_dialog: ForkDialog | None = None
@@ -257,6 +262,11 @@ class AgentsPane(QWidget):
         self.temperature.setSingleStep(0.1)
         self.seed = _spin(-1, 2**31 - 1, 0, "sampling seed; 'random' picks one per run")
         self.seed.setSpecialValueText("random")
+        self.embedding_combo = QComboBox()
+        self.embedding_combo.setToolTip(
+            "search_documents: with an embedding model it finds passages by meaning "
+            "(embeddings fused with keyword ranking); without, by keywords (BM25) only."
+        )
         self.tool_mode = QComboBox()
         for label, mode in (
             ("Automatic: native when the model's template has a tool format", "auto"),
@@ -289,6 +299,7 @@ class AgentsPane(QWidget):
         form.addRow("System prompt", prompt_box)
         form.addRow("Tools", self.tool_list)
         form.addRow("Granted folder", folder_row)
+        form.addRow("Document search", self.embedding_combo)
         form.addRow("Max steps", self.max_steps)
         form.addRow("Max tokens", self.max_tokens)
         form.addRow("Timeout", self.timeout)
@@ -407,6 +418,15 @@ class AgentsPane(QWidget):
 
     # -- models -------------------------------------------------------------------------
     def refresh_models(self) -> None:
+        emb_current = self.embedding_combo.currentData()
+        self.embedding_combo.blockSignals(True)
+        self.embedding_combo.clear()
+        self.embedding_combo.addItem("Keywords only (BM25)", None)
+        for m in self.registry.list():
+            if m.format in ("gguf", "hf"):
+                self.embedding_combo.addItem(f"Meaning + keywords: {m.name}  ({m.format})", m.id)
+        self._select_embedding(emb_current)
+        self.embedding_combo.blockSignals(False)
         current = self.model_combo.currentData()
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
@@ -416,6 +436,13 @@ class AgentsPane(QWidget):
                 self.model_combo.addItem(f"{m.name}  ({m.format})", m.id)
         self._select_model(current)
         self.model_combo.blockSignals(False)
+
+    def _select_embedding(self, model_id: str | None) -> None:
+        i = self.embedding_combo.findData(model_id) if model_id is not None else 0
+        if i < 0 and model_id is not None:
+            self.embedding_combo.addItem(f"{model_id}  (not in the library)", model_id)
+            i = self.embedding_combo.count() - 1
+        self.embedding_combo.setCurrentIndex(max(i, 0))
 
     def _select_model(self, model_id: str | None) -> None:
         i = self.model_combo.findData(model_id) if model_id is not None else 0
@@ -460,6 +487,7 @@ class AgentsPane(QWidget):
         self.temperature.setValue(0.0)
         self.seed.setValue(0)
         self.tool_mode.setCurrentIndex(0)
+        self.embedding_combo.setCurrentIndex(0)
         self.template.setCurrentIndex(0)
         self.version_label.setText("not saved")
         self.name.setFocus()
@@ -474,6 +502,8 @@ class AgentsPane(QWidget):
         granted = {t.name: t for t in spec.tools}
         folders = [t.folder for t in spec.tools if t.folder]
         self.folder.setText(folders[0] if folders else "")
+        search = granted.get("search_documents")
+        self._select_embedding(search.embedding_model if search else None)
         for i in range(self.tool_list.count()):
             it = self.tool_list.item(i)
             on = it.data(STEP_ROLE) in granted
@@ -506,7 +536,8 @@ class AgentsPane(QWidget):
                     raise ConfigError(
                         f"The tool {name} needs a granted folder.", "Choose the folder it may use."
                     )
-                tools.append(ToolGrant(name, folder if name in FILE_TOOLS else None))
+                emb = self.embedding_combo.currentData() if name == "search_documents" else None
+                tools.append(ToolGrant(name, folder if name in FILE_TOOLS else None, emb))
         model_id = self.model_combo.currentData()
         sha = None
         if model_id is not None:
@@ -723,8 +754,21 @@ class AgentsPane(QWidget):
                 f"The library model {rec.id} is not the one agent {spec.name} was made with.",
                 "Import the exact model, or save a new agent version for this one.",
             )
-        base_url, token = self.host.prepare(rec, spec.template)
+        served = {rec.id: (str(rec.path), rec.format)}
+        for mid in embedding_models(spec):
+            emb = self.registry.get(mid)
+            served[emb.id] = (str(emb.path), emb.format)
+        base_url, token = self.host.prepare_models(served, spec.template)
+        self._embedder_for = lambda mid: OpenAIEmbedder(base_url, token, mid)
         return OpenAIChatClient(base_url, token, model=rec.id)
+
+    def make_tools(self, spec: AgentSpec) -> Any:
+        """The agent's tools (a context manager); call after :meth:`make_client`."""
+        return agent_tools(
+            spec,
+            embedder_for=self.embedder_factory or self._embedder_for,
+            index_dir=self.services.workspace.root / "agents" / "index",
+        )
 
     def run(self) -> None:
         """Run the saved agent on the input text (saving the form first if it changed)."""
@@ -753,7 +797,7 @@ class AgentsPane(QWidget):
 
         def work(approve: Callable[[ToolCall], str], on_step: Callable[[Step], None]) -> Any:
             client = self.make_client(saved)
-            with agent_tools(saved) as tools:
+            with self.make_tools(saved) as tools:
                 return run_agent(
                     saved, text, client=client, runs=self.runs, tools=tools,
                     approve=approve, agents=self.agents, on_step=on_step,
@@ -781,7 +825,7 @@ class AgentsPane(QWidget):
 
         def work(approve: Callable[[ToolCall], str], on_step: Callable[[Step], None]) -> Any:
             client = self.make_client(spec)
-            with agent_tools(spec) as tools:
+            with self.make_tools(spec) as tools:
                 return fork_run(
                     run_id, step_id, client=client, runs=self.runs, tools=tools,
                     content=content, approve=approve, agents=self.agents, on_step=on_step,
