@@ -437,19 +437,20 @@ class AgentsPane(QWidget):
         self._select_model(current)
         self.model_combo.blockSignals(False)
 
-    def _select_embedding(self, model_id: str | None) -> None:
-        i = self.embedding_combo.findData(model_id) if model_id is not None else 0
+    @staticmethod
+    def _select_in(combo: QComboBox, model_id: str | None) -> None:
+        """Select ``model_id`` in a model combo (listed as missing when not in the library)."""
+        i = combo.findData(model_id) if model_id is not None else 0
         if i < 0 and model_id is not None:
-            self.embedding_combo.addItem(f"{model_id}  (not in the library)", model_id)
-            i = self.embedding_combo.count() - 1
-        self.embedding_combo.setCurrentIndex(max(i, 0))
+            combo.addItem(f"{model_id}  (not in the library)", model_id)
+            i = combo.count() - 1
+        combo.setCurrentIndex(max(i, 0))
+
+    def _select_embedding(self, model_id: str | None) -> None:
+        self._select_in(self.embedding_combo, model_id)
 
     def _select_model(self, model_id: str | None) -> None:
-        i = self.model_combo.findData(model_id) if model_id is not None else 0
-        if i < 0 and model_id is not None:
-            self.model_combo.addItem(f"{model_id}  (not in the library)", model_id)
-            i = self.model_combo.count() - 1
-        self.model_combo.setCurrentIndex(max(i, 0))
+        self._select_in(self.model_combo, model_id)
 
     # -- agents -------------------------------------------------------------------------
     def refresh_agents(self) -> None:
