@@ -4,6 +4,7 @@ Forms::
 
     demoai train --config FILE
     demoai train --base PATH --data FILE --method lora|qlora [--steps N] [--name NAME] [--preset P]
+                 [--micro-batch-size N] [--no-auto-reduce-batch]
     demoai train --from-manifest PATH
     demoai train merge --base PATH --adapter PATH --out PATH
 
@@ -55,6 +56,21 @@ def register(sub: Any) -> None:
     p.add_argument("--lr", type=float, dest="learning_rate")
     p.add_argument("--rank", type=int, dest="lora_rank")
     p.add_argument("--batch-size", type=int)
+    p.add_argument(
+        "--micro-batch-size",
+        type=int,
+        metavar="N",
+        help="sequences per forward/backward pass, a divisor of the batch size (less memory, "
+        "same effective batch and loss)",
+    )
+    p.add_argument(
+        "--auto-reduce-batch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="on out-of-memory, halve the micro-batch and retry the step, keeping the "
+        "effective batch, data order and learning rate (default: on); --no-auto-reduce-batch "
+        "stops with a message instead",
+    )
     p.add_argument("--max-seq-len", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -94,6 +110,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "learning_rate": "learning_rate",
         "lora_rank": "lora_rank",
         "batch_size": "batch_size",
+        "micro_batch_size": "micro_batch_size",
+        "auto_reduce_batch": "auto_reduce_batch",
         "max_seq_len": "max_seq_len",
         "seed": "seed",
         "device": "device",

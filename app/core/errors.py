@@ -33,3 +33,25 @@ class ConfigError(DemoAIError):
     """A configuration or parameter is invalid; nothing was started."""
 
     exit_code = 2
+
+
+#: Messages of allocators that ran out: torch's CUDA and CPU allocators, the C library.
+_OOM_MESSAGES = (
+    "out of memory",
+    "not enough memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True when ``exc`` is an allocation failure.
+
+    Python's ``MemoryError``, ``torch.OutOfMemoryError`` (CUDA), and the
+    ``RuntimeError`` of torch's CPU allocator ("DefaultCPUAllocator: can't
+    allocate memory" on Linux, "not enough memory" on Windows).
+    """
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return any(m in text for m in _OOM_MESSAGES)

@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 
-from app.core.errors import DemoAIError
+from app.core.errors import DemoAIError, is_out_of_memory
 from app.core.jobs.context import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, Cancelled, JobFailed
 from app.core.jobs.registry import get_kind
 from app.core.jobs.store import JobService, JobState
@@ -33,7 +33,7 @@ def _classify(exc: BaseException) -> tuple[str, str | None]:
     if isinstance(exc, DemoAIError):
         return exc.message, exc.hint
     name = type(exc).__name__
-    if isinstance(exc, MemoryError) or name == "OutOfMemoryError" or "out of memory" in str(exc):
+    if is_out_of_memory(exc):
         return f"Out of memory: {exc}", OOM_HINT
     if isinstance(exc, OSError) and exc.errno == 28:
         return f"The disk is full: {exc}", "Free disk space, then resume or restart the job."

@@ -372,3 +372,82 @@ def test_cpu_lora8bit_runs_a_step(tiny_llama_dir: Path, data: Path) -> None:
     assert "Linear8bitLt" in {type(m).__name__ for m in s.model.modules()}
     st = s.train_step()
     assert st.loss == st.loss and not st.skipped
+
+
+# ----------------------------------------------------------------------------- out of memory
+
+
+def test_micro_batch_option_checks_and_halving_rule(tiny_llama_dir: Path, data: Path) -> None:
+    from app.core.train.config import field_defaults, field_help
+    from app.core.train.loop import next_micro_batch
+
+    assert field_defaults()["auto_reduce_batch"] is True
+    assert "out-of-memory" in field_help()["auto_reduce_batch"]
+    assert "effective batch" in field_help()["auto_reduce_batch"]
+    cfg = make_config(tiny_llama_dir, data, batch_size=6, micro_batch_size=3)
+    assert cfg.micro_batch == 3 and cfg.effective_batch == 6
+    assert make_config(tiny_llama_dir, data, batch_size=6).micro_batch == 6
+    from app.core.train.estimate import estimate_run  # a pass holds micro-batch sequences
+
+    full = estimate_run(cfg.with_changes(micro_batch_size=None)).parts["activations"]
+    assert estimate_run(cfg).parts["activations"] == pytest.approx(full / 2, rel=0.01)
+    for bad in (4, 0, 7):
+        with pytest.raises(ConfigError, match="micro_batch_size must divide batch_size 6"):
+            make_config(tiny_llama_dir, data, batch_size=6, micro_batch_size=bad)
+    # Halving keeps every pass of a step the same size: divisors of batch_size only.
+    chain, m = [], 8
+    while (nxt := next_micro_batch(8, m)) is not None:
+        chain.append(m := nxt)
+    assert chain == [4, 2, 1]
+    assert next_micro_batch(6, 6) == 3 and next_micro_batch(6, 3) == 1
+    assert next_micro_batch(5, 5) == 1 and next_micro_batch(5, 1) is None
+
+
+def test_allocator_failures_count_as_out_of_memory() -> None:
+    import torch
+
+    from app.core.errors import is_out_of_memory
+
+    errors: list[BaseException] = []
+    for alloc in (lambda: torch.empty(2**50, dtype=torch.uint8), lambda: bytearray(2**50)):
+        try:
+            alloc()
+        except (RuntimeError, MemoryError) as exc:  # the real allocators' errors
+            errors.append(exc)
+    assert len(errors) == 2 and all(is_out_of_memory(e) for e in errors), errors
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+def test_micro_batches_cut_the_same_data_and_keep_the_loss(
+    tiny_llama_dir: Path, data: Path, tmp_path: Path
+) -> None:
+    from app.core.train.loop import TrainSession, complete_checkpoints
+
+    cfg = make_config(tiny_llama_dir, data, max_steps=3, batch_size=4, grad_accum=2)
+    whole = TrainSession(cfg)
+    small = TrainSession(cfg.with_changes(micro_batch_size=1))
+    assert small.accum_passes == 8 and whole.accum_passes == 2
+    for step in range(3):
+        cut = small.micro_batches(step)
+        assert [len(b) for b in cut] == [1] * 8
+        assert [i for b in cut for i in b] == [i for b in whole.micro_batches(step) for i in b]
+    a = [whole.train_step() for _ in range(3)]
+    b = [small.train_step() for _ in range(3)]
+    assert [s.loss for s in a] == pytest.approx([s.loss for s in b], rel=1e-5)
+    assert [s.lr for s in a] == [s.lr for s in b] and b[0].micro_batch == 1
+    # A reduction is kept by checkpoints; one written before the option existed still loads.
+    red = whole.reduce_micro_batch(whole.step + 1, "RuntimeError: can't allocate memory")
+    assert red is not None and (red.old, red.new) == (4, 2) and whole.micro_batch == 2
+    path = whole.save_checkpoint(tmp_path)
+    again = TrainSession(cfg)
+    again.load_checkpoint(path)
+    assert again.micro_batch == 2 and again.reductions == whole.reductions
+    state = json.loads((path / "state.json").read_text())
+    for key in ("micro_batch_size", "oom_reductions"):
+        del state[key]
+    for key in ("micro_batch_size", "auto_reduce_batch"):
+        del state["config"][key]
+    (path / "state.json").write_text(json.dumps(state))
+    old = TrainSession(cfg)
+    old.load_checkpoint(complete_checkpoints(tmp_path)[-1])
+    assert old.step == 3 and old.micro_batch == 4

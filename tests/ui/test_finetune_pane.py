@@ -73,3 +73,33 @@ def test_run_curves_cancel_resume_and_outputs(qtbot, pane) -> None:
         for e in ModelRegistry(pane.services.workspace).lineage(merged.id).parents
     }
     assert (rec.id, "merged-from") in rels
+
+
+def test_auto_reduce_batch_option_and_run_warnings(qtbot, pane) -> None:
+    box = pane._fields["auto_reduce_batch"]
+    assert box.isChecked() and "out-of-memory" in box.toolTip()
+    box.setChecked(False)
+    assert pane.build_config().auto_reduce_batch is False
+    box.setChecked(True)
+    assert pane.build_config().auto_reduce_batch is True
+    # A run's warnings are shown with the run (here a real one: records whose prompt
+    # fills max_seq_len have nothing to learn; an out-of-memory reduction is shown the same way).
+    rows = [{"prompt": f"Say {w}:", "completion": f" {w}"} for w in ("red", "blue") * 4]
+    rows += [{"prompt": "word " * 200, "completion": " cut"}] * 2
+    ds = DatasetStore(pane.services.workspace).create_dataset("long", pa.Table.from_pylist(rows))
+    pane.refresh_inputs()
+    pane.dataset.setCurrentIndex(pane.dataset.findData(ds.dataset_id))
+    for name, value in {
+        "max_steps": 2,
+        "max_seq_len": 32,
+        "batch_size": 2,
+        "device": "cpu",
+    }.items():
+        pane._set_field(name, value)
+    job = pane.start()
+    assert job is not None, pane.report.text()
+    jobs = pane.services.jobs
+    qtbot.waitUntil(lambda: jobs.get(job.id).state == JobState.SUCCEEDED, timeout=120_000)
+    pane.refresh_runs(select=job.id)
+    qtbot.waitUntil(lambda: "Warnings" in pane.run_info.text(), timeout=5000)
+    assert "2 record(s) had nothing to learn after cutting; skipped" in pane.run_info.text()

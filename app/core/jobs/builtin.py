@@ -38,7 +38,8 @@ register_kind(
         title="Fine-tune (LoRA)",
         resource="gpu",
         resumable=True,
-        description="Train a LoRA / QLoRA adapter on a base model; resumes from its last checkpoint.",
+        description="Train a LoRA / QLoRA adapter on a base model; resumes from its last checkpoint; "
+        "halves the micro-batch on out-of-memory (auto_reduce_batch).",
     )
 )
 

@@ -85,11 +85,32 @@ class TrainConfig:
         default=None, metadata=_help("Optimizer steps to run; overrides epochs when set.")
     )
     batch_size: int = field(
-        default=4, metadata=_help("Sequences (or packed rows) per micro-batch.")
+        default=4,
+        metadata=_help(
+            "Sequences (or packed rows) per micro-batch; with grad_accum it fixes the effective "
+            "batch, the data order and the learning-rate schedule."
+        ),
     )
     grad_accum: int = field(
         default=1,
         metadata=_help("Micro-batches per optimizer step (effective batch = batch x this)."),
+    )
+    micro_batch_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "Run each batch of batch_size in forward/backward passes of this many sequences "
+            "(a divisor of batch_size; None: batch_size). Same effective batch, data order and "
+            "loss, less memory, slower. Set by auto_reduce_batch after an out-of-memory."
+        ),
+    )
+    auto_reduce_batch: bool = field(
+        default=True,
+        metadata=_help(
+            "On out-of-memory in a step, free memory, halve the micro-batch (gradient "
+            "accumulation doubles, so the effective batch, the data order and the learning "
+            "rate stay the same) and retry the step; a warning is logged and checkpoints keep "
+            "the smaller size. Off: stop with a message on what to change."
+        ),
     )
     max_seq_len: int = field(
         default=1024, metadata=_help("Longest sequence in tokens; longer examples are cut.")
@@ -188,6 +209,12 @@ class TrainConfig:
             p.append("batch_size must be at least 1")
         if self.grad_accum < 1:
             p.append("grad_accum must be at least 1")
+        mb = self.micro_batch_size
+        if mb is not None and (mb < 1 or mb > self.batch_size or self.batch_size % mb):
+            p.append(
+                f"micro_batch_size must divide batch_size {self.batch_size} (got {mb}; "
+                "None: batch_size)"
+            )
         if self.max_seq_len < 8:
             p.append("max_seq_len must be at least 8")
         if not 0.0 <= self.eval_fraction <= 0.5:
@@ -206,6 +233,11 @@ class TrainConfig:
     @property
     def effective_batch(self) -> int:
         return self.batch_size * self.grad_accum
+
+    @property
+    def micro_batch(self) -> int:
+        """Sequences per forward/backward pass (micro_batch_size, else batch_size)."""
+        return self.micro_batch_size or self.batch_size
 
     # -- JSON -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -256,7 +288,8 @@ class TrainConfig:
             raise ConfigError("The config must be a JSON object.")
         if isinstance(data.get("params"), dict) and "kind" in data:  # a job's config.json
             data = data["params"]
-        elif isinstance(data.get("config"), dict) and "base_model" not in data:  # a manifest
+        elif isinstance(data.get("config"), dict) and not isinstance(data.get("base_model"), str):
+            # a manifest (its "base_model" is a dict of path, id and weight hashes)
             data = data["config"]
         return cls.from_dict(data)
 

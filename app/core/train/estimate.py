@@ -130,7 +130,7 @@ def estimate_memory(
         config.lora_rank * (mods[t][0] + mods[t][1]) for t in targets if t in mods
     )
     lora = lora_params * 16  # fp32 weights + grads + AdamW's two moments
-    b, s = config.batch_size, config.max_seq_len
+    b, s = config.micro_batch, config.max_seq_len  # one forward/backward pass
     act_per = ACTIVATION_BYTES_16BIT * (2 if wide == 4 else 1)
     if config.gradient_checkpointing:
         acts = b * s * h * layers * wide + b * s * h * act_per

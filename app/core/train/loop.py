@@ -6,23 +6,35 @@ position (safetensors + JSON, never pickle); the learning rate is a pure
 function of the step and the data order a pure function of (seed, step), so a
 run resumed at step N takes exactly the steps an uninterrupted run takes.
 
+Out of memory in a step (``auto_reduce_batch``): the step is undone (gradients
+dropped, RNG restored), memory freed, and each batch of ``batch_size`` is run in
+passes of half as many sequences (twice the gradient accumulation), then the
+same step is retried. The data order and the learning rate depend only on
+``batch_size`` and ``grad_accum``, and the loss is normalized by the label
+tokens of the whole optimizer step, so the run's semantics do not change; the
+smaller micro-batch is kept in checkpoints and in the manifest.
+
 The job function :func:`train` is registered as kind ``train.lora``.
 :class:`TrainSession` is the same machinery without a job (benchmarks, tests).
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from app.core.errors import ConfigError, is_out_of_memory
 from app.core.jobs.context import Cancelled, JobContext, JobFailed
 from app.core.store.files import _fsync_dir, atomic_write_bytes, atomic_write_json, sha256_file
 from app.core.train.config import TrainConfig, resolve_target_modules, validate_against_model
@@ -41,8 +53,19 @@ CHECKPOINT_PREFIX = "checkpoint-"
 #: prepare_model_for_kbit_training does (True), or in 16-bit under autocast (False).
 UPCAST_KBIT_ON_CUDA = False
 OOM_HINT = (
-    "Lower batch_size (raise grad_accum to keep the effective batch), lower max_seq_len, "
-    "turn on gradient_checkpointing, or use method qlora; then resume or restart."
+    "Set micro_batch_size below batch_size (same effective batch, less memory) or lower "
+    "batch_size (raise grad_accum to keep the effective batch), lower max_seq_len, turn on "
+    "gradient_checkpointing, or use method qlora; then resume or restart."
+)
+#: Out of memory with auto_reduce_batch off: the same advice, and the option.
+OOM_HINT_AUTO_OFF = (
+    OOM_HINT[:-1] + ". Or turn on auto_reduce_batch: the micro-batch is then halved on "
+    "out-of-memory, keeping the effective batch."
+)
+#: Out of memory at a micro-batch of 1: nothing left to halve.
+OOM_HINT_AT_ONE = (
+    "Even one sequence per pass does not fit: lower max_seq_len, turn on "
+    "gradient_checkpointing, use method qlora, or free memory; then resume or restart."
 )
 NAN_HINT = (
     "Lower the learning rate or max_grad_norm, check the data for broken records, then resume "
@@ -62,6 +85,51 @@ class StepStats:
     label_tokens: int
     seconds: float
     skipped: bool = False  # True when the update was dropped (non-finite loss or gradient)
+    micro_batch: int = 0  # sequences per forward/backward pass in this step
+
+
+@dataclass
+class BatchReduction:
+    """One automatic micro-batch reduction after out-of-memory."""
+
+    step: int  # 1-based optimizer step that ran out of memory (and was retried)
+    old: int  # micro-batch that did not fit
+    new: int  # micro-batch used from then on
+    error: str  # the allocator's message, shortened
+    phase: str = "train"  # "train": the step's forward/backward; "eval": the eval loss after it
+
+    def describe(self, config: TrainConfig) -> str:
+        passes = config.grad_accum * (config.batch_size // self.new)
+        where = f"step {self.step}" if self.phase == "train" else f"eval after step {self.step}"
+        return (
+            f"out of memory at {where} with micro-batch {self.old}: retrying with "
+            f"micro-batch {self.new} x {passes} accumulated passes (effective batch "
+            f"{config.effective_batch} unchanged)"
+        )
+
+
+def next_micro_batch(batch_size: int, micro: int) -> int | None:
+    """The micro-batch after halving ``micro``: the largest divisor of ``batch_size`` that is
+    at most half of it (every pass of a step then has the same size); None at 1."""
+    for d in range(micro // 2, 0, -1):
+        if batch_size % d == 0:
+            return d
+    return None
+
+
+def free_memory(device: str) -> None:
+    """Give memory back after an out-of-memory: collect cycles, empty the CUDA cache and
+    return freed heap pages to the system (glibc's malloc_trim, where there is one)."""
+    gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass  # not glibc (musl): nothing to trim
 
 
 def lr_factor(config: TrainConfig, step: int, total: int) -> float:
@@ -116,6 +184,9 @@ class TrainSession:
             micro = math.ceil(config.epochs * self.order.batches_per_epoch)
             self.total_steps = max(1, math.ceil(micro / config.grad_accum))
         self.step = 0  # optimizer steps done
+        #: Sequences per forward/backward pass; halved by auto_reduce_batch on out-of-memory.
+        self.micro_batch = config.micro_batch
+        self.reductions: list[BatchReduction] = []
         self.history: list[dict[str, float]] = []
         self.tokens_seen = 0
         self._check_fast_loss()
@@ -293,26 +364,86 @@ class TrainSession:
                 logits = out.logits[:, :-1][mask]
         return F.cross_entropy(logits.float(), targets[mask], reduction="sum"), mask.sum()
 
-    def micro_batches(self, step: int) -> list[list[int]]:
-        """Sample indices of each micro-batch of 0-based optimizer step ``step``."""
+    def data_batches(self, step: int) -> list[list[int]]:
+        """Sample indices of the ``grad_accum`` batches of 0-based optimizer step ``step``."""
         ga = self.config.grad_accum
         return [self.order.batch(step * ga + j)[1] for j in range(ga)]
 
+    def micro_batches(self, step: int) -> list[list[int]]:
+        """Sample indices of each forward/backward pass of 0-based optimizer step ``step``:
+        the data batches cut into pieces of ``self.micro_batch``."""
+        m = self.micro_batch
+        return [b[i : i + m] for b in self.data_batches(step) for i in range(0, len(b), m)]
+
+    @property
+    def accum_passes(self) -> int:
+        """Forward/backward passes per optimizer step (grad_accum x batch / micro-batch)."""
+        return self.config.grad_accum * -(-self.config.batch_size // self.micro_batch)
+
+    def reduce_micro_batch(
+        self, step: int, error: str = "", phase: str = "train"
+    ) -> BatchReduction | None:
+        """Halve the micro-batch (see :func:`next_micro_batch`); None when it is already 1."""
+        new = next_micro_batch(self.config.batch_size, self.micro_batch)
+        if new is None:
+            return None
+        red = BatchReduction(step, self.micro_batch, new, error[:300], phase)
+        self.micro_batch = new
+        self.reductions.append(red)
+        return red
+
+    def _rng_state(self) -> tuple[Any, list[Any]]:
+        import torch
+
+        cuda = torch.cuda.get_rng_state_all() if self.device == "cuda" else []
+        return torch.get_rng_state(), cuda
+
+    def _set_rng_state(self, state: tuple[Any, list[Any]]) -> None:
+        import torch
+
+        torch.set_rng_state(state[0])
+        if state[1]:
+            torch.cuda.set_rng_state_all(state[1])
+
+    def _retry_on_oom(self, fn: Callable[[], Any], step: int, phase: str = "train") -> Any:
+        """``fn()``; on out-of-memory with auto_reduce_batch, undo, halve and call it again.
+
+        The retry happens outside the ``except`` block, so the failed attempt's
+        tensors (held by the traceback) are gone before memory is freed.
+        """
+        rng = self._rng_state()
+        while True:
+            error = ""
+            try:
+                return fn()
+            except BaseException as exc:
+                if not (self.config.auto_reduce_batch and is_out_of_memory(exc)):
+                    raise
+                if next_micro_batch(self.config.batch_size, self.micro_batch) is None:
+                    raise  # micro-batch 1 does not fit either: the job says what to change
+                error = f"{type(exc).__name__}: {exc}"
+            self.optimizer.zero_grad(set_to_none=True)
+            free_memory(self.device)
+            self._set_rng_state(rng)
+            red = self.reduce_micro_batch(step, error, phase)
+            if red is not None:
+                self._log(red.describe(self.config), "warning")
+
     def train_step(self) -> StepStats:
-        """Run optimizer step number ``self.step + 1``."""
+        """Run optimizer step number ``self.step + 1``.
+
+        The forward/backward passes are retried with a halved micro-batch on
+        out-of-memory when ``auto_reduce_batch`` is on; the optimizer update runs
+        once, after they all succeeded.
+        """
         import torch
 
         cfg = self.config
         t0 = time.perf_counter()
-        groups = [[self.train_samples[i] for i in idx] for idx in self.micro_batches(self.step)]
-        n_labels = sum(s.n_label_tokens for g in groups for s in g)
-        n_tokens = sum(len(s.input_ids) for g in groups for s in g)
-        total_loss = 0.0
-        for g in groups:
-            batch = self._to_device(collate(g, self.pad_id))
-            loss_sum, _ = self._loss_sum(batch)
-            (loss_sum / max(1, n_labels)).backward()
-            total_loss += float(loss_sum.detach())
+        samples = [self.train_samples[i] for b in self.data_batches(self.step) for i in b]
+        n_labels = sum(s.n_label_tokens for s in samples)
+        n_tokens = sum(len(s.input_ids) for s in samples)
+        total_loss: float = self._retry_on_oom(lambda: self._accumulate(n_labels), self.step + 1)
         loss = total_loss / max(1, n_labels)
         clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
@@ -329,24 +460,50 @@ class TrainSession:
         if self.device == "cuda":
             torch.cuda.synchronize()
         stats = StepStats(
-            self.step, loss, grad_norm, lr, n_tokens, n_labels, time.perf_counter() - t0, bad
+            self.step,
+            loss,
+            grad_norm,
+            lr,
+            n_tokens,
+            n_labels,
+            time.perf_counter() - t0,
+            bad,
+            self.micro_batch,
         )
         self.history.append(
             {"step": self.step, "train_loss": loss, "grad_norm": grad_norm, "learning_rate": lr}
         )
         return stats
 
+    def _accumulate(self, n_labels: int) -> float:
+        """Forward and backward over every micro-batch of the step; the summed token loss.
+
+        Each pass's loss is divided by the label tokens of the whole step, so the
+        gradient does not depend on how the step is cut into micro-batches.
+        """
+        total_loss = 0.0
+        for idx in self.micro_batches(self.step):
+            batch = self._to_device(collate([self.train_samples[i] for i in idx], self.pad_id))
+            loss_sum, _ = self._loss_sum(batch)
+            (loss_sum / max(1, n_labels)).backward()
+            total_loss += float(loss_sum.detach())
+        return total_loss
+
     def evaluate(self) -> float | None:
         """Mean token loss on the held-out examples (None without an eval split)."""
-        import torch
-
         if not self.eval_samples:
             return None
+        loss: float = self._retry_on_oom(self._evaluate, self.step, "eval")
+        return loss
+
+    def _evaluate(self) -> float:
+        import torch
+
         self.model.eval()
         total, count = 0.0, 0
         try:
             with torch.no_grad():
-                bs = self.config.batch_size
+                bs = self.micro_batch
                 for i in range(0, len(self.eval_samples), bs):
                     batch = self._to_device(collate(self.eval_samples[i : i + bs], self.pad_id))
                     s, n = self._loss_sum(batch)
@@ -406,6 +563,8 @@ class TrainSession:
             "epoch": self.order.batch(self.step * self.config.grad_accum)[0],
             "total_steps": self.total_steps,
             "tokens_seen": self.tokens_seen,
+            "micro_batch_size": self.micro_batch,
+            "oom_reductions": [asdict(r) for r in self.reductions],
             "history": self.history,
             "config": self.config.to_dict(),
             "optimizer": {"param_groups": opt["param_groups"], "plain_state": plain},
@@ -433,7 +592,11 @@ class TrainSession:
         from safetensors.torch import load_file
 
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        if state.get("config") != self.config.to_dict():
+        try:  # a checkpoint from before a config field existed has that field's default
+            saved = TrainConfig.from_dict(state.get("config") or {}).to_dict()
+        except ConfigError:
+            saved = None
+        if saved != self.config.to_dict():
             raise JobFailed(
                 f"Checkpoint {path.name} was written with another config.",
                 "Start a new run instead of resuming this one.",
@@ -467,6 +630,9 @@ class TrainSession:
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
         self.history = list(state["history"])
+        # The micro-batch a reduction after out-of-memory left: the resumed run keeps it.
+        self.micro_batch = int(state.get("micro_batch_size") or self.micro_batch)
+        self.reductions = [BatchReduction(**r) for r in state.get("oom_reductions", [])]
 
     def save_adapter(self, out: Path) -> Path:
         """The final adapter (adapter_model.safetensors + adapter_config.json), atomically."""
@@ -554,12 +720,18 @@ def register_outputs(run_dir: Path, manifest: dict[str, Any]) -> Path:
 # ----------------------------------------------------------------------------- the job
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return (
-        isinstance(exc, MemoryError)
-        or type(exc).__name__ == "OutOfMemoryError"
-        or "out of memory" in str(exc).lower()
+def _oom_failure(session: TrainSession) -> JobFailed:
+    """The clear message for an out-of-memory the run cannot get past."""
+    cfg = session.config
+    micro = f", micro-batch {session.micro_batch}" if session.micro_batch != cfg.batch_size else ""
+    message = (
+        f"Out of memory at step {session.step + 1} (batch_size {cfg.batch_size}{micro}, "
+        f"max_seq_len {cfg.max_seq_len})"
     )
+    if cfg.auto_reduce_batch and session.micro_batch == 1:
+        return JobFailed(message + ", even with one sequence per pass.", OOM_HINT_AT_ONE)
+    hint = OOM_HINT if cfg.auto_reduce_batch else OOM_HINT_AUTO_OFF
+    return JobFailed(message + ".", hint)
 
 
 def train(ctx: JobContext, **params: Any) -> dict[str, Any]:
@@ -577,7 +749,7 @@ def train(ctx: JobContext, **params: Any) -> dict[str, Any]:
     except JobFailed:
         raise
     except BaseException as exc:
-        if _is_oom(exc):
+        if is_out_of_memory(exc):
             raise JobFailed(f"Out of memory while loading the model: {exc}", OOM_HINT) from exc
         raise
     ckpt_dir = ctx.checkpoint_dir
@@ -590,6 +762,12 @@ def train(ctx: JobContext, **params: Any) -> dict[str, Any]:
             f"points for later steps replace those of the earlier attempt",
             "info",
         )
+        if session.micro_batch != config.micro_batch:
+            ctx.log(
+                f"continuing with micro-batch {session.micro_batch} x {session.accum_passes} "
+                f"accumulated passes, as reduced after out-of-memory in an earlier attempt",
+                "info",
+            )
     total = session.total_steps
     ctx.log(
         f"training {session.trainable_params:,} parameters ({', '.join(session.target_modules)}) "
@@ -639,18 +817,19 @@ def train(ctx: JobContext, **params: Any) -> dict[str, Any]:
                 eval_loss = session.evaluate()
                 if eval_loss is not None:
                     ctx.metric("eval_loss", s, eval_loss)
-            ctx.progress(s / total, f"step {s}/{total} · loss {stats.loss:.4f}")
+            reduced = (
+                f" · micro-batch {stats.micro_batch} (reduced)"
+                if stats.micro_batch != config.micro_batch
+                else ""
+            )
+            ctx.progress(s / total, f"step {s}/{total} · loss {stats.loss:.4f}{reduced}")
             if config.save_every and s % config.save_every == 0 and s < total:
                 checkpoint()
     except (Cancelled, JobFailed):
         raise
     except BaseException as exc:
-        if _is_oom(exc):
-            raise JobFailed(
-                f"Out of memory at step {session.step + 1} (batch_size {config.batch_size}, "
-                f"max_seq_len {config.max_seq_len}).",
-                OOM_HINT,
-            ) from exc
+        if is_out_of_memory(exc):
+            raise _oom_failure(session) from exc
         raise
 
     eval_loss = session.evaluate()
@@ -679,6 +858,8 @@ def train(ctx: JobContext, **params: Any) -> dict[str, Any]:
         "manifest": str(ctx.run_dir / "manifest.json"),
         "model_id": model_id,
         **metrics,
+        "micro_batch_size": session.micro_batch,
+        "oom_reductions": len(session.reductions),
     }
     ctx.result(result)
     return result
@@ -692,6 +873,14 @@ def build_manifest(
 
     cfg = session.config
     data_path = Path(cfg.data_path).expanduser().resolve()
+    # After a reduction the config says the micro-batch the run ended with, so that a
+    # repeat (--from-manifest) starts with it: same data order, rate and loss, and no
+    # out-of-memory first. What was configured and what happened is under "memory".
+    run_cfg = (
+        cfg.with_changes(micro_batch_size=session.micro_batch)
+        if session.micro_batch != cfg.micro_batch
+        else cfg
+    )
     return {
         "format": 1,
         "kind": "train.lora",
@@ -699,7 +888,16 @@ def build_manifest(
         "attempts": attempt,
         "created_at": time.time(),
         "name": cfg.name,
-        "config": cfg.to_dict(),
+        "config": run_cfg.to_dict(),
+        "memory": {
+            "batch_size": cfg.batch_size,
+            "configured_micro_batch": cfg.micro_batch,
+            "micro_batch_size": session.micro_batch,
+            "accumulated_passes": session.accum_passes,
+            "effective_batch": cfg.effective_batch,
+            "auto_reduce_batch": cfg.auto_reduce_batch,
+            "oom_reductions": [asdict(r) for r in session.reductions],
+        },
         "seed": cfg.seed,
         "base_model": {
             "path": str(session.base_dir.resolve()),

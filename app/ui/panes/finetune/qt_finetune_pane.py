@@ -53,6 +53,7 @@ FORM_FIELDS = (
     "max_seq_len",
     "packing",
     "gradient_checkpointing",
+    "auto_reduce_batch",
     "seed",
     "eval_fraction",
     "eval_every",
@@ -179,6 +180,8 @@ class FinetunePane(QWidget):
         self._merge_jobs: set[str] = set()
         #: eval.checkpoints job id -> the training job it evaluates
         self._ckpt_of: dict[str, str] = {}
+        #: training job id -> its warnings (e.g. a micro-batch halved after out-of-memory)
+        self._warnings: dict[str, list[str]] = {}
         self.refresh_inputs()
         self.refresh_runs()
 
@@ -423,13 +426,41 @@ class FinetunePane(QWidget):
             text += f" · final loss {r['train_loss']:.4f}"
         if r.get("eval_loss") is not None:
             text += f" · eval loss {r['eval_loss']:.4f}"
+        warnings = self.run_warnings(j)
+        if warnings:
+            shown = "".join(f"<br>&#9888; {html.escape(w)}" for w in warnings[-3:])
+            more = f" ({len(warnings)} in all, see the job log)" if len(warnings) > 3 else ""
+            text += f"<br><span style='color:#b9770e'>Warnings{more}:{shown}</span>"
         if j.error:
             text += f"<br><span style='color:#c0392b'>{html.escape(j.error.splitlines()[0])}</span>"
             if j.hint:
                 text += f"<br>{html.escape(j.hint)}"
         self.run_info.setText(text)
 
+    def run_warnings(self, job: Job) -> list[str]:
+        """The warnings a run logged (all attempts): read from its event log once, then live."""
+        if job.id not in self._warnings:
+            self._warnings[job.id] = []
+            self._add_warnings(job.id, self.services.hub.history(job))
+        return self._warnings[job.id]
+
+    def _add_warnings(self, job_id: str, events: list[dict[str, Any]]) -> bool:
+        seen = self._warnings.get(job_id)
+        if seen is None:  # not shown yet: read from the log when the run is selected
+            return False
+        added = False
+        for ev in events:
+            if ev.get("type") == "log" and ev.get("level") == "warning":
+                text = str(ev.get("text", ""))
+                if text not in seen:  # a live batch can overlap what the log read gave
+                    seen.append(text)
+                    added = True
+        return added
+
     def _jobs_changed(self, jobs: list[Job]) -> None:
+        for j in jobs:
+            if j.kind == KIND and j.state not in (JobState.RUNNING, JobState.CANCELLING):
+                self._warnings.pop(j.id, None)  # read the whole log again: nothing missed
         if any(j.kind == KIND for j in jobs):
             self.refresh_runs()
         for j in jobs:
@@ -471,6 +502,10 @@ class FinetunePane(QWidget):
             )
 
     def _job_events(self, job_id: str, events: list[dict[str, Any]]) -> None:
+        if self._add_warnings(job_id, events):
+            sel = self.selected_job()
+            if sel is not None and sel.id == job_id:
+                self._update_buttons()
         if job_id in self.curves._labels:
             self.curves.add_events(job_id, events)
         elif self._ckpt_of.get(job_id) in self.curves._labels:
