@@ -16,7 +16,6 @@ from app.core.infer import (
     EngineOptions,
     ModelLoadError,
     SamplingParams,
-    UnsupportedError,
     detect_format,
     open_engine,
 )
@@ -77,8 +76,11 @@ def test_gguf_context_overflow(gemma: Any) -> None:
     with pytest.raises(ContextOverflowError) as info:
         gemma.complete("word " * 600, SamplingParams(max_tokens=4))
     assert info.value.code == "context_length_exceeded" and info.value.http_status == 400
-    with pytest.raises(UnsupportedError):
-        gemma.embeddings(["x"])
+    # Embeddings run in a second llama.cpp context (embedding mode, mean pooling).
+    vecs = gemma.embeddings(["refund", "refund", "printer toner"])
+    assert len(vecs) == 3 and len(vecs[0]) == 640 and vecs[0] == vecs[1] != vecs[2]
+    with pytest.raises(ContextOverflowError):
+        gemma.embeddings(["word " * 600])
 
 
 def test_bad_gguf_files(tmp_path: Path, gemma_gguf: Path) -> None:

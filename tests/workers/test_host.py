@@ -199,9 +199,12 @@ def test_load_failure_is_an_api_error(host: HostProcess) -> None:
 def test_embeddings(client: openai.OpenAI) -> None:
     r = client.embeddings.create(model="tiny", input=["hello", "world"])
     assert len(r.data) == 2 and len(r.data[0].embedding) == 256
+    g = client.embeddings.create(model="gemma", input="hello")  # GGUF: llama.cpp embedding mode
+    assert len(g.data) == 1 and len(g.data[0].embedding) == 640
+    assert g.usage.prompt_tokens >= 1
     with pytest.raises(openai.BadRequestError) as info:
-        client.embeddings.create(model="gemma", input="hello")
-    assert info.value.code == "unsupported"
+        client.embeddings.create(model="gemma", input="word " * 600)  # n_ctx 512 here
+    assert info.value.code == "context_length_exceeded"
 
 
 def test_hf_model_answers_through_server(client: openai.OpenAI) -> None:
