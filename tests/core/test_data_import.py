@@ -192,6 +192,41 @@ def test_jsonl_blocks_keep_line_numbers_and_hash(
     assert skipped.rows == 2999
 
 
+def test_jsonl_streaming_and_careful_paths_agree(
+    workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clean JSON Lines go through pyarrow's streaming reader; anything odd falls back to
+    the careful block path: the same rows give the same version hash either way."""
+    monkeypatch.setattr(importers, "_JSON_STREAM_BLOCK", 4096)  # many stream blocks
+    rows = [{"i": i, "t": None if i < 5 else f"row {i}", "f": i / 3} for i in range(4000)]
+    src = _write_jsonl(tmp_path / "clean.jsonl", rows)
+    used: list[str] = []
+    real_stream, real_careful = importers._jsonl_stream, importers._jsonl_batches
+    monkeypatch.setattr(importers, "_jsonl_stream",
+                        lambda *a: (used.append("stream"), (yield from real_stream(*a))))  # fmt: skip
+    monkeypatch.setattr(importers, "_jsonl_batches",
+                        lambda *a: (used.append("careful"), (yield from real_careful(*a))))  # fmt: skip
+    fast = import_dataset(workspace, src).version
+    assert used == ["stream"] and fast.rows == 4000
+    assert DatasetStore(workspace).read_table(fast.dataset_id).column("t")[5].as_py() == "row 5"
+    bom = tmp_path / "bom.jsonl"  # a byte-order mark: the careful path
+    bom.write_bytes(b"\xef\xbb\xbf" + src.read_bytes())
+    used.clear()
+    careful = import_dataset(workspace, bom).version
+    assert used == ["stream", "careful"] and careful.hash == fast.hash
+    # A type change far beyond the first stream block: restarted carefully, line reported.
+    lines = src.read_text("utf-8").splitlines()
+    lines[3500] = '{"i": "three thousand five hundred", "t": "x", "f": 1.0}'
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text("\n".join(lines) + "\n", "utf-8")
+    used.clear()
+    with pytest.raises(BadRowsError) as err:
+        import_dataset(workspace, changed)
+    assert used == ["stream", "careful"] and [r.line for r in err.value.rows] == [3501]
+    assert "expected int64" in err.value.rows[0].reason
+    assert len(DatasetStore(workspace).list_datasets()) == 2  # nothing left by the failure
+
+
 def test_malformed_csv_fails_with_line_numbers(workspace: Any, tmp_path: Path) -> None:
     src = tmp_path / "bad.csv"
     src.write_text("a,b\n1,x\n2,y\n3,z,extra\n4\n5,w\n", "utf-8")

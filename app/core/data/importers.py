@@ -51,6 +51,8 @@ _EXTENSIONS = {
     ".md": "paragraphs",
 }
 _JSON_BLOCK = 4 << 20  # bounded memory: peak RSS stays under ~300 MB
+#: Block size of pyarrow's streaming JSON reader (the fast path for JSON Lines).
+_JSON_STREAM_BLOCK = 1 << 20
 _CSV_BLOCK = 8 << 20
 _TEXT_BATCH = 50_000
 #: Bad rows kept in a skip report (the total is always counted).
@@ -86,11 +88,12 @@ class BadRowsError(DemoAIError):
 
 
 class _Retry(Exception):
-    """Restart the import with other reader options (CSV column types)."""
+    """Restart the import with other reader options (CSV column types, careful JSON Lines)."""
 
-    def __init__(self, column_types: dict[str, pa.DataType]) -> None:
+    def __init__(self, column_types: dict[str, pa.DataType], *, careful_json: bool = False):
         super().__init__("retry")
         self.column_types = column_types
+        self.careful_json = careful_json
 
 
 @dataclass
@@ -322,6 +325,45 @@ def _jsonl_batches(
             progress(lo + span * min(fh.tell() / total, 1.0), f"{line0 - 1:,} lines read")
             if eof:
                 break
+
+
+def _jsonl_stream(path: Path, progress: ProgressFn) -> Iterator[pa.RecordBatch]:
+    """JSON Lines through pyarrow's streaming reader (parallel parsing, bounded memory).
+
+    The schema is inferred from the first block, as in :func:`_jsonl_batches`.
+    Anything unusual (a byte-order mark, a bad line, a type change, a field the
+    first rows do not have) raises :class:`_Retry` so the import restarts on the
+    careful block-by-block path, which reports bad rows with their line numbers.
+    """
+    careful = _Retry({}, careful_json=True)
+    total = max(path.stat().st_size, 1)
+    with open(path, "rb") as fh:
+        head = fh.read(_JSON_STREAM_BLOCK)
+    cut = head.rfind(b"\n")
+    first = head if len(head) < _JSON_STREAM_BLOCK else head[: cut + 1]
+    if head.startswith(b"\xef\xbb\xbf") or not first.strip():
+        raise careful
+    try:
+        schema = _fix_first_schema(_read_json_block(first, None).schema)
+    except pa.ArrowInvalid:
+        raise careful from None
+    row_bytes = len(first) / max(first.count(b"\n"), 1)
+    try:
+        reader = pajson.open_json(
+            path,
+            read_options=pajson.ReadOptions(block_size=_JSON_STREAM_BLOCK),
+            parse_options=pajson.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="error"
+            ),
+        )
+        rows = 0
+        for batch in reader:
+            if batch.num_rows:
+                rows += batch.num_rows
+                yield batch
+                progress(min(rows * row_bytes / total, 0.99), f"{rows:,} rows read")
+    except pa.ArrowInvalid:
+        raise careful from None
 
 
 # -- JSON (an array of objects, or columns) -------------------------------------------------
@@ -659,21 +701,26 @@ def import_dataset(
     ds_id = store.new_dataset_id()
     ds_dir = store.root / ds_id
     column_types: dict[str, pa.DataType] = {}
+    careful_json = False
     try:
         for _attempt in range(1000):
             bad = _BadRows(str(src), on_bad)
             work = Path(tempfile.mkdtemp(prefix=".import-", dir=store.root))
             try:
                 with store.writer(ds_id) as w:
-                    parts = _batches(fmt, src, bad, report, work, text_column, column_types)
-                    for part in _prefetch(parts):
+                    parts = _batches(
+                        fmt, src, bad, report, work, text_column, column_types, careful_json
+                    )
+                    # 8 stream blocks (~8 MB) ahead: the parser keeps going while a chunk is written.
+                    for part in _prefetch(parts, 8):
                         if check_cancelled is not None:
                             check_cancelled()
                         w.write(part)
                     bad.finish()
                 break
             except _Retry as retry:
-                column_types = retry.column_types
+                column_types = retry.column_types or column_types
+                careful_json = careful_json or retry.careful_json
             finally:
                 shutil.rmtree(work, ignore_errors=True)
         else:  # pragma: no cover - one retry per column at most
@@ -705,9 +752,13 @@ def _batches(
     work: Path,
     text_column: str,
     column_types: dict[str, pa.DataType],
+    careful_json: bool = False,
 ) -> Iterator[pa.Table | pa.RecordBatch]:
     if fmt == "jsonl":
-        yield from _jsonl_batches(src, bad, progress)
+        if careful_json:
+            yield from _jsonl_batches(src, bad, progress)
+        else:
+            yield from _jsonl_stream(src, progress)
     elif fmt == "json":
         yield from _json_batches(src, bad, progress, work)
     elif fmt in ("csv", "tsv"):
