@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from PySide6.QtCore import Qt
 
 from app.core.data.store import DatasetStore
 
@@ -211,3 +212,18 @@ def test_column_header_filters_and_sort(qtbot, main_window, workspace) -> None:
     assert pane.model.rowCount() == 5 and not pane.column_filters
     pane.model.add_column("notes")
     assert not pane.header_menu(3).actions()[0].isEnabled()
+
+
+def test_cells_carry_as_much_text_as_the_column_shows(qtbot, main_window, workspace) -> None:
+    long = "word " * 200
+    ds = DatasetStore(workspace).create_dataset("long", pa.table({"t": [long, "short"]}))
+    pane = main_window.pane("datasets")
+    pane.refresh_datasets(select=ds.dataset_id)
+    pane.open_dataset(ds.dataset_id)
+    narrow = pane.model.index(0, 0).data()
+    assert narrow.endswith("…") and len(narrow) < 120  # 220 px wide by default
+    assert pane.model.index(1, 0).data() == "short"
+    pane.table.horizontalHeader().resizeSection(0, 1200)
+    wide = pane.model.index(0, 0).data()
+    assert len(wide) > 2 * len(narrow) and wide.startswith(narrow[:-1])
+    assert pane.model.index(0, 0).data(Qt.ItemDataRole.ToolTipRole).startswith(long.strip()[:900])

@@ -393,8 +393,13 @@ class DatasetStore:
 
     # -- opening data (no copy) -------------------------------------------------------------
     def parquet_file(self, ref: str) -> pq.ParquetFile:
-        """The version's Parquet file: ``metadata.num_rows``, ``read_row_group(i)`` for block reads."""
-        return pq.ParquetFile(self.resolve(ref).data_path, memory_map=True)
+        """The version's Parquet file: ``metadata.num_rows``, ``read_row_group(i)`` for block reads.
+
+        Not memory-mapped: the editor jumps around a file that may be larger than RAM, and
+        every mapped page it touched would stay in its resident memory (10M rows, 200
+        random jumps: 330 MB resident mapped vs 238 MB read, at the same speed).
+        """
+        return pq.ParquetFile(self.resolve(ref).data_path, memory_map=False)
 
     def open_dataset(self, ref: str) -> Any:
         """A ``pyarrow.dataset.Dataset`` over the version (lazy scans, filters, projections)."""

@@ -23,11 +23,14 @@ from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelInd
 
 _Index = QModelIndex | QPersistentModelIndex
 _uid = itertools.count(1)
-MAX_CELL_CHARS = 200  # a cell shows ~35 characters at the default width; the tooltip has all
+#: Most characters a cell shows (the tooltip has all). A column narrower than that gets
+#: fewer (see :meth:`ArrowTableModel.set_display_width`): laying out text the view would
+#: elide anyway is most of the cost of painting a screen of long texts.
+MAX_CELL_CHARS = 500
 #: Source rows whose display strings are converted together (one vectorised
 #: ``to_pylist`` instead of a scalar conversion per cell); blocks kept in an LRU.
 BLOCK_ROWS = 64
-CACHE_BLOCKS = 4096
+CACHE_BLOCKS = 512  # a screen needs ~2 blocks per column
 # Roles as plain ints: data() runs ~1,000 times per painted screen, and comparing
 # ints is much cheaper than going through Python enums on every call.
 _DISPLAY = Qt.ItemDataRole.DisplayRole.value
@@ -38,14 +41,14 @@ _FLAGS = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
 _FLAGS_EDIT = _FLAGS | Qt.ItemFlag.ItemIsEditable
 
 
-def display_text(v: Any) -> str | None:
-    """How a cell value is shown in the table (one line, shortened)."""
+def display_text(v: Any, limit: int = MAX_CELL_CHARS) -> str | None:
+    """How a cell value is shown in the table (one line, at most ``limit`` characters)."""
     if v is None:
         return None
     text = v if isinstance(v, str) else str(v)
     if "\n" in text:
         text = text.replace("\n", " ⏎ ")
-    return text if len(text) <= MAX_CELL_CHARS else text[:MAX_CELL_CHARS] + "…"
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclass
@@ -107,7 +110,8 @@ class ArrowTableModel(QAbstractTableModel):
         self.redo_stack: list[_Change] = []
         self._live: list[int] = []
         self._count = int(self.n_src)
-        self._blocks: OrderedDict[tuple[int, str], list[str | None]] = OrderedDict()
+        self._blocks: OrderedDict[tuple[int, str, int], list[str | None]] = OrderedDict()
+        self._limits: dict[int, int] = {}  # column uid -> characters shown
 
     # -- reading ------------------------------------------------------------------------
     def _group(self, g: int) -> pa.Table:
@@ -126,9 +130,16 @@ class ArrowTableModel(QAbstractTableModel):
         t = self._group(g)
         return t.column(src)[row - int(self._rg_starts[g])].as_py()
 
-    def _block(self, b: int, src: str) -> list[str | None]:
+    def set_display_width(self, column: int, pixels: int, char_pixels: float) -> None:
+        """Show about as many characters as a column ``pixels`` wide can hold (plus a margin,
+        the view elides the rest); called by the view when a column is resized."""
+        if 0 <= column < len(self.columns):
+            chars = int(pixels / max(char_pixels, 1.0) * 1.5) + 8
+            self._limits[self.columns[column].uid] = max(16, min(chars, MAX_CELL_CHARS))
+
+    def _block(self, b: int, src: str, limit: int) -> list[str | None]:
         """Display strings of source rows ``b*BLOCK_ROWS ...`` of column ``src``."""
-        key = (b, src)
+        key = (b, src, limit)
         block = self._blocks.get(key)
         if block is not None:
             self._blocks.move_to_end(key)
@@ -142,7 +153,7 @@ class ArrowTableModel(QAbstractTableModel):
             values = t.column(src).slice(start - g_start, stop - start).to_pylist()
         else:
             values = [self.source_value(r, src) for r in range(start, stop)]
-        block = [display_text(v) for v in values]
+        block = [display_text(v, limit) for v in values]
         self._blocks[key] = block
         if len(self._blocks) > CACHE_BLOCKS:
             self._blocks.popitem(last=False)
@@ -218,10 +229,11 @@ class ArrowTableModel(QAbstractTableModel):
                 and col.src is not None
                 and (not self.edits or (rid, col.uid) not in self.edits)
             ):
+                limit = self._limits.get(col.uid, MAX_CELL_CHARS)
                 if self._rows is None:  # file order: neighbours are shown together
-                    return self._block(rid // BLOCK_ROWS, col.src)[rid % BLOCK_ROWS]
-                return display_text(self.source_value(rid, col.src))
-            return display_text(self.value(rid, col))
+                    return self._block(rid // BLOCK_ROWS, col.src, limit)[rid % BLOCK_ROWS]
+                return display_text(self.source_value(rid, col.src), limit)
+            return display_text(self.value(rid, col), self._limits.get(col.uid, MAX_CELL_CHARS))
         if role == _FONT:
             if not self.edits and not self.added:
                 return None

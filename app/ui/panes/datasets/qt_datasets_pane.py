@@ -396,6 +396,14 @@ class DatasetsPane(QWidget):
             lambda pos: self.header_menu(header.logicalIndexAt(pos)).exec(header.mapToGlobal(pos))
         )
         header.setToolTip("Right-click a column header to sort or filter by that column")
+        header.sectionResized.connect(
+            lambda col, _old, new: (
+                self.model
+                and self.model.set_display_width(
+                    col, new, self.table.fontMetrics().averageCharWidth()
+                )
+            )
+        )
         self.column_filters: dict[str, str] = {}
         self.info = QLabel("")
         self.info.setObjectName("datasetInfo")
@@ -539,6 +547,7 @@ class DatasetsPane(QWidget):
         self.model = ArrowTableModel(pf)
         self.model.changed.connect(self._update_buttons)
         self.table.setModel(self.model)
+        self._fit_display_widths()
         self.query = ViewQuery()
         self.column_filters = {}
         self.sort_col.clear()
@@ -584,6 +593,15 @@ class DatasetsPane(QWidget):
         return str(item.data(Qt.ItemDataRole.UserRole)) if item is not None else None
 
     # -- view ---------------------------------------------------------------------------
+    def _fit_display_widths(self) -> None:
+        """Cells carry only as much text as their column can show (painting stays cheap)."""
+        if self.model is None:
+            return
+        header = self.table.horizontalHeader()
+        char = self.table.fontMetrics().averageCharWidth()
+        for c in range(len(self.model.columns)):
+            self.model.set_display_width(c, header.sectionSize(c), char)
+
     def header_menu(self, section: int) -> QMenu:
         """The column header's menu: sort by it, filter it (contains text), clear its filter."""
         menu = QMenu(self)
