@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from app.core.infer import preset
+from app.core.infer import Chunk, Engine, EngineOptions, SamplingParams, Usage, preset
 from app.core.infer.tool_calls import (
     ParsedCall,
     ToolSpecError,
@@ -147,3 +149,46 @@ def test_call_schema_and_bad_history() -> None:
     bad = [{"role": "assistant", "tool_calls": [{"function": {"name": "a", "arguments": "{x"}}]}]
     with pytest.raises(ToolSpecError, match="not valid JSON"):
         messages_for_template(bad)
+
+
+class _PromptRecorder(Engine):
+    """An engine whose "model" records the prompt it was given (Engine.chat is the code under test)."""
+
+    def __init__(self) -> None:
+        super().__init__(EngineOptions(template="hermes"))
+        self.prompts: list[str] = []
+
+    def load(self, path: Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def context_length(self) -> int:
+        return 4096
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return list(text.encode())
+
+    def complete(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
+        self.prompts.append(prompt)
+        yield Chunk("", finish_reason="stop", usage=Usage(len(prompt), 0))
+
+
+def test_engine_chat_renders_tools_and_call_history() -> None:
+    engine = _PromptRecorder()
+    assert engine.tool_format == "hermes"
+    history = [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function",
+             "function": {"name": "calc", "arguments": '{"expr": "2+2"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "4"},
+    ]  # fmt: skip
+    list(engine.chat(history, SamplingParams(max_tokens=1), tools=TOOLS))
+    list(engine.chat(history, SamplingParams(max_tokens=1)))  # tool_choice "none": no tools
+    with_tools, without = engine.prompts
+    call = '{"name": "calc", "arguments": {"expr": "2+2"}}'  # arguments as an object
+    assert call in with_tools and call in without
+    assert "<tools>" in with_tools and "<tools>" not in without

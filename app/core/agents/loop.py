@@ -225,11 +225,12 @@ class OpenAIChatClient:
             obj = self._request("/chat/completions", body, timeout)
         return str(self._message(obj).get("content") or "")
 
-    def tool_format(self, timeout: float = 60.0) -> str | None:
+    def tool_format(self, timeout: float = 600.0) -> str | None:
         """The model's native tool format as the server reports it; None when it reports none.
 
         Servers without ``GET /models/{id}`` capabilities (most third-party
-        ones) count as having none: the loop then uses the JSON protocol.
+        ones) count as having none: the loop then uses the JSON protocol. The
+        request loads the model in our host, hence the long timeout.
         """
         if self._tool_format is None:
             fmt: str | None = None

@@ -178,14 +178,12 @@ class Engine(ABC):
         templates with a :attr:`tool_format` know what to do with them.
         """
         template = self.chat_template
-        if tools:
+        if tools or any(isinstance(m, Mapping) and m.get("tool_calls") for m in messages):
             from app.core.infer.tool_calls import messages_for_template
 
-            prompt = template.render(
-                messages_for_template(messages), add_generation_prompt=True, tools=list(tools)
-            )
-        else:
-            prompt = template.render(messages, add_generation_prompt=True)
+            messages = messages_for_template(messages)
+        extra = {"tools": list(tools)} if tools else {}
+        prompt = template.render(messages, add_generation_prompt=True, **extra)
         return self.complete(prompt, params.with_stop(template.stop))
 
     @property
