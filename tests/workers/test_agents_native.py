@@ -203,3 +203,29 @@ def test_wire_names_are_valid_and_unique() -> None:
     assert [s["function"]["name"] for s in schemas] == ["calc", "srv_echo", "srv_echo_2"]
     assert "approves" in schemas[0]["function"]["description"]
     assert "approves" not in schemas[1]["function"]["description"]
+
+
+def test_parallel_calls_in_one_turn_all_run_in_order(
+    workspace: Any, granted: Path, servers: list[ScriptedServer]
+) -> None:
+    two = {"content": None, "tool_calls": [
+        {"name": "read_file", "arguments": {"path": "notes.txt"}},
+        {"name": "calculator", "arguments": {"expression": "6*7"}},
+    ]}  # fmt: skip
+    client = start(servers, [two, "The notes say 42 and 6*7 is 42."])
+    spec = spec_for(granted, "read_file")
+    spec = AgentSpec(**{**spec.__dict__, "tools": (*spec.tools, ToolGrant("calculator"))})
+    res = go(workspace, client, spec)
+    assert res.status == "succeeded"
+    kinds = [s.kind for s in res.steps]
+    assert kinds == ["system", "user", "model", "tool_result", "tool_result", "model"]
+    assert [s.tool for s in res.steps if s.kind == "tool_result"] == ["read_file", "calculator"]
+    assert res.steps[4].content == "42"
+    messages = servers[0].requests()[1]["messages"]
+    assistant, r1, r2 = messages[-3:]
+    assert [c["id"] for c in assistant["tool_calls"]] == ["call_1", "call_2"]
+    assert [c["function"]["name"] for c in assistant["tool_calls"]] == ["read_file", "calculator"]
+    assert (r1["tool_call_id"], r2["tool_call_id"]) == ("call_1", "call_2")
+    assert "The answer is 42." in r1["content"] and r2["content"].endswith("42\n<<<end>>>")
+    report = replay_run(res.run.id, client=client, runs=RunStore(workspace.db))
+    assert report.identical, report.divergence and report.divergence.describe()

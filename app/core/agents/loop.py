@@ -548,6 +548,7 @@ class _Loop:
         names = wire_names(self.tools)
         out: list[dict[str, Any]] = []
         n = 0
+        pending: list[str] = []  # ids of calls whose results come next, in order
         for s in path:
             if s.kind == "system":
                 out.append({"role": "system", "content": s.content})
@@ -557,15 +558,19 @@ class _Loop:
                 reply = s.data.get("reply")
                 msg: dict[str, Any] = {"role": "assistant", "content": s.content}
                 if isinstance(reply, dict) and "tool" in reply:
-                    n += 1
-                    name = names.get(reply["tool"], reply["tool"])
-                    args = json.dumps(reply.get("arguments") or {})
-                    msg["tool_calls"] = [{"id": f"call_{n}", "type": "function",
-                                          "function": {"name": name, "arguments": args}}]  # fmt: skip
+                    msg["tool_calls"] = []
+                    for c in [reply, *(s.data.get("more_calls") or [])]:
+                        n += 1
+                        pending.append(f"call_{n}")
+                        name = names.get(c["tool"], c["tool"])
+                        args = json.dumps(c.get("arguments") or {})
+                        msg["tool_calls"].append({"id": f"call_{n}", "type": "function",
+                                                  "function": {"name": name, "arguments": args}})  # fmt: skip
                 out.append(msg)
             elif s.kind == "tool_result":
                 tool = s.tool or "?"
-                out.append({"role": "tool", "tool_call_id": f"call_{n}",
+                call_id = pending.pop(0) if pending else f"call_{n}"
+                out.append({"role": "tool", "tool_call_id": call_id,
                             "name": names.get(tool, tool),
                             "content": wrap_untrusted(tool, s.content)})  # fmt: skip
         return out
@@ -588,12 +593,18 @@ class _Loop:
                 if parsed.final is not None:
                     return self.finish("succeeded", final=parsed.final)
                 assert parsed.call is not None
-                try:
-                    leaf = self.act(leaf, parsed.call)
-                except StopRun as stop:
-                    self.add(leaf, "error", stop.message)
-                    return self.finish(stop.status, error=stop.message)
-                path = [*path, leaf]
+                # Native models may call several tools in one turn: run them in order.
+                calls = [parsed.call] + [
+                    ToolCall(str(c["tool"]), dict(c.get("arguments") or {}))
+                    for c in leaf.data.get("more_calls") or []
+                ]
+                for call in calls:
+                    try:
+                        leaf = self.act(leaf, call)
+                    except StopRun as stop:
+                        self.add(leaf, "error", stop.message)
+                        return self.finish(stop.status, error=stop.message)
+                    path = [*path, leaf]
                 continue
             if self.model_turns(path) >= self.spec.limits.max_steps:
                 msg = f"Stopped after {self.spec.limits.max_steps} model turns (limits.max_steps)."
@@ -635,11 +646,10 @@ class _Loop:
             return turn.text, None, turn.problem, extra
         if turn.calls:
             by_wire = {w: name for name, w in wire_names(self.tools).items()}
-            first = turn.calls[0]
-            if len(turn.calls) > 1:  # one call per turn; the model sees only the first
-                extra["dropped_calls"] = [c.to_dict() for c in turn.calls[1:]]
-            call = ToolCall(by_wire.get(first.tool, first.tool), dict(first.arguments))
-            return turn.text, Reply(call=call), None, extra
+            calls = [ToolCall(by_wire.get(c.tool, c.tool), dict(c.arguments)) for c in turn.calls]
+            if len(calls) > 1:  # parallel calls: all run, in order, before the next turn
+                extra["more_calls"] = [c.to_dict() for c in calls[1:]]
+            return turn.text, Reply(call=calls[0]), None, extra
         if turn.text.strip():
             return turn.text, Reply(final=turn.text), None, extra
         return turn.text, None, "empty reply", extra
@@ -804,6 +814,7 @@ def fork_run(
             )
         data = {**step.data, "edited_from": step.id}
         if step.kind == "model":
+            data.pop("more_calls", None)  # the edited text is the whole decision
             try:
                 data["reply"] = parse_reply(content).to_dict()
                 data.pop("problem", None)

@@ -103,7 +103,9 @@ def describe_step(step: Step) -> tuple[str, str]:
         if isinstance(reply, dict) and "final" in reply:
             return "final answer", str(reply["final"])
         if isinstance(reply, dict) and reply.get("tool"):
-            return "tool call", format_call(str(reply["tool"]), reply.get("arguments"))
+            calls = [reply, *(step.data.get("more_calls") or [])]
+            label = "tool call" if len(calls) == 1 else f"tool calls ({len(calls)})"
+            return label, "; ".join(format_call(str(c["tool"]), c.get("arguments")) for c in calls)
         return "model (unusable reply)", f"{step.data.get('problem', '')}: {first}"
     if step.kind == "approval":
         who = step.data.get("by", "")
