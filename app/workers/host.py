@@ -427,7 +427,9 @@ class Handler(BaseHTTPRequestHandler):
                     chunks = engine.complete(body["prompt"], params)
                 rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
                 if tool_format is not None:
-                    return self._tool_reply(record, slot.name, rid, chunks, tool_format, stream)
+                    return self._tool_reply(
+                        record, slot.name, rid, chunks, tool_format, stream, include_usage
+                    )
                 if stream:
                     return self._stream(record, slot.name, rid, chat, chunks, include_usage)
                 return self._whole(record, slot.name, rid, chat, chunks)
@@ -462,6 +464,7 @@ class Handler(BaseHTTPRequestHandler):
         chunks: Iterator[Any],
         tool_format: str,
         stream: bool,
+        include_usage: bool = False,
     ) -> int:
         """A chat reply that may hold tool calls: generated whole, then parsed.
 
@@ -490,17 +493,19 @@ class Handler(BaseHTTPRequestHandler):
         delta: dict[str, Any] = {"role": "assistant", "content": content or None}
         if tool_calls:
             delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(tool_calls)]
-        events = [
-            {"index": 0, "delta": delta, "finish_reason": None, "logprobs": None},
-            {"index": 0, "delta": {}, "finish_reason": finish, "logprobs": None},
+        events: list[dict[str, Any]] = [
+            {"choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": finish, "logprobs": None}]},
         ]
+        if include_usage:
+            events.append({"choices": [], "usage": usage_d})
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for ch in events:
-            obj = {**head, "object": "chat.completion.chunk", "choices": [ch]}
+        for ev in events:
+            obj = {**head, "object": "chat.completion.chunk", **ev}
             data = b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n"
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         done = b"data: [DONE]\n\n"

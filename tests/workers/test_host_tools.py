@@ -122,8 +122,11 @@ def test_streamed_tool_call(hermes_host: HostProcess) -> None:
     stream = client_for(hermes_host).chat.completions.create(
         model="gemma", messages=ASK, tools=[CALC], tool_choice="required",  # type: ignore[list-item]
         max_tokens=60, temperature=0, seed=1, stream=True,
+        stream_options={"include_usage": True},
     )  # fmt: skip
-    deltas = [c.choices[0] for c in stream if c.choices]
+    chunks = list(stream)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    deltas = [c.choices[0] for c in chunks if c.choices]
     calls = [tc for d in deltas for tc in (d.delta.tool_calls or [])]
     assert len(calls) == 1 and calls[0].function is not None
     assert calls[0].function.name == "calculator"
