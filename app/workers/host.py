@@ -499,18 +499,28 @@ class Handler(BaseHTTPRequestHandler):
         ]
         if include_usage:
             events.append({"choices": [], "usage": usage_d})
+        self._start_events()
+        for ev in events:
+            obj = {**head, "object": "chat.completion.chunk", **ev}
+            self._send_chunk(b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n")
+        self._send_chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+        return 200
+
+    def _start_events(self) -> None:
+        """Headers of a server-sent event stream.
+
+        Chunked: a host that dies mid-stream leaves an incomplete body, which
+        clients report as an error instead of a silently short answer.
+        """
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for ev in events:
-            obj = {**head, "object": "chat.completion.chunk", **ev}
-            data = b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n"
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        done = b"data: [DONE]\n\n"
-        self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
-        return 200
+
+    def _send_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
     def _whole(
         self, record: dict[str, Any], model: str, rid: str, chat: bool, chunks: Iterator[Any]
@@ -568,17 +578,9 @@ class Handler(BaseHTTPRequestHandler):
         # Headers go out at once (a context overflow was already raised by
         # complete()/chat() as a proper 400): the client parses them while the
         # first token is computed.
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        # Chunked: a host that dies mid-stream leaves an incomplete body, which
-        # clients report as an error instead of a silently short answer.
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
+        self._start_events()
         raw = self.wfile
-
-        def send(data: bytes) -> None:
-            raw.write(b"%x\r\n%s\r\n" % (len(data), data))
+        send = self._send_chunk
 
         usage = None
         try:

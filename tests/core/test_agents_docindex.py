@@ -148,3 +148,19 @@ def test_bundle_declares_the_embedding_model(workspace, tmp_path: Path) -> None:
     assert {"id": "embedder", "sha256": None, "role": "embedding"} in models
     report = import_bundle(workspace.db, out)
     assert {m["id"] for m in report.missing_models} == {"chat-model", "embedder"}
+
+
+def test_an_embedder_with_mixed_sizes_is_an_error_not_a_loop(docs: Path, tmp_path: Path) -> None:
+    from app.core.agents.tools import ToolError
+
+    sizes = iter(range(3, 100))
+
+    def ragged(texts: list[str]) -> list[list[float]]:  # a new size on every call
+        n = next(sizes)
+        return [[1.0] * n for _ in texts]
+
+    idx = DocumentIndex(
+        docs, tmp_path / "c", ragged, "bad", files=_walk_text_files, chunker=chunk_text
+    )
+    with pytest.raises(ToolError, match="different sizes"):
+        idx.refresh()

@@ -186,8 +186,12 @@ class DocumentIndex:
             texts += chunks
             row += len(chunks)
         dims = {v.shape[1] for v in parts}
-        if len(dims) > 1:  # the model changed under the same name: start over
-            return self._rebuild()
+        if len(dims) > 1:
+            if not old_files:
+                raise ToolError(
+                    f"The embedding model {self.model_key} returned vectors of different sizes."
+                )
+            return self._rebuild()  # the model changed under the same name: start over
         vectors = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
         if embedded or set(old_files) != set(files):
             self._save(files, vectors)

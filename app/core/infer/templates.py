@@ -269,6 +269,17 @@ PRESETS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
 }
 
 
+#: (label, preset name or None for the model's own) as offered in the panes.
+TEMPLATE_CHOICES: list[tuple[str, str | None]] = [
+    ("Model's own (or a preset guessed from the architecture)", None),
+    ("ChatML", "chatml"),
+    ("ChatML with tools (Hermes format)", "hermes"),
+    ("Gemma", "gemma"),
+    ("Llama 3", "llama3"),
+    ("Plain (User:/Assistant:)", "plain"),
+]
+
+
 def preset(
     name: str, *, bos_token: str | None = None, eos_token: str | None = None
 ) -> ChatTemplate:

@@ -19,6 +19,7 @@ fall back to the constrained JSON protocol of the agent loop.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -81,6 +82,7 @@ def _uses_tools(source: str) -> bool:
     return any(n.name == "tools" for n in tree.find_all(nodes.Name))
 
 
+@functools.lru_cache(maxsize=32)
 def detect_tool_format(source: str | None) -> str | None:
     """The tool-call syntax a chat template teaches, or None when it renders no tools."""
     if not source or not _uses_tools(source):

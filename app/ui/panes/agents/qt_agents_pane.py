@@ -69,6 +69,7 @@ from app.core.agents.builtin_tools import BUILTIN_TOOLS, ToolContext, builtin_to
 from app.core.agents.docindex import OpenAIEmbedder
 from app.core.agents.loop import embedding_models
 from app.core.errors import ConfigError, DemoAIError
+from app.core.infer.templates import TEMPLATE_CHOICES
 from app.core.models.registry import ModelRegistry
 from app.ui.host_manager import HostManager
 from app.ui.panes.agents.qt_agent_store import AgentStoreView, ask_export_path, export_bundle
@@ -281,15 +282,8 @@ class AgentsPane(QWidget):
             "(e.g. Qwen, Llama 3.1, or the ChatML-with-tools template below)."
         )
         self.template = QComboBox()
-        self.template.addItem("Model's own (or a preset guessed from the architecture)", None)
-        for label, name in (
-            ("ChatML", "chatml"),
-            ("ChatML with tools (Hermes format)", "hermes"),
-            ("Gemma", "gemma"),
-            ("Llama 3", "llama3"),
-            ("Plain (User:/Assistant:)", "plain"),
-        ):
-            self.template.addItem(label, name)
+        for label, preset_name in TEMPLATE_CHOICES:
+            self.template.addItem(label, preset_name)
         self.template.setToolTip("The chat template the local model host uses for this agent.")
         self.version_label = QLabel("not saved")
         self.save_btn = QPushButton("Save (new version)")

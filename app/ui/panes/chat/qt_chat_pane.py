@@ -36,20 +36,12 @@ from PySide6.QtWidgets import (
 
 from app.core.chat import Conversation, ConversationStore, Message
 from app.core.errors import DemoAIError
+from app.core.infer.templates import TEMPLATE_CHOICES
 from app.core.models.registry import ModelRecord, ModelRegistry
 from app.core.store.files import atomic_write_json
 from app.ui.host_manager import HostManager
 from app.ui.panes.chat.qt_stream import ChatStream
 from app.ui.services import Services
-
-TEMPLATE_CHOICES = [
-    ("Model's own (or a preset guessed from the architecture)", None),
-    ("ChatML", "chatml"),
-    ("ChatML with tools (Hermes format)", "hermes"),
-    ("Gemma", "gemma"),
-    ("Llama 3", "llama3"),
-    ("Plain (User:/Assistant:)", "plain"),
-]
 
 
 class _EnterToSend(QObject):

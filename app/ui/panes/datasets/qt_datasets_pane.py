@@ -396,14 +396,7 @@ class DatasetsPane(QWidget):
             lambda pos: self.header_menu(header.logicalIndexAt(pos)).exec(header.mapToGlobal(pos))
         )
         header.setToolTip("Right-click a column header to sort or filter by that column")
-        header.sectionResized.connect(
-            lambda col, _old, new: (
-                self.model
-                and self.model.set_display_width(
-                    col, new, self.table.fontMetrics().averageCharWidth()
-                )
-            )
-        )
+        header.sectionResized.connect(self._column_resized)
         self.column_filters: dict[str, str] = {}
         self.info = QLabel("")
         self.info.setObjectName("datasetInfo")
@@ -593,6 +586,10 @@ class DatasetsPane(QWidget):
         return str(item.data(Qt.ItemDataRole.UserRole)) if item is not None else None
 
     # -- view ---------------------------------------------------------------------------
+    def _column_resized(self, column: int, _old: int, new: int) -> None:
+        if self.model is not None:
+            self.model.set_display_width(column, new, self.table.fontMetrics().averageCharWidth())
+
     def _fit_display_widths(self) -> None:
         """Cells carry only as much text as their column can show (painting stays cheap)."""
         if self.model is None:
