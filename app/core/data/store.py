@@ -5,15 +5,14 @@ version is one folder ``datasets/<dataset-id>/<version-hash>/`` holding
 ``data.parquet`` and ``manifest.json``; it is written under a temporary name
 and renamed into place, then registered in the database in one transaction.
 
-The version hash is the sha256 of a canonical serialization: the schema (names,
-types, nullability; metadata stripped) followed by the Arrow IPC encoding of the
-rows cut into fixed chunks of :data:`CHUNK_ROWS` rows. The same rows in the same
+The version hash is the content hash of :mod:`app.core.data.content_hash`: sha256
+over the schema (names, types, nullability; metadata stripped) and the values,
+read from the Arrow buffers as the rows stream past. The same rows in the same
 order with the same schema give the same hash, however they were batched while
 being written (importers, operations and recipes all go through
-:class:`VersionWriter`). Caveat: Arrow keeps a value slot under a null in
-fixed-width columns; readers fill it with zero, so in practice this never differs,
-but a hand-built array with garbage under its nulls would hash differently. Parquet row groups are the same chunks, so a viewer can
-read any block of rows by row group without loading the rest.
+:class:`VersionWriter`); what sits under a null never counts. Parquet row groups
+hold :data:`ROW_GROUP_ROWS` rows each, so a viewer can read any block of rows by
+row group without loading the rest.
 
 Because versions are content-addressed, a dataset never holds two versions with
 the same hash: an operation that changes nothing returns the version it started
@@ -24,7 +23,6 @@ version (recording the move in ``dataset_log``) instead of copying it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 import time
@@ -40,19 +38,22 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import app.core.data.schema  # noqa: F401  (registers the tables)
+from app.core.data.content_hash import SCHEME as HASH_SCHEME
+from app.core.data.content_hash import ContentHash, conform, content_hash, schema_to_json
 from app.core.errors import ConfigError, NotFoundError
 from app.core.store.files import atomic_write_json
 
 if TYPE_CHECKING:
     from app.core.workspace.workspace import Workspace
 
-#: Rows per hashed chunk and per Parquet row group.
+#: Rows per Parquet write (a multiple of ROW_GROUP_ROWS) and per batch when streaming.
 CHUNK_ROWS = 65_536
 #: Rows per Parquet row group: small enough that the editor decodes little on a jump
 #: (it reads whole row groups), large enough for good compression.
 ROW_GROUP_ROWS = 8_192
-#: Version of the on-disk layout of a version folder (in manifest.json).
-MANIFEST_FORMAT = 1
+#: Version of the on-disk layout of a version folder (in manifest.json). 2: the
+#: content hash is :data:`~app.core.data.content_hash.SCHEME` (format 1 hashed IPC chunks).
+MANIFEST_FORMAT = 2
 DATA_FILE = "data.parquet"
 #: Parquet codec of version files: snappy is ~3.5x smaller than none on text, and
 #: costs about a third of the import time.
@@ -111,22 +112,8 @@ class VersionRecord:
 
 
 # -- hashing and writing ----------------------------------------------------------------
-def schema_to_json(schema: pa.Schema) -> list[dict[str, Any]]:
-    """Names, types and nullability, as stored in the database and hashed."""
-    return [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema]
-
-
-def _plain_type(t: pa.DataType) -> pa.DataType:
-    return t.value_type if pa.types.is_dictionary(t) else t
-
-
-def canonical_schema(schema: pa.Schema) -> pa.Schema:
-    """The schema a version stores: no metadata, dictionary columns decoded."""
-    return pa.schema([pa.field(f.name, _plain_type(f.type), f.nullable) for f in schema])
-
-
 class VersionWriter:
-    """Streams batches into a temporary version folder, hashing canonical chunks.
+    """Streams batches into a temporary version folder, hashing them as they pass.
 
     Use :meth:`write` for each table or batch, then :meth:`finish`; :meth:`abort`
     (or an exception inside ``with``) removes everything written.
@@ -139,11 +126,11 @@ class VersionWriter:
         self.rows = 0
         self._compression = compression or PARQUET_COMPRESSION
         self._writer: pq.ParquetWriter | None = None
-        self._hash = hashlib.sha256()
+        self._hash: ContentHash | None = None
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._hasher: ThreadPoolExecutor | None = None
-        self._hash_job: Future[None] | None = None
+        self._hash_jobs: list[Future[None]] = []
         self.finished = False
 
     def __enter__(self) -> VersionWriter:
@@ -154,17 +141,15 @@ class VersionWriter:
             self.abort()
 
     def _open(self, schema: pa.Schema) -> None:
-        self.schema = canonical_schema(schema)
-        self._hash.update(
-            json.dumps(schema_to_json(self.schema), sort_keys=True).encode("utf-8") + b"\n"
-        )
+        self._hash = ContentHash(schema)
+        self.schema = self._hash.schema
 
-    def _open_writer(self, first: pa.RecordBatch) -> pq.ParquetWriter:
+    def _open_writer(self, first: pa.Table) -> pq.ParquetWriter:
         assert self.schema is not None
         dictionary = [
             f.name
             for f, col in zip(self.schema, first.columns, strict=True)
-            if _low_cardinality(col)
+            if _low_cardinality(col.chunk(0) if col.num_chunks else pa.array([], f.type))
         ]
         return pq.ParquetWriter(
             self.tmp_dir / DATA_FILE,
@@ -174,53 +159,43 @@ class VersionWriter:
             use_dictionary=dictionary,
         )
 
-    def _conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        assert self.schema is not None
-        if batch.schema.equals(self.schema, check_metadata=False):
-            return batch
-        if batch.schema.names != self.schema.names:
-            raise ConfigError(
-                f"Columns changed while writing: expected {self.schema.names}, got {batch.schema.names}."
-            )
-        cols = [
-            c if c.type == f.type else c.cast(f.type)
-            for c, f in zip(batch.columns, self.schema, strict=True)
-        ]
-        return pa.RecordBatch.from_arrays(cols, schema=self.schema)
-
     def write(self, data: pa.Table | pa.RecordBatch) -> None:
-        """Append rows (any batching); they are re-cut into canonical chunks."""
+        """Append rows (any batching); they are written in row groups of ``ROW_GROUP_ROWS``."""
         if self.schema is None:
             self._open(data.schema)
+        assert self.schema is not None and self._hash is not None
         batches = data.to_batches() if isinstance(data, pa.Table) else [data]
         for b in batches:
             if b.num_rows == 0:
                 continue
-            b = self._conform(b)
+            b = conform(b, self.schema)
+            self._hash_async(b)
             self._pending.append(b)
             self._pending_rows += b.num_rows
         while self._pending_rows >= CHUNK_ROWS:
             self._emit(CHUNK_ROWS)
 
+    def _hash_async(self, batch: pa.RecordBatch) -> None:
+        """Hash ``batch`` in a helper thread (hashlib releases the GIL), in order."""
+        assert self._hash is not None
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="version-hash")
+        self._hash_jobs.append(self._hasher.submit(self._hash.update, batch))
+        # A single worker runs jobs in order; keep only a few batches queued.
+        while len(self._hash_jobs) > 4:
+            self._hash_jobs.pop(0).result()
+
     def _emit(self, n: int) -> None:
+        """Write the first ``n`` pending rows (a multiple of ROW_GROUP_ROWS unless last)."""
         assert self.schema is not None
         table = pa.Table.from_batches(self._pending, schema=self.schema)
-        chunk_parts = table.slice(0, n).to_batches()
-        # Concatenating copies into fresh, exactly sized buffers: the IPC bytes then
-        # depend only on the values (a slice can carry spare buffer bytes).
-        chunk = pa.concat_batches(chunk_parts)
+        chunk = table.slice(0, n)
         rest = table.slice(n)
         self._pending = rest.to_batches()
         self._pending_rows = rest.num_rows
-        # Hashing (in a helper thread; hashlib releases the GIL) overlaps the Parquet write.
-        if self._hasher is None:
-            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="version-hash")
-        if self._hash_job is not None:
-            self._hash_job.result()
-        self._hash_job = self._hasher.submit(self._hash.update, chunk.serialize())
         if self._writer is None:
             self._writer = self._open_writer(chunk)
-        self._writer.write_batch(chunk, row_group_size=ROW_GROUP_ROWS)
+        self._writer.write_table(chunk, row_group_size=ROW_GROUP_ROWS)
         self.rows += chunk.num_rows
 
     def finish(self, empty_schema: pa.Schema | None = None) -> tuple[str, int, pa.Schema]:
@@ -231,21 +206,23 @@ class VersionWriter:
             self._open(empty_schema)
         if self._pending_rows:
             self._emit(self._pending_rows)
-        assert self.schema is not None
+        assert self.schema is not None and self._hash is not None
         if self._writer is None:  # no rows: a valid empty file with the schema
-            self._writer = self._open_writer(pa.RecordBatch.from_pylist([], schema=self.schema))
+            self._writer = self._open_writer(self.schema.empty_table())
         self._writer.close()
         self._stop_hasher()
         self.finished = True
         return self._hash.hexdigest(), self.rows, self.schema
 
     def _stop_hasher(self) -> None:
-        if self._hash_job is not None:
-            self._hash_job.result()
-            self._hash_job = None
-        if self._hasher is not None:
-            self._hasher.shutdown(wait=True)
-            self._hasher = None
+        jobs, self._hash_jobs = self._hash_jobs, []
+        try:
+            for job in jobs:
+                job.result()
+        finally:
+            if self._hasher is not None:
+                self._hasher.shutdown(wait=True)
+                self._hasher = None
 
     def abort(self) -> None:
         """Close and delete the temporary folder."""
@@ -270,14 +247,8 @@ def _low_cardinality(col: pa.Array) -> bool:
 
 
 def hash_table(table: pa.Table) -> str:
-    """The content hash a version of ``table`` would get (writes nothing lasting)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        w = VersionWriter(Path(d) / "v", compression="none")
-        w.write(table)
-        h, _, _ = w.finish(table.schema)
-    return h
+    """The content hash a version of ``table`` would get (writes nothing)."""
+    return content_hash(table)
 
 
 # -- the service -------------------------------------------------------------------------
@@ -479,7 +450,8 @@ class DatasetStore:
                     "rows": rows,
                     "schema": schema_json,
                     "created_at": now,
-                    "chunk_rows": CHUNK_ROWS,
+                    "hash_scheme": HASH_SCHEME,
+                    "row_group_rows": ROW_GROUP_ROWS,
                     **(extra_manifest or {}),
                 }
                 atomic_write_json(writer.tmp_dir / MANIFEST_FILE, manifest)
