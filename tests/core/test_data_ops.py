@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -245,3 +246,84 @@ def test_token_length_filter_with_a_tokenizer_json(workspace: Any, tmp_path: Pat
         {"column": "t", "unit": "tokens", "min": 2, "tokenizer": str(path)},
     )
     assert [r["t"] for r in _rows(workspace, ds)] == ["one two three", "one two"]
+
+
+def _big(n: int) -> pa.Table:
+    """Rows with repeats (for dedupe), a label (for stratify) and text spread over row groups."""
+    return pa.table(
+        {
+            "id": pa.array(range(n), pa.int64()),
+            "t": pa.array([f"text {i % (n // 3)}" for i in range(n)]),
+            "label": pa.array(["a", "b", "b", "c"][i % 4] for i in range(n)),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("op", "params"),
+    [
+        ("dedupe", {"columns": ["t"]}),
+        ("dedupe", {}),
+        ("near_dedupe", {"column": "t", "threshold": 0.9}),
+        ("split", {"seed": 4}),
+        ("split", {"seed": 4, "stratify": "label"}),
+        ("sample", {"n": 777, "seed": 2}),
+        ("shuffle", {"seed": 9}),
+    ],
+)
+def test_whole_table_ops_stream_blocks_to_the_same_result(
+    workspace: Any, monkeypatch: pytest.MonkeyPatch, op: str, params: dict[str, Any]
+) -> None:
+    """The file path (row groups, small key blocks) gives the version the in-memory path gives."""
+    import app.core.data.ops as ops_mod
+    from app.core.data.content_hash import content_hash
+    from app.core.data.store import ROW_GROUP_ROWS
+
+    n = 2 * ROW_GROUP_ROWS + 123  # three row groups
+    table = _big(n)
+    in_memory = ops_mod.get_op(op).run_on_table(params, table)
+    monkeypatch.setattr(ops_mod, "BLOCK_ROWS", 1000)  # key columns read 1,000 rows at a time
+    monkeypatch.setattr(ops_mod, "SHUFFLE_BUCKET_ROWS", 5000)  # five buckets on disk
+    store = DatasetStore(workspace)
+    ds = store.create_dataset("big", table).dataset_id
+    v = apply_op(workspace, ds, op, params)
+    assert v.hash == content_hash(in_memory) and v.rows == in_memory.num_rows
+    out = store.read_table(f"{ds}@{v.hash}")
+    if op == "dedupe":
+        key = ["t"] if params else ["id", "t", "label"]
+        firsts = {tuple(r[k] for k in key): r["id"] for r in reversed(table.to_pylist())}
+        assert out["id"].to_pylist() == sorted(firsts.values())
+    elif op == "shuffle":
+        perm = np.random.default_rng(9).permutation(n)
+        assert out["id"].to_pylist() == perm.tolist()
+        assert not [p for p in store.root.iterdir() if p.name.startswith(".shuffle-")]
+    elif op == "sample":
+        ids = out["id"].to_pylist()
+        assert len(ids) == 777 and ids == sorted(ids) and len(set(ids)) == 777
+    elif op == "split":
+        sizes = Counter(out["split"].to_pylist())
+        assert sum(sizes.values()) == n
+        slack = 3 if params.get("stratify") else 1  # largest remainder per label group
+        for name, ratio in (("train", 0.8), ("validation", 0.1), ("test", 0.1)):
+            assert abs(sizes[name] - ratio * n) <= slack
+    elif op == "near_dedupe":
+        texts = out["t"].to_pylist()
+        assert len(set(texts)) == len(texts)  # every exact repeat dropped
+        assert len(texts) >= 0.99 * (n // 3)  # a handful of short near-identical texts at most
+
+
+def test_concatenate_streams_with_type_promotion(workspace: Any) -> None:
+    store = DatasetStore(workspace)
+    a = pa.table({"x": pa.array([1, 2], pa.int32()), "t": ["p", "q"]})
+    b = pa.table({"x": pa.array([3], pa.int64()), "extra": [True]})
+    ds = store.create_dataset("a", a).dataset_id
+    other = store.create_dataset("b", b)
+    v = apply_op(workspace, ds, "concatenate", {"others": [f"{other.dataset_id}@{other.hash}"]})
+    want = pa.concat_tables([a, b], promote_options="permissive")
+    got = store.read_table(f"{ds}@{v.hash}")
+    assert got.schema.field("x").type == pa.int64()
+    assert got.to_pylist() == want.to_pylist()
+    bad = store.create_dataset("c", pa.table({"x": pa.array([[1]], pa.list_(pa.int64()))}))
+    with pytest.raises(ConfigError, match=r"do not match|Cannot concatenate"):
+        apply_op(workspace, ds, "concatenate", {"others": [bad.dataset_id]})
+    assert store.version(ds).hash == v.hash  # the failed step left the current version alone

@@ -94,13 +94,20 @@ def near_duplicates(
     """Indices of texts that are near-duplicates of an earlier kept text (to drop)."""
     if not texts:
         return []
-    sig = signatures(texts, num_perm, k, seed)
+    return near_duplicates_of(signatures(texts, num_perm, k, seed), threshold)
+
+
+def near_duplicates_of(sig: npt.NDArray[np.uint32], threshold: float = 0.8) -> list[int]:
+    """Rows of a signature matrix that are near-duplicates of an earlier kept row (to drop)."""
+    n, num_perm = sig.shape
+    if n == 0:
+        return []
     bands, rows = optimal_bands(threshold, num_perm)
     candidates: dict[int, set[int]] = defaultdict(set)
     for band in range(bands):
         buckets: dict[bytes, list[int]] = defaultdict(list)
         part = np.ascontiguousarray(sig[:, band * rows : (band + 1) * rows])
-        for i in range(len(texts)):
+        for i in range(n):
             buckets[part[i].tobytes()].append(i)
         for members in buckets.values():
             # Each member against the ones just before it (bounded for huge buckets).

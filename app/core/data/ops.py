@@ -1,12 +1,16 @@
 """Preparation operations: a registry of named, parameterized table transforms.
 
 Each operation has a name, documented defaults and a factory that turns the
-parameters into a function ``Table -> Table``. *Row-wise* operations
-(``streaming=True``) are applied chunk by chunk while reading the input
-version, so they run in bounded memory; the others (dedupe, near-dedupe,
-split, sample, shuffle, concatenate) see the whole table. The parameters
-recorded in a version's ``operation`` are the full set, defaults filled in,
-so a recipe replays exactly.
+parameters into what runs. *Row-wise* operations (``streaming=True``) are a
+function ``Table -> Table`` applied block by block while reading the input
+version. The *whole-table* ones (dedupe, near-dedupe, split, sample, shuffle,
+concatenate) are a plan over :class:`Rows`: they first read only what they
+decide on (the key columns, or just the row count), then stream the output
+block by block (a shuffle goes through bucket files on the workspace's disk),
+so a version far larger than memory can be deduplicated, split, sampled or
+shuffled. Near-dedupe keeps one MinHash signature per row in memory (512 bytes
+at the default 128 permutations). The parameters recorded in a version's
+``operation`` are the full set, defaults filled in, so a recipe replays exactly.
 
 Splits are stored as a ``split`` column (``train``/``validation``/``test``)
 in one version rather than as separate versions: one version is one
@@ -15,41 +19,143 @@ content hash a training run can cite, and :func:`split_table` selects a part.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import tempfile
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from app.core.data import pii
 from app.core.errors import ConfigError
 
 Transform = Callable[[pa.Table], pa.Table]
+#: Rows per block that a whole-table operation reads or writes at a time.
+BLOCK_ROWS = 65_536
+
+
+class Rows:
+    """The input of a whole-table operation: a few columns read whole, or every column
+    block by block, in order. Backed by a version's Parquet file or by a table."""
+
+    def __init__(self, schema: pa.Schema, num_rows: int) -> None:
+        self.schema = schema
+        self.num_rows = num_rows
+
+    @staticmethod
+    def of(data: pa.Table | pq.ParquetFile) -> Rows:
+        return _ParquetRows(data) if isinstance(data, pq.ParquetFile) else _TableRows(data)
+
+    def column_blocks(self, columns: list[str]) -> Iterator[pa.Table]:
+        """Blocks of just ``columns`` (whatever their sizes), in order."""
+        raise NotImplementedError
+
+    def blocks(self) -> Iterator[pa.Table]:
+        """Blocks of every column, in order."""
+        raise NotImplementedError
+
+    def read(self) -> pa.Table:
+        return pa.concat_tables(self.blocks()) if self.num_rows else self.schema.empty_table()
+
+
+class _TableRows(Rows):
+    def __init__(self, table: pa.Table) -> None:
+        super().__init__(table.schema, table.num_rows)
+        self.table = table
+
+    def column_blocks(self, columns: list[str]) -> Iterator[pa.Table]:
+        t = self.table.select(columns)
+        for start in range(0, t.num_rows, BLOCK_ROWS):
+            yield t.slice(start, BLOCK_ROWS)
+
+    def blocks(self) -> Iterator[pa.Table]:
+        for start in range(0, self.num_rows, BLOCK_ROWS):
+            yield self.table.slice(start, BLOCK_ROWS)
+
+    def read(self) -> pa.Table:
+        return self.table
+
+
+class _ParquetRows(Rows):
+    def __init__(self, pf: pq.ParquetFile) -> None:
+        super().__init__(pf.schema_arrow, pf.metadata.num_rows)
+        self.pf = pf
+
+    def column_blocks(self, columns: list[str]) -> Iterator[pa.Table]:
+        for batch in self.pf.iter_batches(batch_size=BLOCK_ROWS, columns=columns):
+            yield pa.Table.from_batches([batch])
+
+    def blocks(self) -> Iterator[pa.Table]:
+        for i in range(self.pf.num_row_groups):
+            yield self.pf.read_row_group(i)
+
+
+#: A whole-table operation: the output blocks, in order, from the input rows.
+Plan = Callable[[Rows], Iterator[pa.Table]]
+
+
+def _no_versions(ref: str) -> Rows:
+    raise ConfigError("This preview cannot read other versions.")
+
+
+def _no_progress(fraction: float | None, message: str = "") -> None:
+    return None
 
 
 @dataclass(frozen=True)
 class OpContext:
-    """What an operation may need besides its parameters (reading other versions)."""
+    """What an operation may need besides its parameters."""
 
-    read_version: Callable[[str], pa.Table]
+    #: The rows of another version (``DATASET@VERSION``), for concatenate.
+    open_version: Callable[[str], Rows] = _no_versions
+    #: A folder on the workspace's disk for temporary files (None: the system's temp folder).
+    scratch: Path | None = None
+    progress: Callable[[float | None, str], None] = _no_progress
+    check_cancelled: Callable[[], None] | None = None
+
+    def step(self, fraction: float | None, message: str) -> None:
+        """Report progress and give a cancel request its chance."""
+        if self.check_cancelled is not None:
+            self.check_cancelled()
+        self.progress(fraction, message)
 
 
 @dataclass(frozen=True)
 class OpSpec:
-    """One registered operation."""
+    """One registered operation: row-wise (``make``) or whole-table (``plan``)."""
 
     name: str
     title: str
     description: str
     defaults: dict[str, Any]
-    make: Callable[[dict[str, Any], OpContext], Transform]
-    streaming: bool = False
+    make: Callable[[dict[str, Any], OpContext], Transform] | None = None
     required: tuple[str, ...] = ()
+    plan: Callable[[dict[str, Any], OpContext], Plan] | None = None
+
+    @property
+    def streaming(self) -> bool:
+        """Row-wise: applied block by block, and it can be previewed on a few rows."""
+        return self.make is not None
+
+    def run_on_table(
+        self, params: dict[str, Any], table: pa.Table, ctx: OpContext | None = None
+    ) -> pa.Table:
+        """The operation applied to an in-memory table (tests, previews, small data)."""
+        ctx = ctx or OpContext()
+        full = self.resolve(params)
+        if self.make is not None:
+            return self.make(full, ctx)(table)
+        assert self.plan is not None
+        parts = list(self.plan(full, ctx)(Rows.of(table)))
+        return pa.concat_tables(parts) if parts else table.schema.empty_table()
 
     def resolve(self, params: dict[str, Any]) -> dict[str, Any]:
         """Parameters with defaults filled in; unknown or missing ones raise ConfigError."""
@@ -300,36 +406,77 @@ def _make_template(p: dict[str, Any], _: OpContext) -> Transform:
 
 
 # -- whole-table operations ------------------------------------------------------------------
-def _make_dedupe(p: dict[str, Any], _: OpContext) -> Transform:
-    def run(t: pa.Table) -> pa.Table:
-        cols = p["columns"] or t.column_names
-        text_columns(t, cols)
-        keys = pa.array(row_json(t, cols), pa.string())
-        idx = pa.table({"k": keys, "i": pa.array(np.arange(t.num_rows, dtype=np.int64))})
-        first = idx.group_by("k", use_threads=False).aggregate([("i", "min")])["i_min"]
-        return t.take(pa.array(np.sort(first.to_numpy())))
+def _kept(rows: Rows, keep: np.ndarray, ctx: OpContext, what: str) -> Iterator[pa.Table]:
+    """The blocks of ``rows`` filtered by the boolean mask ``keep`` (one entry per row)."""
+    start = 0
+    total = max(rows.num_rows, 1)
+    for block in rows.blocks():
+        n = block.num_rows
+        m = keep[start : start + n]
+        start += n
+        ctx.step(start / total, f"{what}: writing row {start:,}")
+        if m.all():
+            yield block
+        elif m.any():
+            yield block.filter(pa.array(m))
 
-    return run
+
+def _make_dedupe(p: dict[str, Any], ctx: OpContext) -> Plan:
+    def plan(rows: Rows) -> Iterator[pa.Table]:
+        cols = p["columns"] or rows.schema.names
+        text_columns(rows.schema, cols)
+        n = rows.num_rows
+        # A 128-bit digest per row of its key columns as canonical JSON: 16 bytes a row
+        # in memory, wherever the data is; equal rows have equal digests.
+        digests = np.empty((n, 2), dtype=np.uint64)
+        pos = 0
+        for block in rows.column_blocks(cols):
+            keys = row_json(block, cols)
+            raw = b"".join(
+                hashlib.blake2b(k.encode("utf-8"), digest_size=16).digest() for k in keys
+            )
+            digests[pos : pos + len(keys)] = np.frombuffer(raw, dtype=np.uint64).reshape(-1, 2)
+            pos += len(keys)
+            ctx.step(0.5 * pos / max(n, 1), f"dedupe: {pos:,} rows read")
+        keep = np.zeros(n, dtype=bool)
+        if n:
+            _, first = np.unique(digests, axis=0, return_index=True)  # first occurrences
+            keep[first] = True
+        del digests
+        yield from _kept(rows, keep, ctx, "dedupe")
+
+    return plan
 
 
-def _make_near_dedupe(p: dict[str, Any], _: OpContext) -> Transform:
-    from app.core.data.minhash import near_duplicates
+def _make_near_dedupe(p: dict[str, Any], ctx: OpContext) -> Plan:
+    from app.core.data.minhash import near_duplicates_of, signatures
 
     thr = float(p["threshold"])
     if not 0.0 < thr <= 1.0:
         raise ConfigError("threshold must be in (0, 1].")
+    num_perm = int(p["num_perm"])
 
-    def run(t: pa.Table) -> pa.Table:
-        col = text_columns(t, [p["column"]])[0]
-        texts = [v or "" for v in t[col].to_pylist()]
-        if p["lowercase"]:
-            texts = [s.lower() for s in texts]
-        drop = near_duplicates(texts, thr, int(p["num_perm"]), int(p["shingle"]), int(p["seed"]))
-        mask = np.ones(t.num_rows, dtype=bool)
-        mask[drop] = False
-        return t.filter(pa.array(mask))
+    def plan(rows: Rows) -> Iterator[pa.Table]:
+        col = text_columns(rows.schema, [p["column"]])[0]
+        n = rows.num_rows
+        sig = np.empty((n, num_perm), dtype=np.uint32)
+        pos = 0
+        for block in rows.column_blocks([col]):
+            texts = [v or "" for v in block[col].to_pylist()]
+            if p["lowercase"]:
+                texts = [s.lower() for s in texts]
+            sig[pos : pos + len(texts)] = signatures(
+                texts, num_perm, int(p["shingle"]), int(p["seed"])
+            )
+            pos += len(texts)
+            ctx.step(0.6 * pos / max(n, 1), f"near_dedupe: {pos:,} signatures")
+        drop = near_duplicates_of(sig, thr)
+        del sig
+        keep = np.ones(n, dtype=bool)
+        keep[drop] = False
+        yield from _kept(rows, keep, ctx, "near_dedupe")
 
-    return run
+    return plan
 
 
 def _largest_remainder(n: int, ratios: list[float]) -> list[int]:
@@ -341,7 +488,7 @@ def _largest_remainder(n: int, ratios: list[float]) -> list[int]:
     return counts
 
 
-def _make_split(p: dict[str, Any], _: OpContext) -> Transform:
+def _make_split(p: dict[str, Any], ctx: OpContext) -> Plan:
     ratios: dict[str, float] = dict(p["ratios"])
     total = sum(ratios.values())
     if not ratios or total <= 0 or any(v < 0 for v in ratios.values()):
@@ -349,69 +496,171 @@ def _make_split(p: dict[str, Any], _: OpContext) -> Transform:
     names = list(ratios)
     fractions = [ratios[k] / total for k in names]
 
-    def run(t: pa.Table) -> pa.Table:
+    def plan(rows: Rows) -> Iterator[pa.Table]:
         rng = np.random.default_rng(int(p["seed"]))
-        labels = np.empty(t.num_rows, dtype=object)
+        n = rows.num_rows
         if p["stratify"]:
             col = p["stratify"]
-            text_columns(t, [col])
-            values = [json.dumps(v, sort_keys=True, default=str) for v in t[col].to_pylist()]
+            text_columns(rows.schema, [col])
             groups: dict[str, list[int]] = {}
-            for i, v in enumerate(values):
-                groups.setdefault(v, []).append(i)
-            parts = [np.array(groups[k], dtype=np.int64) for k in sorted(groups)]
+            i = 0
+            for block in rows.column_blocks([col]):
+                for v in block[col].to_pylist():
+                    groups.setdefault(json.dumps(v, sort_keys=True, default=str), []).append(i)
+                    i += 1
+            parts = [np.array(groups.pop(k), dtype=np.int64) for k in sorted(groups)]
         else:
-            parts = [np.arange(t.num_rows, dtype=np.int64)]
-        for rows in parts:
-            perm = rows[rng.permutation(rows.size)]
+            parts = [np.arange(n, dtype=np.int64)]
+        codes = np.zeros(n, dtype=np.int32)  # index into names, per row
+        for part in parts:
+            perm = part[rng.permutation(part.size)]
             start = 0
-            for name, count in zip(names, _largest_remainder(rows.size, fractions), strict=True):
-                labels[perm[start : start + count]] = name
+            for code, count in enumerate(_largest_remainder(part.size, fractions)):
+                codes[perm[start : start + count]] = code
                 start += count
-        arr = pa.array(labels.tolist(), pa.string())
-        if p["column"] in t.column_names:
-            return _replace(t, p["column"], arr)
-        return t.append_column(p["column"], arr)
+        labels = pa.array(names, pa.string())
+        start = 0
+        for block in rows.blocks():
+            arr = labels.take(pa.array(codes[start : start + block.num_rows]))
+            start += block.num_rows
+            ctx.step(start / max(n, 1), f"split: writing row {start:,}")
+            if p["column"] in block.column_names:
+                yield _replace(block, p["column"], arr)
+            else:
+                yield block.append_column(p["column"], arr)
 
-    return run
+    return plan
 
 
-def _make_sample(p: dict[str, Any], _: OpContext) -> Transform:
-    def run(t: pa.Table) -> pa.Table:
+def _make_sample(p: dict[str, Any], ctx: OpContext) -> Plan:
+    def plan(rows: Rows) -> Iterator[pa.Table]:
         n = p["n"]
         if n is None:
             if p["fraction"] is None:
                 raise ConfigError("sample needs n or fraction.")
-            n = round(t.num_rows * float(p["fraction"]))
-        n = min(int(n), t.num_rows)
+            n = round(rows.num_rows * float(p["fraction"]))
+        n = min(int(n), rows.num_rows)
         rng = np.random.default_rng(int(p["seed"]))
-        idx = np.sort(rng.choice(t.num_rows, size=n, replace=False))
-        return t.take(pa.array(idx))
+        keep = np.zeros(rows.num_rows, dtype=bool)
+        keep[rng.choice(rows.num_rows, size=n, replace=False)] = True
+        yield from _kept(rows, keep, ctx, "sample")
 
-    return run
+    return plan
 
 
-def _make_shuffle(p: dict[str, Any], _: OpContext) -> Transform:
-    def run(t: pa.Table) -> pa.Table:
+#: Rows per bucket of the disk-backed shuffle: one bucket is in memory at a time.
+SHUFFLE_BUCKET_ROWS = 262_144
+
+
+def _make_shuffle(p: dict[str, Any], ctx: OpContext) -> Plan:
+    def plan(rows: Rows) -> Iterator[pa.Table]:
+        n = rows.num_rows
         rng = np.random.default_rng(int(p["seed"]))
-        return t.take(pa.array(rng.permutation(t.num_rows)))
+        perm = rng.permutation(n)  # output row j is input row perm[j]
+        if n <= SHUFFLE_BUCKET_ROWS:
+            table = rows.read()
+            ctx.step(0.5, "shuffle: reordering")
+            for start in range(0, n, BLOCK_ROWS):
+                yield table.take(pa.array(perm[start : start + BLOCK_ROWS]))
+            return
+        yield from _bucket_shuffle(rows, perm, ctx)
 
-    return run
+    return plan
 
 
-def _make_concat(p: dict[str, Any], ctx: OpContext) -> Transform:
+def _bucket_shuffle(rows: Rows, perm: np.ndarray, ctx: OpContext) -> Iterator[pa.Table]:
+    """Reorder rows by ``perm`` through bucket files: pass 1 sends each row to the bucket
+    of its output position, pass 2 sorts one bucket at a time in memory."""
+    n = rows.num_rows
+    dest = np.empty(n, dtype=np.int64)
+    dest[perm] = np.arange(n, dtype=np.int64)  # output position of each input row
+    del perm
+    n_buckets = -(-n // SHUFFLE_BUCKET_ROWS)
+    with tempfile.TemporaryDirectory(prefix=".shuffle-", dir=ctx.scratch) as tmp:
+        paths = [Path(tmp) / f"{b:05d}.arrow" for b in range(n_buckets)]
+        writers: list[pa.ipc.RecordBatchStreamWriter | None] = [None] * n_buckets
+        pending: list[list[pa.Table]] = [[] for _ in range(n_buckets)]
+        pending_rows = [0] * n_buckets
+        opts = pa.ipc.IpcWriteOptions(compression="lz4")
+
+        def flush(b: int) -> None:
+            if not pending[b]:
+                return
+            part = pa.concat_tables(pending[b])
+            if writers[b] is None:
+                writers[b] = pa.ipc.new_stream(paths[b], part.schema, options=opts)
+            writer = writers[b]
+            assert writer is not None
+            writer.write_table(part)
+            pending[b], pending_rows[b] = [], 0
+
+        try:
+            start = 0
+            for block in rows.blocks():
+                d = dest[start : start + block.num_rows]
+                start += block.num_rows
+                bucket = d // SHUFFLE_BUCKET_ROWS
+                order = np.argsort(bucket, kind="stable")
+                cuts = np.searchsorted(bucket[order], np.arange(n_buckets + 1))
+                for nb in np.flatnonzero(np.diff(cuts)):
+                    b = int(nb)
+                    idx = order[cuts[b] : cuts[b + 1]]
+                    part = block.take(pa.array(idx)).append_column("__pos", pa.array(d[idx]))
+                    pending[b].append(part)
+                    pending_rows[b] += part.num_rows
+                    if pending_rows[b] >= 8192:
+                        flush(b)
+                ctx.step(0.5 * start / n, f"shuffle: {start:,} rows to buckets")
+            for i in range(n_buckets):
+                flush(i)
+        finally:
+            for w in writers:
+                if w is not None:
+                    w.close()
+        del dest
+        for b, path in enumerate(paths):
+            with pa.ipc.open_stream(path) as reader:
+                bucket_table = reader.read_all()
+            path.unlink()
+            order = pc.sort_indices(bucket_table["__pos"])
+            out = bucket_table.drop_columns(["__pos"]).take(order)
+            ctx.step(0.5 + 0.5 * (b + 1) / n_buckets, f"shuffle: bucket {b + 1}/{n_buckets}")
+            for start in range(0, out.num_rows, BLOCK_ROWS):
+                yield out.slice(start, BLOCK_ROWS)
+
+
+def _make_concat(p: dict[str, Any], ctx: OpContext) -> Plan:
     refs = p["others"]
     if isinstance(refs, str):
         refs = [refs]
 
-    def run(t: pa.Table) -> pa.Table:
-        tables = [t, *[ctx.read_version(r) for r in refs]]
+    def plan(rows: Rows) -> Iterator[pa.Table]:
+        sources = [rows, *[ctx.open_version(r) for r in refs]]
         try:
-            return pa.concat_tables(tables, promote_options="permissive")
+            schema = pa.unify_schemas([s.schema for s in sources], promote_options="permissive")
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise ConfigError(f"Cannot concatenate: the columns do not match ({exc}).") from None
+        total = max(sum(s.num_rows for s in sources), 1)
+        done = 0
+        for src in sources:
+            for block in src.blocks():
+                cols = []
+                for f in schema:
+                    if f.name in block.column_names:
+                        c = block[f.name]
+                        try:
+                            cols.append(c if c.type == f.type else c.cast(f.type))
+                        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                            raise ConfigError(
+                                f"Cannot concatenate column '{f.name}': {exc}."
+                            ) from None
+                    else:
+                        cols.append(pa.nulls(block.num_rows, f.type))
+                done += block.num_rows
+                ctx.step(done / total, f"concatenate: {done:,} rows")
+                yield pa.Table.from_arrays(cols, schema=schema)
 
-    return run
+    return plan
 
 
 def _make_select(p: dict[str, Any], _: OpContext) -> Transform:
@@ -435,7 +684,6 @@ for _spec in (
         "Unicode normalization (NFKC by default), runs of spaces to one, blank lines to one, trim.",
         {"columns": None, "unicode": "NFKC", "collapse_whitespace": True, "strip": True},
         _make_normalize,
-        streaming=True,
     ),
     OpSpec(
         "drop_empty",
@@ -443,7 +691,6 @@ for _spec in (
         "Drop rows whose columns are all (how='all') or any (how='any') null or blank.",
         {"columns": None, "how": "all"},
         _make_drop_empty,
-        streaming=True,
     ),
     OpSpec(
         "length_filter",
@@ -451,7 +698,6 @@ for _spec in (
         "Keep rows whose text length (characters, or tokens of a tokenizer.json) is in [min, max].",
         {"min": None, "max": None, "unit": "chars", "tokenizer": None},
         _make_length,
-        streaming=True,
         required=("column",),
     ),
     OpSpec(
@@ -460,7 +706,6 @@ for _spec in (
         "Keep (keep=true) or drop (keep=false) rows whose column matches a Python regex.",
         {"keep": True, "case_sensitive": True},
         _make_regex_filter,
-        streaming=True,
         required=("column", "pattern"),
     ),
     OpSpec(
@@ -469,7 +714,6 @@ for _spec in (
         "Replace matches of a Python regex in text columns (backreferences as \\1).",
         {"columns": None, "replacement": "", "case_sensitive": True},
         _make_regex_replace,
-        streaming=True,
         required=("pattern",),
     ),
     OpSpec(
@@ -478,7 +722,6 @@ for _spec in (
         "Replace emails, phone numbers, cards (Luhn), IBANs (mod-97), IPv4/IPv6 with labels.",
         {"columns": None, "types": None, "labels": None},
         _make_redact,
-        streaming=True,
     ),
     OpSpec(
         "map_template",
@@ -494,7 +737,6 @@ for _spec in (
             "keep_columns": None,
         },
         _make_template,
-        streaming=True,
     ),
     OpSpec(
         "select_columns",
@@ -502,14 +744,13 @@ for _spec in (
         "Keep the given columns (in that order) and rename some ({old: new}).",
         {"columns": None, "rename": None},
         _make_select,
-        streaming=True,
     ),
     OpSpec(
         "dedupe",
         "Drop exact duplicates",
         "Keep the first of rows equal on the given columns (all columns by default).",
         {"columns": None},
-        _make_dedupe,
+        plan=_make_dedupe,
     ),
     OpSpec(
         "near_dedupe",
@@ -517,7 +758,7 @@ for _spec in (
         "MinHash over character shingles + LSH; drop rows whose estimated Jaccard similarity "
         "to an earlier kept row is >= threshold.",
         {"threshold": 0.8, "num_perm": 128, "shingle": 5, "seed": 1, "lowercase": True},
-        _make_near_dedupe,
+        plan=_make_near_dedupe,
         required=("column",),
     ),
     OpSpec(
@@ -530,22 +771,22 @@ for _spec in (
             "stratify": None,
             "column": "split",
         },
-        _make_split,
+        plan=_make_split,
     ),
     OpSpec(
         "sample",
         "Sample",
         "A seeded random sample of n rows (or a fraction), in the original order.",
         {"n": None, "fraction": None, "seed": 0},
-        _make_sample,
+        plan=_make_sample,
     ),
-    OpSpec("shuffle", "Shuffle", "Seeded random order.", {"seed": 0}, _make_shuffle),
+    OpSpec("shuffle", "Shuffle", "Seeded random order.", {"seed": 0}, plan=_make_shuffle),
     OpSpec(
         "concatenate",
         "Concatenate",
         "Append the rows of other versions (DATASET@VERSION); missing columns become null.",
         {},
-        _make_concat,
+        plan=_make_concat,
         required=("others",),
     ),
 ):
@@ -576,13 +817,8 @@ def preview(
     spec = get_op(op)
     if not spec.streaming:
         raise ConfigError(f"Preview works on row-wise operations; '{op}' needs the whole table.")
-    fn = spec.make(spec.resolve(params or {}), OpContext(read_version=_no_versions))
-    out: list[dict[str, Any]] = fn(table.slice(0, n)).to_pylist()
+    out: list[dict[str, Any]] = spec.run_on_table(params or {}, table.slice(0, n)).to_pylist()
     return out
-
-
-def _no_versions(ref: str) -> pa.Table:
-    raise ConfigError("This preview cannot read other versions.")
 
 
 def split_table(table: pa.Table, name: str, column: str = "split") -> pa.Table:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from app.core.data.ops import OpContext, get_op
+from app.core.data.ops import OpContext, Rows, get_op
 from app.core.data.store import DatasetStore, VersionRecord
 from app.core.errors import ConfigError
 from app.core.store.files import atomic_write_json
@@ -105,26 +105,31 @@ def apply_op(
     src = store.resolve(ref)
     spec = get_op(op)
     full = spec.resolve(dict(params or {}))
-    ctx = OpContext(read_version=store.read_table)
-    fn = spec.make(full, ctx)
     report = progress or _noop
+    ctx = OpContext(
+        open_version=lambda r: Rows.of(store.parquet_file(r)),
+        scratch=store.root,
+        progress=report,
+        check_cancelled=check_cancelled,
+    )
     pf = store.parquet_file(f"{src.dataset_id}@{src.hash}")
     with store.writer(src.dataset_id) as w:
-        if spec.streaming:
+        if spec.make is not None:
+            fn = spec.make(full, ctx)
             n = max(pf.num_row_groups, 1)
             for i in range(pf.num_row_groups):
-                if check_cancelled is not None:
-                    check_cancelled()
+                ctx.step(i / n, f"{op}: block {i + 1}/{n}")
                 w.write(fn(pf.read_row_group(i)))
-                report((i + 1) / n, f"{op}: block {i + 1}/{n}")
         else:
-            report(None, f"{op}: reading")
-            table = pf.read()
-            if check_cancelled is not None:
-                check_cancelled()
-            w.write(fn(table))
+            assert spec.plan is not None
+            for part in spec.plan(full, ctx)(Rows.of(pf)):
+                w.write(part)
     # Nothing written (every row filtered out): the output columns of an empty input.
-    empty = None if w.schema is not None else fn(pf.schema_arrow.empty_table()).schema
+    empty = (
+        None
+        if w.schema is not None
+        else spec.run_on_table(full, pf.schema_arrow.empty_table(), ctx).schema
+    )
     return store.commit(
         w,
         dataset_id=src.dataset_id,
