@@ -227,3 +227,41 @@ def test_cells_carry_as_much_text_as_the_column_shows(qtbot, main_window, worksp
     wide = pane.model.index(0, 0).data()
     assert len(wide) > 2 * len(narrow) and wide.startswith(narrow[:-1])
     assert pane.model.index(0, 0).data(Qt.ItemDataRole.ToolTipRole).startswith(long.strip()[:900])
+
+
+def test_the_fast_cell_delegate_paints_what_qt_would(qtbot, main_window, workspace) -> None:
+    """The pane's delegate fills the style option straight from the model: the screen it
+    paints is pixel for pixel the one Qt's own delegate paints, edits in italics included."""
+    from PySide6.QtGui import QFont
+    from PySide6.QtWidgets import QStyledItemDelegate, QStyleOptionViewItem
+
+    from app.ui.panes.datasets.qt_arrow_model import ArrowCellDelegate
+
+    rows = {"t": ["plain text", "ﬁ ligature, Kerning AV", "مرحبا بالعالم", None], "n": [1, 2, 3, 4]}
+    ds = DatasetStore(workspace).create_dataset("cells", pa.table(rows))
+    pane = main_window.pane("datasets")
+    pane.refresh_datasets(select=ds.dataset_id)
+    pane.open_dataset(ds.dataset_id)
+    table, model = pane.table, pane.model
+    assert isinstance(table.itemDelegate(), ArrowCellDelegate)
+    assert table.font().styleStrategy() & QFont.StyleStrategy.PreferNoShaping
+    assert model.setData(model.index(0, 0), "edited")  # an unsaved edit: italic
+    opt = QStyleOptionViewItem()
+    table.itemDelegate().initStyleOption(opt, model.index(0, 0))
+    assert opt.text == "edited" and opt.font.italic()
+    opt = QStyleOptionViewItem()
+    table.itemDelegate().initStyleOption(opt, model.index(1, 0))
+    assert opt.text == "ﬁ ligature, Kerning AV" and not opt.font.italic()
+
+    def screen() -> bytes:
+        table.viewport().repaint()
+        image = table.viewport().grab().toImage()  # kept alive while its bits are copied
+        return bytes(image.constBits())
+
+    ours = screen()
+    plain = QStyledItemDelegate(table)
+    table.setItemDelegate(plain)
+    try:
+        assert screen() == ours
+    finally:
+        table.setItemDelegate(pane.cell_delegate)

@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtGui import QFont, QFontMetrics
+from PySide6.QtWidgets import QStyledItemDelegate, QStyleOptionViewItem
 
 _Index = QModelIndex | QPersistentModelIndex
 _uid = itertools.count(1)
@@ -37,8 +39,26 @@ _DISPLAY = Qt.ItemDataRole.DisplayRole.value
 _EDIT = Qt.ItemDataRole.EditRole.value
 _TOOLTIP = Qt.ItemDataRole.ToolTipRole.value
 _FONT = Qt.ItemDataRole.FontRole.value
+_HAS_DISPLAY = QStyleOptionViewItem.ViewItemFeature.HasDisplay
 _FLAGS = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
 _FLAGS_EDIT = _FLAGS | Qt.ItemFlag.ItemIsEditable
+
+
+def configure_table_view(view: Any) -> None:
+    """How the Datasets pane sets up its QTableView (the benchmark uses the same).
+
+    One line per row, fixed row and column sizes (nothing is measured per cell), and
+    a font that skips OpenType shaping where a script does not need it (kerning and
+    ligatures in Latin text; Arabic or Indic text is still shaped): shaping is the
+    largest single cost of painting a screen of text cells (measured: a screen
+    repaints about 25% faster, with Qt's own model as with ours).
+    """
+    view.verticalHeader().setDefaultSectionSize(22)
+    view.horizontalHeader().setDefaultSectionSize(220)
+    view.setWordWrap(False)
+    font = view.font()
+    font.setStyleStrategy(QFont.StyleStrategy.PreferNoShaping)
+    view.setFont(font)
 
 
 def display_text(v: Any, limit: int = MAX_CELL_CHARS) -> str | None:
@@ -84,6 +104,40 @@ def _coerce(value: str, t: pa.DataType) -> Any:
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return value
     raise ValueError(f"cells of type {t} cannot be edited here")
+
+
+class ArrowCellDelegate(QStyledItemDelegate):
+    """Paints :class:`ArrowTableModel` cells with one Python call per cell.
+
+    Qt's own ``initStyleOption`` asks the model for seven roles (font, alignment,
+    colours, check state, icon, text, background), each a call into Python; this
+    model only ever has text and an italic font for unsaved changes, so the option
+    is filled directly from the model: a screen costs ~175 calls instead of ~1,200.
+    Editing, tooltips and everything else go through the model as usual.
+    """
+
+    def __init__(self, model: ArrowTableModel | None, parent: Any = None) -> None:
+        super().__init__(parent)
+        self.model = model  # the pane points this at the model it shows
+        self._italic: Any = None
+
+    def initStyleOption(self, option: QStyleOptionViewItem, index: _Index) -> None:
+        model = self.model
+        if model is None or not isinstance(index, QModelIndex) or index.model() is not model:
+            super().initStyleOption(option, index)
+            return
+        option.index = index
+        row, column = index.row(), index.column()
+        text = model.display(row, column)
+        if text is not None:
+            option.features = option.features | _HAS_DISPLAY
+            option.text = text
+        if (model.edits or model.added) and model.is_changed(row, column):
+            if self._italic is None:
+                self._italic = QFont(option.font)
+                self._italic.setItalic(True)
+            option.font = self._italic
+            option.fontMetrics = QFontMetrics(self._italic)
 
 
 class ArrowTableModel(QAbstractTableModel):
@@ -220,27 +274,33 @@ class ArrowTableModel(QAbstractTableModel):
     def flags(self, index: _Index) -> Qt.ItemFlag:
         return _FLAGS_EDIT if index.isValid() else _FLAGS
 
+    def display(self, row: int, column: int) -> str | None:
+        """The text cell (``row``, ``column``) shows (what DisplayRole returns)."""
+        rid = self.row_id(row)
+        col = self.columns[column]
+        if (
+            rid >= 0
+            and col.src is not None
+            and (not self.edits or (rid, col.uid) not in self.edits)
+        ):
+            limit = self._limits.get(col.uid, MAX_CELL_CHARS)
+            if self._rows is None:  # file order: neighbours are shown together
+                return self._block(rid // BLOCK_ROWS, col.src, limit)[rid % BLOCK_ROWS]
+            return display_text(self.source_value(rid, col.src), limit)
+        return display_text(self.value(rid, col), self._limits.get(col.uid, MAX_CELL_CHARS))
+
+    def is_changed(self, row: int, column: int) -> bool:
+        """Whether the cell holds an unsaved edit or is in an added row (shown in italics)."""
+        if not self.edits and not self.added:
+            return False
+        rid = self.row_id(row)
+        return rid < 0 or (rid, self.columns[column].uid) in self.edits
+
     def data(self, index: _Index, role: int = 0) -> Any:
         if role == _DISPLAY:
-            rid = self.row_id(index.row())
-            col = self.columns[index.column()]
-            if (
-                rid >= 0
-                and col.src is not None
-                and (not self.edits or (rid, col.uid) not in self.edits)
-            ):
-                limit = self._limits.get(col.uid, MAX_CELL_CHARS)
-                if self._rows is None:  # file order: neighbours are shown together
-                    return self._block(rid // BLOCK_ROWS, col.src, limit)[rid % BLOCK_ROWS]
-                return display_text(self.source_value(rid, col.src), limit)
-            return display_text(self.value(rid, col), self._limits.get(col.uid, MAX_CELL_CHARS))
+            return self.display(index.row(), index.column())
         if role == _FONT:
-            if not self.edits and not self.added:
-                return None
-            rid = self.row_id(index.row())
-            if (rid, self.columns[index.column()].uid) in self.edits or rid < 0:
-                from PySide6.QtGui import QFont
-
+            if self.is_changed(index.row(), index.column()):
                 f = QFont()
                 f.setItalic(True)
                 return f

@@ -39,7 +39,11 @@ from app.core.data.store import DatasetRecord, DatasetStore, VersionRecord
 from app.core.errors import DemoAIError
 from app.core.format import relative_time
 from app.core.jobs.store import Job, JobState
-from app.ui.panes.datasets.qt_arrow_model import ArrowTableModel
+from app.ui.panes.datasets.qt_arrow_model import (
+    ArrowCellDelegate,
+    ArrowTableModel,
+    configure_table_view,
+)
 from app.ui.panes.datasets.view_query import ViewQuery, compute_view
 from app.ui.qt_errors import show_error
 from app.ui.services import Services
@@ -387,9 +391,9 @@ class DatasetsPane(QWidget):
         self.table = QTableView()
         self.table.setObjectName("datasetTable")
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectItems)
-        self.table.verticalHeader().setDefaultSectionSize(22)
-        self.table.horizontalHeader().setDefaultSectionSize(220)
-        self.table.setWordWrap(False)
+        configure_table_view(self.table)
+        self.cell_delegate = ArrowCellDelegate(None, self.table)
+        self.table.setItemDelegate(self.cell_delegate)
         header = self.table.horizontalHeader()
         header.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         header.customContextMenuRequested.connect(
@@ -539,6 +543,7 @@ class DatasetsPane(QWidget):
         pf = self.store.parquet_file(self.ref())
         self.model = ArrowTableModel(pf)
         self.model.changed.connect(self._update_buttons)
+        self.cell_delegate.model = self.model
         self.table.setModel(self.model)
         self._fit_display_widths()
         self.query = ViewQuery()
