@@ -273,7 +273,9 @@ def main() -> int:
     ap.add_argument(
         "--compression", default="snappy", help="Parquet codec of the import (snappy, none, zstd)"
     )
-    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (best time)")
+    ap.add_argument(
+        "--repeat", type=int, default=5, help="baseline/import pairs (median ratio, best times)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the generated file and workspace")
     ap.add_argument("--no-view", action="store_true", help="skip the Qt view measurement")
     ap.add_argument("--child", nargs=3, metavar=("MODE", "PATH", "WS"), help=argparse.SUPPRESS)
@@ -291,8 +293,17 @@ def main() -> int:
         )
     size_mb = path.stat().st_size / 1e6
     os.environ["BENCH_COMPRESSION"] = args.compression
-    base = _run("pyarrow", path, tmp / "ws", args.repeat)
-    ours = _run("import", path, tmp / "ws", args.repeat)
+    # Alternate baseline and import so both see the same phases of a shared machine;
+    # the figure is the median of the per-pair ratios.
+    pairs = [
+        (_run_once("pyarrow", path, tmp / "ws"), _run_once("import", path, tmp / "ws"))
+        for _ in range(args.repeat)
+    ]
+    pair_ratios = sorted(b["seconds"] / o["seconds"] for b, o in pairs)
+    base = min((b for b, _ in pairs), key=lambda r: r["seconds"])
+    ours = min((o for _, o in pairs), key=lambda r: r["seconds"])
+    base["rss_mb"] = max(b["rss_mb"] for b, _ in pairs)
+    ours["rss_mb"] = max(o["rss_mb"] for _, o in pairs)
     opened = _run("open", path, tmp / "ws")
     rows = ours["rows"]
     print(f"file                       {size_mb:,.0f} MB, {rows:,.0f} rows, {os.cpu_count()} CPUs")
@@ -304,9 +315,12 @@ def main() -> int:
         f"demoai import ({args.compression:<8})  {ours['seconds']:7.2f} s  {rows / ours['seconds']:>12,.0f} rows/s  "
         f"peak RSS {ours['rss_mb']:,.0f} MB  (parquet {ours['parquet_mb']:,.0f} MB)"
     )
-    ratio = base["seconds"] / ours["seconds"]
-    print(f"(best of {args.repeat} runs each, each in a fresh process)")
-    print(f"throughput ratio           {ratio:.2f}x pyarrow (goal >= 0.8x)")
+    median = pair_ratios[len(pair_ratios) // 2]
+    print(f"(best of {args.repeat} runs each, alternating, each in a fresh process)")
+    print(
+        f"throughput ratio           {median:.2f}x pyarrow, median of {len(pairs)} back-to-back "
+        f"pairs (range {pair_ratios[0]:.2f}-{pair_ratios[-1]:.2f}x; goal >= 0.8x)"
+    )
     print(
         f"open + first 50 rows       {opened['seconds'] * 1000:7.0f} ms (incl. imports; goal <= 1 s), "
         f"a block mid-file {opened['block_seconds'] * 1000:.0f} ms"

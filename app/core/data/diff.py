@@ -9,13 +9,13 @@ and a matched row whose other shared columns differ counts as changed.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from app.core.data.ops import row_json
+from app.core.data.ops import Rows, row_digests
 from app.core.data.store import DatasetStore
 from app.core.errors import ConfigError
 
@@ -47,61 +47,82 @@ class VersionDiff:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def _fingerprints(table: pa.Table, columns: list[str]) -> list[bytes]:
-    return [
-        hashlib.blake2b(s.encode("utf-8"), digest_size=16).digest()
-        for s in row_json(table, columns)
-    ]
+def _first(mask: np.ndarray) -> list[int]:
+    return [int(i) for i in np.flatnonzero(mask)[:SAMPLE]]
 
 
-def diff_tables(old: pa.Table, new: pa.Table, key: str | None = None) -> VersionDiff:
-    """The difference between two tables (see the module docstring)."""
-    o_types = {f.name: f.type for f in old.schema}
-    n_types = {f.name: f.type for f in new.schema}
-    d = VersionDiff(old="", new="", key=key, rows_old=old.num_rows, rows_new=new.num_rows)
-    d.columns_added = [c for c in new.column_names if c not in o_types]
-    d.columns_removed = [c for c in old.column_names if c not in n_types]
+def _key_digests(rows: Rows, key: str, label: str) -> np.ndarray:
+    """A 16-byte digest of ``str(value)`` per row of the key column; repeats are an error."""
+    out = np.empty(rows.num_rows, dtype="V16")
+    pos = 0
+    for block in rows.column_blocks([key]):
+        raw = b"".join(
+            hashlib.blake2b(str(v).encode("utf-8"), digest_size=16).digest()
+            for v in block[key].to_pylist()
+        )
+        out[pos : pos + block.num_rows] = np.frombuffer(raw, dtype="V16")
+        pos += block.num_rows
+    if len(np.unique(out)) != len(out):
+        raise ConfigError(f"The key column '{key}' has repeated values in the {label} version.")
+    return out
+
+
+def diff_tables(old: pa.Table | Rows, new: pa.Table | Rows, key: str | None = None) -> VersionDiff:
+    """The difference between two tables or versions (see the module docstring).
+
+    Each row is reduced to 16-byte digests (of its key, and of its other shared
+    columns as canonical JSON) read block by block, so two versions far larger than
+    memory can be compared: about 32 bytes a row.
+    """
+    o = old if isinstance(old, Rows) else Rows.of(old)
+    n = new if isinstance(new, Rows) else Rows.of(new)
+    o_types = {f.name: f.type for f in o.schema}
+    n_types = {f.name: f.type for f in n.schema}
+    d = VersionDiff(old="", new="", key=key, rows_old=o.num_rows, rows_new=n.num_rows)
+    d.columns_added = [c for c in n.schema.names if c not in o_types]
+    d.columns_removed = [c for c in o.schema.names if c not in n_types]
     d.type_changed = [
         {"column": c, "old": str(o_types[c]), "new": str(n_types[c])}
-        for c in new.column_names
+        for c in n.schema.names
         if c in o_types and o_types[c] != n_types[c]
     ]
-    shared = [c for c in new.column_names if c in o_types and o_types[c] == n_types[c]]
+    shared = [c for c in n.schema.names if c in o_types and o_types[c] == n_types[c]]
     d.compared_columns = shared
     if key is None:
-        fo = _fingerprints(old, shared)
-        fn = _fingerprints(new, shared)
-        co, cn = Counter(fo), Counter(fn)
-        d.rows_added = sum((cn - co).values())
-        d.rows_removed = sum((co - cn).values())
-        d.sample_added = [i for i, f in enumerate(fn) if f not in co][:SAMPLE]
-        d.sample_removed = [i for i, f in enumerate(fo) if f not in cn][:SAMPLE]
+        fo, fn = row_digests(o, shared), row_digests(n, shared)
+        uo, co = np.unique(fo, return_counts=True)
+        un, cn = np.unique(fn, return_counts=True)
+        in_old = np.zeros(len(un), dtype=np.int64)  # occurrences in old of each new row
+        if len(uo):
+            at = np.minimum(np.searchsorted(uo, un), len(uo) - 1)
+            hit = uo[at] == un
+            in_old[hit] = co[at][hit]
+        common = int(np.minimum(cn, in_old).sum())  # rows in both, as multisets
+        d.rows_added = n.num_rows - common
+        d.rows_removed = o.num_rows - common
+        d.sample_added = _first(~np.isin(fn, uo))
+        d.sample_removed = _first(~np.isin(fo, un))
         return d
     if key not in shared:
         raise ConfigError(f"The key column '{key}' must exist with the same type in both versions.")
     others = [c for c in shared if c != key]
-    ko = [str(k) for k in old[key].to_pylist()]
-    kn = [str(k) for k in new[key].to_pylist()]
-    for keys, label in ((ko, "old"), (kn, "new")):
-        if len(set(keys)) != len(keys):
-            raise ConfigError(f"The key column '{key}' has repeated values in the {label} version.")
-    old_fp = dict(zip(ko, _fingerprints(old, others), strict=True))
-    old_set = set(ko)
-    new_set = set(kn)
-    for i, (k, f) in enumerate(zip(kn, _fingerprints(new, others), strict=True)):
-        if k not in old_set:
-            d.rows_added += 1
-            if len(d.sample_added) < SAMPLE:
-                d.sample_added.append(i)
-        elif old_fp[k] != f:
-            d.rows_changed += 1
-            if len(d.sample_changed) < SAMPLE:
-                d.sample_changed.append(i)
-    for i, k in enumerate(ko):
-        if k not in new_set:
-            d.rows_removed += 1
-            if len(d.sample_removed) < SAMPLE:
-                d.sample_removed.append(i)
+    ko, kn = _key_digests(o, key, "old"), _key_digests(n, key, "new")
+    fo, fn = row_digests(o, others), row_digests(n, others)
+    matched = np.zeros(len(kn), dtype=bool)
+    changed = np.zeros(len(kn), dtype=bool)
+    if len(ko):
+        order = np.argsort(ko)
+        ko_sorted = ko[order]
+        at = np.minimum(np.searchsorted(ko_sorted, kn), len(ko) - 1)
+        matched = ko_sorted[at] == kn
+        changed = matched & (fo[order][at] != fn)
+    removed = ~np.isin(ko, kn)
+    d.rows_added = int((~matched).sum())
+    d.rows_changed = int(changed.sum())
+    d.rows_removed = int(removed.sum())
+    d.sample_added = _first(~matched)
+    d.sample_changed = _first(changed)
+    d.sample_removed = _first(removed)
     return d
 
 
@@ -113,8 +134,8 @@ def diff_versions(
     a = store.version(dataset, v1)
     b = store.version(dataset, v2)
     d = diff_tables(
-        store.read_table(f"{a.dataset_id}@{a.hash}"),
-        store.read_table(f"{b.dataset_id}@{b.hash}"),
+        Rows.of(store.parquet_file(f"{a.dataset_id}@{a.hash}")),
+        Rows.of(store.parquet_file(f"{b.dataset_id}@{b.hash}")),
         key,
     )
     d.old, d.new = a.hash, b.hash

@@ -238,6 +238,27 @@ def row_json(table: pa.Table, columns: list[str]) -> list[str]:
     )
 
 
+def row_digests(
+    rows: Rows, columns: list[str], ctx: OpContext | None = None, what: str = ""
+) -> np.ndarray:
+    """A 16-byte digest per row of ``columns`` as canonical JSON (``void16`` array):
+    equal rows have equal digests; 16 bytes a row in memory, wherever the data is."""
+    n = rows.num_rows
+    if not columns:
+        one = hashlib.blake2b(b"[]", digest_size=16).digest()
+        return np.frombuffer(one * n, dtype="V16")
+    out = np.empty(n, dtype="V16")
+    pos = 0
+    for block in rows.column_blocks(columns):
+        keys = row_json(block, columns)
+        raw = b"".join(hashlib.blake2b(k.encode("utf-8"), digest_size=16).digest() for k in keys)
+        out[pos : pos + len(keys)] = np.frombuffer(raw, dtype="V16")
+        pos += len(keys)
+        if ctx is not None:
+            ctx.step(0.5 * pos / max(n, 1), f"{what}: {pos:,} rows read")
+    return out
+
+
 # -- row-wise operations ---------------------------------------------------------------------
 def _make_normalize(p: dict[str, Any], _: OpContext) -> Transform:
     form = p["unicode"]
@@ -426,21 +447,10 @@ def _make_dedupe(p: dict[str, Any], ctx: OpContext) -> Plan:
         cols = p["columns"] or rows.schema.names
         text_columns(rows.schema, cols)
         n = rows.num_rows
-        # A 128-bit digest per row of its key columns as canonical JSON: 16 bytes a row
-        # in memory, wherever the data is; equal rows have equal digests.
-        digests = np.empty((n, 2), dtype=np.uint64)
-        pos = 0
-        for block in rows.column_blocks(cols):
-            keys = row_json(block, cols)
-            raw = b"".join(
-                hashlib.blake2b(k.encode("utf-8"), digest_size=16).digest() for k in keys
-            )
-            digests[pos : pos + len(keys)] = np.frombuffer(raw, dtype=np.uint64).reshape(-1, 2)
-            pos += len(keys)
-            ctx.step(0.5 * pos / max(n, 1), f"dedupe: {pos:,} rows read")
+        digests = row_digests(rows, cols, ctx, "dedupe")
         keep = np.zeros(n, dtype=bool)
         if n:
-            _, first = np.unique(digests, axis=0, return_index=True)  # first occurrences
+            _, first = np.unique(digests, return_index=True)  # first occurrences
             keep[first] = True
         del digests
         yield from _kept(rows, keep, ctx, "dedupe")
