@@ -348,7 +348,8 @@ def main() -> int:
         print(f"Qt view: peak RSS            {qv['rss_mb']:,.0f} MB (goal <= 300 MB)")
         qb = _run("qtbase", path, tmp / "ws")
         print(
-            f"baseline: Qt's QStandardItemModel, {qb['rows']:,.0f} rows' display text held in C++, "
+            f"baseline: Qt's QStandardItemModel and default delegate, {qb['rows']:,.0f} rows' "
+            "display text held in C++, "
             f"same view and scrolls: p50 {qb['all_p50']:.2f} ms  p99 {qb['all_p99']:.2f} ms, "
             f"CPU p50 {qb['cpu_p50']:.2f} ms  p99 {qb['cpu_p99']:.2f} ms"
         )

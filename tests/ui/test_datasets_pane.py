@@ -230,38 +230,56 @@ def test_cells_carry_as_much_text_as_the_column_shows(qtbot, main_window, worksp
 
 
 def test_the_fast_cell_delegate_paints_what_qt_would(qtbot, main_window, workspace) -> None:
-    """The pane's delegate fills the style option straight from the model: the screen it
-    paints is pixel for pixel the one Qt's own delegate paints, edits in italics included."""
+    """The pane's delegate fills the style option straight from the model. Text that
+    needs shaping (Arabic, a ligature, Japanese) is painted pixel for pixel as Qt's own
+    delegate paints it; only all-ASCII text skips shaping; edits are in italics."""
     from PySide6.QtGui import QFont
     from PySide6.QtWidgets import QStyledItemDelegate, QStyleOptionViewItem
 
     from app.ui.panes.datasets.qt_arrow_model import ArrowCellDelegate
 
-    rows = {"t": ["plain text", "ﬁ ligature, Kerning AV", "مرحبا بالعالم", None], "n": [1, 2, 3, 4]}
-    ds = DatasetStore(workspace).create_dataset("cells", pa.table(rows))
+    texts = ["plain text", "ﬁ ligature, Kerning AV", "مرحبا بالعالم", "日本語のテキスト", None]
+    ds = DatasetStore(workspace).create_dataset(
+        "cells", pa.table({"t": texts, "n": [1, 2, 3, 4, 5]})
+    )
     pane = main_window.pane("datasets")
     pane.refresh_datasets(select=ds.dataset_id)
     pane.open_dataset(ds.dataset_id)
     table, model = pane.table, pane.model
-    assert isinstance(table.itemDelegate(), ArrowCellDelegate)
-    assert table.font().styleStrategy() & QFont.StyleStrategy.PreferNoShaping
-    assert model.setData(model.index(0, 0), "edited")  # an unsaved edit: italic
-    opt = QStyleOptionViewItem()
-    table.itemDelegate().initStyleOption(opt, model.index(0, 0))
-    assert opt.text == "edited" and opt.font.italic()
-    opt = QStyleOptionViewItem()
-    table.itemDelegate().initStyleOption(opt, model.index(1, 0))
-    assert opt.text == "ﬁ ligature, Kerning AV" and not opt.font.italic()
+    delegate = table.itemDelegate()
+    assert isinstance(delegate, ArrowCellDelegate)
+    no_shaping = QFont.StyleStrategy.PreferNoShaping
 
-    def screen() -> bytes:
+    def option(row: int) -> QStyleOptionViewItem:
+        opt = QStyleOptionViewItem()
+        delegate.initStyleOption(opt, model.index(row, 0))
+        return opt
+
+    assert option(0).text == "plain text" and option(0).font.styleStrategy() & no_shaping
+    for row in (1, 2, 3):
+        assert option(row).text == texts[row]
+        assert not option(row).font.styleStrategy() & no_shaping
+        assert not option(row).font.italic()
+
+    def cells() -> list[bytes]:
         table.viewport().repaint()
         image = table.viewport().grab().toImage()  # kept alive while its bits are copied
-        return bytes(image.constBits())
+        out = []
+        for row in range(len(texts)):
+            rect = table.visualRect(model.index(row, 0))
+            part = image.copy(rect)
+            out.append(bytes(part.constBits()))
+        return out
 
-    ours = screen()
-    plain = QStyledItemDelegate(table)
-    table.setItemDelegate(plain)
+    ours = cells()
+    table.setItemDelegate(QStyledItemDelegate(table))
     try:
-        assert screen() == ours
+        theirs = cells()
     finally:
         table.setItemDelegate(pane.cell_delegate)
+    assert [ours[r] == theirs[r] for r in (1, 2, 3, 4)] == [True] * 4
+    assert len(set(ours[0])) > 1  # the ASCII cell is painted (not blank)
+    assert model.setData(model.index(2, 0), "نص معدل")  # an unsaved edit: italic, shaped
+    assert option(2).font.italic() and not option(2).font.styleStrategy() & no_shaping
+    assert model.setData(model.index(0, 0), "edited")
+    assert option(0).font.italic() and option(0).font.styleStrategy() & no_shaping

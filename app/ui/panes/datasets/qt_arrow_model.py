@@ -45,20 +45,18 @@ _FLAGS_EDIT = _FLAGS | Qt.ItemFlag.ItemIsEditable
 
 
 def configure_table_view(view: Any) -> None:
-    """How the Datasets pane sets up its QTableView (the benchmark uses the same).
+    """How the Datasets pane sets up its QTableView (the benchmark uses the same):
+    one line per row, fixed row and column sizes, nothing measured per cell, and
+    row numbers (digits only) drawn without OpenType shaping."""
+    from PySide6.QtGui import QFont
 
-    One line per row, fixed row and column sizes (nothing is measured per cell), and
-    a font that skips OpenType shaping where a script does not need it (kerning and
-    ligatures in Latin text; Arabic or Indic text is still shaped): shaping is the
-    largest single cost of painting a screen of text cells (measured: a screen
-    repaints about 25% faster, with Qt's own model as with ours).
-    """
-    view.verticalHeader().setDefaultSectionSize(22)
+    rows = view.verticalHeader()
+    rows.setDefaultSectionSize(22)
+    font = rows.font()
+    font.setStyleStrategy(QFont.StyleStrategy.PreferNoShaping)
+    rows.setFont(font)
     view.horizontalHeader().setDefaultSectionSize(220)
     view.setWordWrap(False)
-    font = view.font()
-    font.setStyleStrategy(QFont.StyleStrategy.PreferNoShaping)
-    view.setFont(font)
 
 
 def display_text(v: Any, limit: int = MAX_CELL_CHARS) -> str | None:
@@ -113,13 +111,27 @@ class ArrowCellDelegate(QStyledItemDelegate):
     colours, check state, icon, text, background), each a call into Python; this
     model only ever has text and an italic font for unsaved changes, so the option
     is filled directly from the model: a screen costs ~175 calls instead of ~1,200.
-    Editing, tooltips and everything else go through the model as usual.
+
+    A cell whose text is all ASCII is drawn with a font that skips OpenType shaping
+    (kerning and ligatures only, for such text): shaping is the largest single cost
+    of painting a screen of text. Any other text is shaped as usual; the whole view
+    cannot skip shaping, because Qt then draws Arabic unjoined and in the wrong
+    order (seen in a screenshot, kept by a test).
     """
 
     def __init__(self, model: ArrowTableModel | None, parent: Any = None) -> None:
         super().__init__(parent)
         self.model = model  # the pane points this at the model it shows
-        self._italic: Any = None
+        self._fonts: list[QFont] | None = None  # [shaped italic, plain ASCII, italic ASCII]
+
+    def _make_fonts(self, base: QFont) -> list[QFont]:
+        italic = QFont(base)
+        italic.setItalic(True)
+        fast = QFont(base)
+        fast.setStyleStrategy(QFont.StyleStrategy.PreferNoShaping)
+        fast_italic = QFont(fast)
+        fast_italic.setItalic(True)
+        return [italic, fast, fast_italic]
 
     def initStyleOption(self, option: QStyleOptionViewItem, index: _Index) -> None:
         model = self.model
@@ -129,15 +141,20 @@ class ArrowCellDelegate(QStyledItemDelegate):
         option.index = index
         row, column = index.row(), index.column()
         text = model.display(row, column)
+        changed = bool(model.edits or model.added) and model.is_changed(row, column)
+        if self._fonts is None:
+            self._fonts = self._make_fonts(option.font)
         if text is not None:
             option.features = option.features | _HAS_DISPLAY
             option.text = text
-        if (model.edits or model.added) and model.is_changed(row, column):
-            if self._italic is None:
-                self._italic = QFont(option.font)
-                self._italic.setItalic(True)
-            option.font = self._italic
-            option.fontMetrics = QFontMetrics(self._italic)
+            if text.isascii():
+                option.font = self._fonts[2 if changed else 1]
+                if changed:
+                    option.fontMetrics = QFontMetrics(self._fonts[2])
+                return
+        if changed:
+            option.font = self._fonts[0]
+            option.fontMetrics = QFontMetrics(self._fonts[0])
 
 
 class ArrowTableModel(QAbstractTableModel):
