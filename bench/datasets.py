@@ -242,13 +242,6 @@ def _view_bench(
     }
 
 
-def _run(mode: str, path: Path, ws: Path, repeat: int = 1) -> dict[str, float]:
-    """Best time of ``repeat`` runs (the machine may be shared), largest peak RSS."""
-    runs = [_run_once(mode, path, ws) for _ in range(repeat)]
-    best = min(runs, key=lambda r: r["seconds"])
-    return {**best, "rss_mb": max(r["rss_mb"] for r in runs)}
-
-
 def _run_once(mode: str, path: Path, ws: Path) -> dict[str, float]:
     if mode == "import" and ws.exists():
         import shutil
@@ -304,7 +297,7 @@ def main() -> int:
     ours = min((o for _, o in pairs), key=lambda r: r["seconds"])
     base["rss_mb"] = max(b["rss_mb"] for b, _ in pairs)
     ours["rss_mb"] = max(o["rss_mb"] for _, o in pairs)
-    opened = _run("open", path, tmp / "ws")
+    opened = _run_once("open", path, tmp / "ws")
     rows = ours["rows"]
     print(f"file                       {size_mb:,.0f} MB, {rows:,.0f} rows, {os.cpu_count()} CPUs")
     print(
@@ -326,7 +319,7 @@ def main() -> int:
         f"a block mid-file {opened['block_seconds'] * 1000:.0f} ms"
     )
     if not args.no_view:
-        qv = _run("view", path, tmp / "ws")
+        qv = _run_once("view", path, tmp / "ws")
         print(
             f"Qt view: first rows shown   {qv['seconds'] * 1000:7.0f} ms (model + first paint; "
             f"PySide6 import {qv['imports_s'] * 1000:.0f} ms more; goal <= 1 s), {qv['rows']:,.0f} rows"
@@ -346,7 +339,7 @@ def main() -> int:
             "(the painting thread's CPU time, without the machine's other work)"
         )
         print(f"Qt view: peak RSS            {qv['rss_mb']:,.0f} MB (goal <= 300 MB)")
-        qb = _run("qtbase", path, tmp / "ws")
+        qb = _run_once("qtbase", path, tmp / "ws")
         print(
             f"baseline: Qt's QStandardItemModel and default delegate, {qb['rows']:,.0f} rows' "
             "display text held in C++, "

@@ -63,7 +63,7 @@ def _plain_type(t: pa.DataType) -> pa.DataType:
             pa.field("value", _plain_type(t.item_type), t.item_field.nullable),
             t.keys_sorted,
         )
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+    if _is_list_like(t):  # a map was handled above
         item = pa.field("item", _plain_type(t.value_type), t.value_field.nullable)
         if pa.types.is_fixed_size_list(t):
             return pa.list_(item, t.list_size)
@@ -223,7 +223,7 @@ class _Column:
 
     def _flush_ipc(self, n: int) -> None:
         parts = pa.chunked_array(self._pending, type=self.type)
-        chunk = pa.concat_arrays(parts.slice(0, n).chunks) if n else pa.array([], self.type)
+        chunk = pa.concat_arrays(parts.slice(0, n).chunks)  # n > 0: fresh, exact buffers
         rest = parts.slice(n)
         self._pending = list(rest.chunks)
         self._pending_rows = len(rest)
