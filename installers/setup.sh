@@ -15,8 +15,10 @@ cd "$here"
 venv="$here/.venv"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-# --- Debian packages Qt needs (only when missing and we are root) -----------
-qt_debs=(libegl1 libgl1 libopengl0 libglx0 libfontconfig1 libfreetype6 libxkbcommon0
+# --- Debian packages Qt and the sandbox need (only when missing and we are root)
+# bubblewrap: the run_python agent tool's sandbox (docs/security.md); without it
+# the tool is unavailable, never weaker.
+qt_debs=(bubblewrap libegl1 libgl1 libopengl0 libglx0 libfontconfig1 libfreetype6 libxkbcommon0
   libxkbcommon-x11-0 libdbus-1-3 libglib2.0-0 libx11-6 libx11-xcb1 libxcb1 libxcb-cursor0
   libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-randr0 libxcb-render0
   libxcb-render-util0 libxcb-shape0 libxcb-shm0 libxcb-sync1 libxcb-util1 libxcb-xfixes0
