@@ -14,7 +14,7 @@ from app.core.errors import ConfigError
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("agent", help="agents: create, list, show, run, export, import")
+    p = sub.add_parser("agent", help="agents: create, list, show, run, export, import, approvals")
     asub = p.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
 
     c = asub.add_parser("create", help="create an agent (or a new version) from a JSON/YAML spec")
@@ -68,10 +68,45 @@ def register(sub: Any) -> None:
     ex.add_argument("--version", type=int, help="agent version (default: the latest)")
     ex.set_defaults(func=cmd_export)
 
-    im = asub.add_parser("import", help="import a bundle (checksums are verified first)")
+    im = asub.add_parser(
+        "import",
+        help="import a bundle (checksums are verified first)",
+        description="Import a bundle. It prints what the agent can do, computed from its spec; "
+        "its MCP servers and side-effecting tools stay inactive until approved "
+        "(demoai agent approvals approve NAME).",
+    )
     im.add_argument("path")
     im.add_argument("--json", action="store_true")
     im.set_defaults(func=cmd_import)
+
+    ap = asub.add_parser(
+        "approvals",
+        help="list, approve or revoke what agents may do",
+        description="Approvals bind to one agent, the exact content of one spec version and "
+        "exactly what was shown (an MCP server's argv and environment, a tool's folder). "
+        "Any change of the spec asks again.",
+    )
+    apsub = ap.add_subparsers(dest="approvals_command", metavar="ACTION", required=True)
+    al = apsub.add_parser("list", help="recorded approvals, and what still waits for one")
+    al.add_argument("--agent", help="only this agent")
+    al.add_argument("--json", action="store_true")
+    al.set_defaults(func=cmd_approvals_list)
+    aa = apsub.add_parser(
+        "approve",
+        help="approve an agent version's MCP servers and side-effecting tools",
+        description="Shows exactly what each grant allows (argv and environment of an MCP "
+        "server, a tool's folder) and asks on the terminal; --yes approves all of them.",
+    )
+    aa.add_argument("agent")
+    aa.add_argument("--version", type=int, help="agent version (default: the latest)")
+    aa.add_argument("--yes", action="store_true", help="approve every grant shown, without asking")
+    aa.add_argument("--json", action="store_true")
+    aa.set_defaults(func=cmd_approvals_approve)
+    ar = apsub.add_parser("revoke", help="forget an approval (by id) or all of an agent's")
+    ar.add_argument("id", nargs="?", type=int, help="approval id (see `approvals list`)")
+    ar.add_argument("--agent", help="revoke every approval of this agent")
+    ar.add_argument("--json", action="store_true")
+    ar.set_defaults(func=cmd_approvals_revoke)
 
 
 def _out(args: argparse.Namespace, obj: Any, text: str) -> None:
@@ -107,12 +142,20 @@ def cmd_create(args: argparse.Namespace) -> int:
     from app.core.agents import AgentSpec, AgentStore
 
     spec = AgentSpec.from_dict(_load_spec_file(Path(args.spec)))
+    from app.core.agents.approvals import ApprovalStore
+
     ws = open_workspace(args)
     try:
         saved = AgentStore(ws.db).save(spec)
+        pending = ApprovalStore(ws.db).pending(saved)
     finally:
         ws.close()
-    _out(args, saved.to_dict(), f"{saved.name} v{saved.version}")
+    lines = [f"{saved.name} v{saved.version}"]
+    for g in pending:
+        lines.append(f"not active until approved: {g.describe()}")
+    if pending:
+        lines.append(f"approve with: demoai agent approvals approve {saved.name}")
+    _out(args, saved.to_dict(), "\n".join(lines))
     return 0
 
 
@@ -169,7 +212,7 @@ def _ask(call: Any) -> str:
         args = args[:500] + "…"
     sys.stderr.write(f"\nThe agent wants to run {call.tool} with {args}\n")
     while True:
-        sys.stderr.write("Allow? [o]nce / [a]lways for this agent / [d]eny: ")
+        sys.stderr.write("Allow? [o]nce / [a]lways for this agent version / [d]eny: ")
         sys.stderr.flush()
         answer = sys.stdin.readline().strip().lower()
         if answer in ("o", "once"):
@@ -178,6 +221,32 @@ def _ask(call: Any) -> str:
             return "always"
         if answer in ("d", "deny", "n", "no", ""):
             return "deny"
+
+
+def _ask_grant(grant: Any) -> str:
+    """Ask on the terminal whether an MCP server may start / a side-effecting tool be offered."""
+    sys.stderr.write(f"\nThis agent version needs your approval:\n  {grant.describe()}\n")
+    while True:
+        sys.stderr.write("Allow? [o]nce / [a]lways for this version / [d]eny: ")
+        sys.stderr.flush()
+        answer = sys.stdin.readline().strip().lower()
+        if answer in ("o", "once"):
+            return "once"
+        if answer in ("a", "always"):
+            return "always"
+        if answer in ("d", "deny", "n", "no", ""):
+            return "deny"
+
+
+def _inactive(agent: str) -> Any:
+    def report(grant: Any) -> None:
+        what = "not started" if grant.kind == "mcp_server" else "not offered"
+        sys.stderr.write(
+            f"{what}: {grant.describe().splitlines()[0]} - not approved for this version of "
+            f"{agent} (demoai agent approvals approve {agent})\n"
+        )
+
+    return report
 
 
 def _deny_unattended(call: Any) -> str:
@@ -243,11 +312,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             "Not on a terminal: nobody can approve tool calls.",
             "Pass --approve-all-read-only to run unattended (side-effecting calls are denied).",
         )
+    from app.core.agents.approvals import ApprovalStore
+
     approve = _ask if tty else _deny_unattended
     ws = open_workspace(args)
     try:
         agents = AgentStore(ws.db)
         spec = agents.get(args.agent, args.version)
+        # Unattended, nothing unapproved starts; on a terminal the user is asked.
+        gate = ApprovalStore(ws.db).gate(spec, _ask_grant if tty else None)
 
         def show(step: Any) -> None:
             if args.json or step.kind in ("system", "user"):
@@ -259,7 +332,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         with (
             _client(ws, spec, args) as (client, embedder_for),
             agent_tools(
-                spec, embedder_for=embedder_for, index_dir=ws.root / "agents" / "index"
+                spec,
+                embedder_for=embedder_for,
+                index_dir=ws.root / "agents" / "index",
+                gate=gate,
+                on_inactive=_inactive(spec.name),
             ) as tools,
         ):
             result = run_agent(
@@ -321,6 +398,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_import(report: Any) -> list[str]:
+    """The import report as plain lines: what was added and what the agent can do."""
+    from app.core.agents.approvals import describe_capabilities
+
+    lines = [f"imported {x}" for x in report.imported]
+    if report.capabilities is not None:
+        lines += describe_capabilities(report.capabilities)
+    for what in report.undeclared:
+        lines.append(f"warning: the bundle's own summary does not mention {what}")
+    if report.pending:
+        lines.append("Inactive until you approve (exactly this spec version):")
+        for g in report.pending:
+            lines += [f"  {line}" for line in g["description"].splitlines()]
+        if report.kind == "agent":
+            lines.append(f"approve with: demoai agent approvals approve {report.name}")
+    for m in report.missing_models:
+        lines.append(
+            f"missing model: {m['id']} (sha256 {m['sha256'] or '?'}): import it before running"
+        )
+    return lines
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from app.cli.common import open_workspace
     from app.core.agents import import_bundle
@@ -330,10 +429,99 @@ def cmd_import(args: argparse.Namespace) -> int:
         report = import_bundle(ws.db, Path(args.path))
     finally:
         ws.close()
-    lines = [f"imported {x}" for x in report.imported]
-    for m in report.missing_models:
-        lines.append(
-            f"missing model: {m['id']} (sha256 {m['sha256'] or '?'}): import it before running"
+    _out(args, report.to_dict(), "\n".join(describe_import(report)))
+    return 0
+
+
+def cmd_approvals_list(args: argparse.Namespace) -> int:
+    from app.cli.common import open_workspace
+    from app.core.agents import AgentStore
+    from app.core.agents.approvals import ApprovalStore
+
+    ws = open_workspace(args)
+    try:
+        store = ApprovalStore(ws.db)
+        approvals = store.list(args.agent)
+        specs = AgentStore(ws.db).list()
+        if args.agent is not None:
+            specs = [s for s in specs if s.name == args.agent]
+        pending = [(s, g) for s in specs for g in store.pending(s)]
+    finally:
+        ws.close()
+    lines = []
+    for a in approvals:
+        versions = ",".join(f"v{v}" for v in a.versions) or "no stored version"
+        lines.append(f"[{a.id}] {a.agent} ({versions}, spec {a.spec_hash[:12]}) {a.kind}: "
+                     f"{a.describe()}  - {a.approved_by}")  # fmt: skip
+    for spec, g in pending:
+        lines.append(f"[waiting] {spec.name} v{spec.version}: {g.describe()}")
+    obj = {
+        "approvals": [a.to_dict() for a in approvals],
+        "pending": [{"agent": s.name, "version": s.version, **g.to_dict()} for s, g in pending],
+    }
+    _out(args, obj, "\n".join(lines) or "(no approvals)")
+    return 0
+
+
+def cmd_approvals_approve(args: argparse.Namespace) -> int:
+    from app.cli.common import open_workspace
+    from app.core.agents import AgentStore
+    from app.core.agents.approvals import ApprovalStore
+
+    tty = sys.stdin.isatty() and sys.stderr.isatty()
+    if not args.yes and not tty:
+        raise ConfigError(
+            "Not on a terminal: nobody can confirm the approvals.",
+            "Run it on a terminal, or pass --yes after reading `demoai agent approvals list`.",
         )
-    _out(args, report.to_dict(), "\n".join(lines))
+    ws = open_workspace(args)
+    try:
+        spec = AgentStore(ws.db).get(args.agent, args.version)
+        store = ApprovalStore(ws.db)
+        approved, declined = [], []
+        for g in store.pending(spec):
+            print(f"{spec.name} v{spec.version}: {g.describe()}", file=sys.stderr)
+            ok = args.yes
+            if not ok:
+                sys.stderr.write("Approve for this version? [y/N]: ")
+                sys.stderr.flush()
+                ok = sys.stdin.readline().strip().lower() in ("y", "yes")
+            if ok:
+                store.approve(spec, g, by="user (command line)")
+                approved.append(g)
+            else:
+                declined.append(g)
+    finally:
+        ws.close()
+    lines = [f"approved: {g.describe()}" for g in approved]
+    lines += [f"not approved: {g.describe().splitlines()[0]}" for g in declined]
+    obj = {"agent": spec.name, "version": spec.version,
+           "approved": [g.to_dict() for g in approved],
+           "declined": [g.to_dict() for g in declined]}  # fmt: skip
+    _out(args, obj, "\n".join(lines) or f"{spec.name} v{spec.version}: nothing waits for approval")
+    return 0
+
+
+def cmd_approvals_revoke(args: argparse.Namespace) -> int:
+    from app.cli.common import open_workspace
+    from app.core.agents.approvals import ApprovalStore
+
+    if (args.id is None) == (args.agent is None):
+        raise ConfigError("Name one approval id, or --agent NAME for all of an agent's.")
+    ws = open_workspace(args)
+    try:
+        store = ApprovalStore(ws.db)
+        if args.id is not None:
+            gone = store.revoke(args.id)
+            obj: Any = gone.to_dict()
+            text = f"revoked [{gone.id}] {gone.agent} {gone.kind}: {gone.describe()}"
+        else:
+            n = store.revoke_agent(args.agent)
+            obj, text = (
+                {"agent": args.agent, "revoked": n},
+                f"revoked {n} approval(s) of {args.agent}",
+            )
+    finally:
+        ws.close()
+    _out(args, obj, text)
     return 0

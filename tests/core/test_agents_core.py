@@ -35,8 +35,6 @@ def test_agent_spec_versions(workspace: Any) -> None:
     assert store.get("helper").seed == 7
     with pytest.raises(NotFoundError):
         store.get("nobody")
-    store.allow_always("helper", "write_file")
-    assert store.always_allowed("helper") == {"write_file"}
 
 
 def test_agent_spec_validation() -> None:

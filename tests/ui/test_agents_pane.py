@@ -17,6 +17,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 from app.core.agents import AgentStore, OpenAIChatClient, RunStore
+from app.core.agents.approvals import ApprovalStore
 from tests.support.scripted_server import ScriptedServer
 
 SCRIPT = [
@@ -125,7 +126,7 @@ def test_run_approve_and_fork(
     assert "approval: once" in labels and labels[-1] == "final answer"
     run = runs.get(pane.run_id)
     assert run.status == "succeeded" and run.agent_version == 2
-    assert store.always_allowed("copier") == set()
+    assert [a.kind for a in ApprovalStore(store.db).list("copier")] == ["tool", "tool"]
     assert pane.run_list.count() == 1
 
     # -- run search
@@ -153,7 +154,8 @@ def test_run_approve_and_fork(
     qtbot.mouseClick(pane.approve_always_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
     assert (granted / "out.txt").read_text() == "copied"
-    assert store.always_allowed("copier") == {"write_file"}
+    always = [a for a in ApprovalStore(store.db).list("copier") if a.kind == "always"]
+    assert [(a.name, a.versions) for a in always] == [("write_file", (2,))]
     labels = _labels(pane)
     assert "branch 1/2" in labels and "branch 2/2 (shown)" in labels
     assert pane.final_label.text().startswith("Final answer:")

@@ -30,6 +30,7 @@ from app.core.agents import (
     replay_run,
     run_agent,
 )
+from app.core.agents.approvals import ApprovalStore, spec_hash
 from app.core.agents.prompts import PromptStore
 from app.core.agents.sandbox import run_python
 from app.core.workspace import Workspace
@@ -147,7 +148,9 @@ def test_always_is_remembered_per_agent(
     ]
     go(workspace, servers, spec_for(granted, "write_file"), script, approve=approve)
     assert len(asked) == 1 and (granted / "b.txt").read_text() == "2"
-    assert AgentStore(workspace.db).always_allowed("helper") == {"write_file"}
+    spec = AgentStore(workspace.db).get("helper")
+    [always] = [a for a in ApprovalStore(workspace.db).list("helper") if a.kind == "always"]
+    assert (always.name, always.spec_hash, always.versions) == ("write_file", spec_hash(spec), (1,))
 
 
 def test_write_outside_the_folder_is_refused_even_when_approved(

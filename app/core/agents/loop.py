@@ -16,8 +16,11 @@ Two ways to call tools (the run records which, so forks and replays use the same
 An unusable reply gets one corrective retry, then the run fails with a recorded error.
 
 Permissions: read-only tools run freely. A side-effecting tool runs only after
-``approve(call)`` returns ``'once'`` or ``'always'`` (remembered per agent in
-:class:`AgentStore`); no approver means deny. Tool results reach the model as
+``approve(call)`` returns ``'once'`` or ``'always'``; 'always' is remembered for
+this agent, this exact spec content and this grant (see
+:mod:`app.core.agents.approvals`), so an edited or imported spec asks again; no
+approver means deny. MCP servers and side-effecting grants that the user has
+not approved are not even started or offered (``agent_tools(gate=...)``). Tool results reach the model as
 user-role messages wrapped by :func:`wrap_untrusted` (chat templates such as
 Gemma's know only user/assistant turns); they are stored as ``tool_result`` steps.
 """
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from app.core.agents.approvals import ApprovalStore, Grant, grants, tool_grant
 from app.core.agents.builtin_tools import ToolContext, builtin_tool
 from app.core.agents.runs import Run, RunStore, Step
 from app.core.agents.spec import AgentSpec, AgentStore
@@ -437,15 +441,34 @@ def agent_tools(
     python_timeout_s: float = 10.0,
     embedder_for: Callable[[str], Callable[[list[str]], list[list[float]]]] | None = None,
     index_dir: Path | None = None,
+    gate: Callable[[Grant], bool] | None = None,
+    on_inactive: Callable[[Grant], None] | None = None,
 ) -> Iterator[ToolRegistry]:
     """The tools an agent spec grants, with its MCP servers connected for the duration.
 
     ``embedder_for(model_id)`` gives the embedding function of a library model
     (through the model host) for a ``search_documents`` grant with an
     ``embedding_model``; its index is cached under ``index_dir``.
+
+    ``gate(grant)`` is asked before an MCP server starts or a side-effecting
+    tool is offered (:meth:`ApprovalStore.gate`); what it refuses stays
+    inactive and is passed to ``on_inactive``. Without a gate the caller vouches
+    for the spec (one it built itself); the CLI and the Agents pane always pass one.
     """
+
+    def active(grant: Grant) -> bool:
+        if gate is None or gate(grant):
+            return True
+        if on_inactive is not None:
+            on_inactive(grant)
+        return False
+
+    needs = {(g.kind, g.name): g for g in grants(spec)} if gate is not None else {}
     reg = ToolRegistry()
     for grant in spec.tools:
+        g = needs.get(("tool", grant.name))
+        if g is not None and not active(g):
+            continue
         embed = None
         if grant.embedding_model:
             if embedder_for is None:
@@ -468,6 +491,8 @@ def agent_tools(
             from app.core.agents.mcp_tools import McpConnection
 
             for server in spec.mcp_servers:
+                if not active(Grant.for_server(server)):
+                    continue
                 conn = stack.enter_context(McpConnection(server))
                 for tool in conn.tools():
                     reg.register(tool)
@@ -681,8 +706,10 @@ class _Loop:
 
     def decide(self, leaf: Step, call: ToolCall, tool: Tool) -> tuple[Step, bool]:
         """Ask for approval of a side-effecting call; returns (approval step, allowed)."""
+        grant = tool_grant(self.spec, call.tool, tool.source)
+        approvals = ApprovalStore(self.agents.db) if self.agents is not None else None
         remembered = call.tool in self.session_always or (
-            self.agents is not None and call.tool in self.agents.always_allowed(self.spec.name)
+            approvals is not None and approvals.always_allowed(self.spec, call.tool, grant)
         )
         if remembered:
             step = self.add(leaf, "approval", "always", tool=call.tool,
@@ -700,8 +727,8 @@ class _Loop:
                 decision, by = "deny", f"approver answered {decision!r}"
         if decision == "always":
             self.session_always.add(call.tool)
-            if self.agents is not None:
-                self.agents.allow_always(self.spec.name, call.tool)
+            if approvals is not None:
+                approvals.allow_always(self.spec, call.tool, grant)
         d: Decision = decision  # type: ignore[assignment]
         step = self.add(leaf, "approval", d, tool=call.tool, arguments=call.arguments,
                         data={"by": by})  # fmt: skip

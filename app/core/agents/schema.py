@@ -67,6 +67,25 @@ register_migrations(
         );
         CREATE INDEX agent_steps_run ON agent_steps(run_id);
         CREATE INDEX agent_steps_parent ON agent_steps(parent_id)
+        """,
+        # Approvals bind to exactly what was approved (see app.core.agents.approvals).
+        # The old per-(agent name, tool) approvals would carry over to any later
+        # version of the same name, e.g. an imported one with a wider grant: dropped.
         """
+        DROP TABLE agent_approvals;
+        CREATE TABLE agent_approvals (
+            id INTEGER PRIMARY KEY,
+            agent TEXT NOT NULL,
+            spec_hash TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            grant_hash TEXT NOT NULL,
+            what TEXT NOT NULL,
+            approved_by TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            UNIQUE (agent, spec_hash, kind, name, grant_hash)
+        );
+        CREATE INDEX agent_approvals_agent ON agent_approvals(agent)
+        """,
     ],
 )

@@ -95,13 +95,23 @@ class McpServerConfig:
             raise ConfigError(f"MCP server {name!r}: args must be a list of strings.")
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             raise ConfigError(f"MCP server {name!r}: env must map names to strings.")
+        if not all(isinstance(k, str) for k in env):
+            raise ConfigError(f"MCP server {name!r}: env must map names to strings.")
+        cwd = obj.get("cwd")
+        if cwd is not None and not isinstance(cwd, str):
+            raise ConfigError(f"MCP server {name!r}: cwd must be a folder path.")
+        timeout = obj.get("timeout_s", 30.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise ConfigError(f"MCP server {name!r}: timeout_s must be a number of seconds.")
+        if not obj["command"].strip():
+            raise ConfigError(f"MCP server {name!r}: the command is empty.")
         return cls(
             name=name,
             command=obj["command"],
             args=tuple(args),
             env=dict(env),
-            cwd=obj.get("cwd"),
-            timeout_s=float(obj.get("timeout_s", 30.0)),
+            cwd=cwd,
+            timeout_s=min(max(float(timeout), 1.0), 3600.0),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,13 +262,19 @@ class AgentSpec:
 
 
 class AgentStore:
-    """Agent specs by name and version, plus 'always allow' approvals per agent."""
+    """Agent specs by name and version (approvals: :mod:`app.core.agents.approvals`)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def save(self, spec: AgentSpec) -> AgentSpec:
-        """Store ``spec`` as the next version of its agent; returns it with version set."""
+    def save(self, spec: AgentSpec, *, by_user: bool = True) -> AgentSpec:
+        """Store ``spec`` as the next version of its agent; returns it with version set.
+
+        ``by_user``: the user wrote this spec (the Agents pane, ``demoai agent
+        create``), so its side-effecting tool grants are approved for exactly this
+        content. An imported spec (``by_user=False``) waits for the user. MCP
+        servers always wait for an explicit approval.
+        """
         now = time.time()
         with self.db.transaction() as c:
             row = c.execute(
@@ -270,6 +286,13 @@ class AgentStore:
                 "INSERT INTO agents(name, version, spec, created_at) VALUES (?, ?, ?, ?)",
                 (spec.name, version, json.dumps(saved.to_dict()), now),
             )
+        if by_user:
+            from app.core.agents.approvals import ApprovalStore
+
+            store = ApprovalStore(self.db)
+            for grant in store.pending(saved):
+                if grant.kind == "tool":
+                    store.approve(saved, grant, by="saved by the user")
         return saved
 
     def get(self, name: str, version: int | None = None) -> AgentSpec:
@@ -302,25 +325,3 @@ class AgentStore:
                 "SELECT version FROM agents WHERE name = ? ORDER BY version", (name,)
             )
         ]
-
-    # -- approvals -----------------------------------------------------------------
-    def allow_always(self, agent: str, tool: str) -> None:
-        """Remember an 'always' approval of ``tool`` for ``agent``."""
-        self.db.execute(
-            "INSERT OR REPLACE INTO agent_approvals(agent, tool, created_at) VALUES (?, ?, ?)",
-            (agent, tool, time.time()),
-        )
-
-    def always_allowed(self, agent: str) -> set[str]:
-        return {
-            r["tool"]
-            for r in self.db.query("SELECT tool FROM agent_approvals WHERE agent = ?", (agent,))
-        }
-
-    def revoke(self, agent: str, tool: str | None = None) -> int:
-        """Forget 'always' approvals (one tool or all) of an agent."""
-        if tool is None:
-            return self.db.execute("DELETE FROM agent_approvals WHERE agent = ?", (agent,))
-        return self.db.execute(
-            "DELETE FROM agent_approvals WHERE agent = ? AND tool = ?", (agent, tool)
-        )
