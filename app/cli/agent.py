@@ -403,10 +403,10 @@ def describe_import(report: Any) -> list[str]:
     from app.core.agents.approvals import describe_capabilities
 
     lines = [f"imported {x}" for x in report.imported]
+    for what in report.undeclared:
+        lines.append(f"WARNING: the bundle's own summary does not mention {what}")
     if report.capabilities is not None:
         lines += describe_capabilities(report.capabilities)
-    for what in report.undeclared:
-        lines.append(f"warning: the bundle's own summary does not mention {what}")
     if report.pending:
         lines.append("Inactive until you approve (exactly this spec version):")
         for g in report.pending:

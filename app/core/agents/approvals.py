@@ -192,29 +192,38 @@ def capabilities(spec: AgentSpec, db: Database | None = None) -> dict[str, Any]:
 
 def describe_capabilities(caps: dict[str, Any]) -> list[str]:
     """The capabilities as plain lines for a report (CLI and the Agents pane)."""
-    lines = [f"What agent {caps['agent']} can do (from its spec):"]
+    lines = [f"What agent {caps['agent']} can do (computed from its spec):"]
+    lines.append("  Tools:" if caps["tools"] else "  Tools: none")
     for t in caps["tools"]:
-        kind = "changes things" if t["side_effect"] else "read-only"
         if not t["known"]:
-            kind = "unknown tool"
-        where = f", {t['access']} in {t['folder']}" if t["folder"] else ""
-        lines.append(f"  tool {t['name']} ({kind}{where})")
-    if not caps["tools"]:
-        lines.append("  no built-in tools")
-    for f in caps["folders"]:
-        lines.append(f"  folder {f['path']}: {f['access']}")
+            what = "unknown tool (the agent will not start)"
+        elif t["access"] == "write":
+            what = f"CHANGES FILES: creates and replaces files in {t['folder'] or '(no folder)'}"
+        elif t["access"] == "read":
+            what = f"reads files in {t['folder'] or '(no folder)'}"
+        else:
+            what = "changes things (each call is approved)" if t["side_effect"] else "read-only"
+        lines.append(f"    {t['name']}: {what}")
+    if caps["folders"]:
+        lines.append("  Folders:")
+        lines += [f"    {f['path']}: {f['access']}" for f in caps["folders"]]
+    lines.append(
+        "  MCP servers (programs it starts):" if caps["mcp_servers"] else "  MCP servers: none"
+    )
     for s in caps["mcp_servers"]:
-        lines.append(f"  MCP server {s['name']}: runs {shlex.join(s['argv'])}")
+        lines.append(f"    {s['name']}: {shlex.join(s['argv'])}")
         env = s["env"]
         lines.append(
-            "    environment: "
+            "      environment: "
             + (", ".join(f"{k}={v}" for k, v in sorted(env.items())) if env else "(unchanged)")
         )
         if s["cwd"]:
-            lines.append(f"    working folder: {s['cwd']}")
+            lines.append(f"      working folder: {s['cwd']}")
+    if caps["models"]:
+        lines.append("  Models:")
     for m in caps["models"]:
-        sha = f" sha256 {m['sha256']}" if m.get("sha256") else ""
-        lines.append(f"  model ({m['role']}) {m['id'] or '?'}{sha}")
+        sha = f" (sha256 {m['sha256']})" if m.get("sha256") else ""
+        lines.append(f"    {m['role']}: {m['id'] or '?'}{sha}")
     return lines
 
 

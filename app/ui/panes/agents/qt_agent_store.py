@@ -3,7 +3,9 @@
 A bundle is a folder or a ``.tar.gz`` with ``SHA256SUMS`` (see
 ``app.core.agents.bundle``). Import verifies every checksum before anything is
 written: a changed file refuses the whole bundle. The report says what was
-imported and which required models the library lacks.
+imported, what the agent can do (computed from its spec: tools, folders, MCP
+servers with argv and environment, models), what stays inactive until approved
+(the approvals list below it) and which required models the library lacks.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.agents import AgentStore, PromptStore
+from app.core.agents.approvals import describe_capabilities
 from app.core.agents.bundle import ImportReport, export_agent, export_prompt, export_run
 from app.core.agents.bundle import import_bundle as core_import_bundle
 from app.core.errors import DemoAIError
 from app.core.store.db import Database
+from app.ui.panes.agents.qt_approvals import ApprovalsView
 from app.ui.qt_errors import show_error
 
 ROLE = Qt.ItemDataRole.UserRole
@@ -73,11 +77,25 @@ def export_bundle(db: Database, kind: str, name: str, dest: Path) -> Path:
 
 
 def describe_report(rep: ImportReport) -> str:
-    """What an import did and what the bundle needs, in plain words."""
+    """What an import did and what the imported agent can do, in plain words.
+
+    Computed from the spec in the bundle (never from the bundle's own summary).
+    """
     lines = [f"Imported the {rep.kind} bundle {rep.name!r}:"]
     lines += [f"  • {x}" for x in rep.imported]
-    req = rep.requires or {}
-    models = req.get("models") or []
+    for what in rep.undeclared:
+        lines.append(f"WARNING: the bundle's own summary does not mention {what}.")
+    if rep.capabilities is not None:
+        lines += describe_capabilities(rep.capabilities)
+    if rep.pending:
+        lines.append(
+            "Inactive until you approve them in the list below (for exactly this version; "
+            "any change asks again):"
+        )
+        for g in rep.pending:
+            first, *rest = g["description"].splitlines()
+            lines += [f"  • {first}", *(f"    {line.strip()}" for line in rest)]
+    models = rep.requires.get("models") or []
     if rep.missing_models:
         lines.append("Missing models (import them into the model library before running):")
         for m in rep.missing_models:
@@ -86,11 +104,6 @@ def describe_report(rep: ImportReport) -> str:
     elif models:
         ids = ", ".join(str(m.get("id") or m.get("sha256")) for m in models)
         lines.append(f"Required models, all in the library: {ids}.")
-    if req.get("tools"):
-        lines.append(f"Tools it uses: {', '.join(req['tools'])}.")
-    for s in req.get("mcp_servers") or []:
-        cmd = " ".join([str(s.get("command", "")), *map(str, s.get("args") or [])])
-        lines.append(f"MCP server {s.get('name')} starts the command: {cmd}")
     return "\n".join(lines)
 
 
@@ -124,7 +137,8 @@ class AgentStoreView(QWidget):
         self.import_btn.setMenu(menu)
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
-        self.report.setMaximumHeight(160)
+        self.report.setMinimumHeight(120)
+        self.approvals = ApprovalsView(db)
         self.report.setPlaceholderText(
             "Import a bundle (an agent, a prompt or a run) shared by someone: every file's "
             "checksum is verified before anything is added."
@@ -140,7 +154,8 @@ class AgentStoreView(QWidget):
         row.addWidget(self.import_btn)
         row.addStretch(1)
         lay.addLayout(row)
-        lay.addWidget(self.report)
+        lay.addWidget(self.report, 2)
+        lay.addWidget(self.approvals, 2)
         self.refresh()
 
     def refresh(self) -> None:
@@ -173,6 +188,7 @@ class AgentStoreView(QWidget):
             top.setExpanded(True)
         self.tree.blockSignals(False)
         self._update_buttons()
+        self.approvals.refresh()
 
     def _entries(self) -> list[QTreeWidgetItem]:
         """The agent and prompt rows (not the section headers)."""

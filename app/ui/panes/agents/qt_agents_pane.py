@@ -8,7 +8,10 @@ their versions, bundle export and import. A run, a fork or a replay executes on 
 its steps reach the UI through Qt signals as the loop records them. When the
 agent calls a side-effecting tool the worker blocks on a ``threading.Event``
 while an in-pane approval bar asks the user (approve once / always for this
-agent / deny). Tool results are shown marked UNTRUSTED, as the model sees them.
+agent version / deny). The same bar asks, before a run starts, for an MCP server
+or an imported tool grant that is not approved for this exact version (its argv
+and environment, or its folder, shown). Tool results are shown marked
+UNTRUSTED, as the model sees them.
 
 The model client comes from the agent's library model through a model host
 process (like ``demoai agent run``); tests set :attr:`AgentsPane.client_factory`.
@@ -65,6 +68,7 @@ from app.core.agents import (
     replay_run,
     run_agent,
 )
+from app.core.agents.approvals import ApprovalStore, Grant
 from app.core.agents.builtin_tools import BUILTIN_TOOLS, ToolContext, builtin_tool
 from app.core.agents.docindex import OpenAIEmbedder
 from app.core.agents.loop import embedding_models
@@ -124,7 +128,7 @@ class _Bridge(QObject):
     """Signals emitted from the worker thread, delivered on the UI thread."""
 
     step = Signal(object)  # Step
-    approval = Signal(object)  # ToolCall
+    approval = Signal(object)  # ToolCall, or a Grant to approve before the run starts
     done = Signal(object, str)  # RunResult | ReplayReport | None, error text
 
 
@@ -190,7 +194,7 @@ class AgentsPane(QWidget):
         self.last_replay: ReplayReport | None = None
         self._worker: threading.Thread | None = None
         self._closing = threading.Event()
-        self._pending: tuple[ToolCall, threading.Event, list[str]] | None = None
+        self._pending: tuple[ToolCall | Grant, threading.Event, list[str]] | None = None
         self._bridge = _Bridge(self)
         self._bridge.step.connect(self._on_step)
         self._bridge.approval.connect(self._on_approval)
@@ -326,7 +330,10 @@ class AgentsPane(QWidget):
         self.approval_text.setWordWrap(True)
         self.approval_text.setTextFormat(Qt.TextFormat.PlainText)
         self.approve_once_btn = QPushButton("Approve once")
-        self.approve_always_btn = QPushButton("Always for this agent")
+        self.approve_always_btn = QPushButton("Always for this version")
+        self.approve_always_btn.setToolTip(
+            "Remember for this agent and this exact version; any change of the agent asks again."
+        )
         self.deny_btn = QPushButton("Deny")
         self.approve_once_btn.clicked.connect(lambda: self.answer_approval("once"))
         self.approve_always_btn.clicked.connect(lambda: self.answer_approval("always"))
@@ -612,6 +619,7 @@ class AgentsPane(QWidget):
             self.refresh_runs()
 
     def _imported(self, report: Any) -> None:
+        self.store_view.approvals.refresh()
         self.refresh_agents()
         self.prompt_library.refresh()
         self.refresh_runs()
@@ -760,11 +768,17 @@ class AgentsPane(QWidget):
         return OpenAIChatClient(base_url, token, model=rec.id)
 
     def make_tools(self, spec: AgentSpec) -> Any:
-        """The agent's tools (a context manager); call after :meth:`make_client`."""
+        """The agent's tools (a context manager); call after :meth:`make_client`.
+
+        An MCP server or tool grant not approved for this exact version is asked
+        in the approval bar first; denied, it stays inactive for this run.
+        """
+        gate = ApprovalStore(self.services.workspace.db).gate(spec, self._approve_grant)
         return agent_tools(
             spec,
             embedder_for=self.embedder_factory or self._embedder_for,
             index_dir=self.services.workspace.root / "agents" / "index",
+            gate=gate,
         )
 
     def run(self) -> None:
@@ -899,7 +913,7 @@ class AgentsPane(QWidget):
         self._set_busy(True)
         self._worker.start()
 
-    def _approve(self, call: ToolCall) -> str:
+    def _approve(self, call: ToolCall | Grant) -> str:
         """The loop's approver (worker thread): ask the UI and wait for the answer."""
         event = threading.Event()
         answer: list[str] = []
@@ -910,7 +924,22 @@ class AgentsPane(QWidget):
                 return "deny"
         return answer[0] if answer else "deny"
 
-    def _on_approval(self, call: ToolCall) -> None:
+    def _approve_grant(self, grant: Grant) -> str:
+        """The gate's asker (worker thread): an MCP server or a tool grant, before the run."""
+        return self._approve(grant)
+
+    def _on_approval(self, call: ToolCall | Grant) -> None:
+        if isinstance(call, Grant):
+            self.approval_text.setText(
+                f"This agent version needs your approval before it can use this:\n"
+                f"{call.describe()}\n"
+                "Approve once (this run), always for this version, or deny (it stays inactive)."
+            )
+            self.approval_bar.show()
+            what = "MCP server" if call.kind == "mcp_server" else "tool"
+            self.status.setText(f"Waiting for your approval of the {what} {call.name}…")
+            self.approve_once_btn.setFocus()
+            return
         agent = self.runs.get(self.run_id).agent if self.run_id else "The agent"
         args = json.dumps(call.arguments, ensure_ascii=False)
         self.approval_text.setText(
@@ -931,7 +960,8 @@ class AgentsPane(QWidget):
         call, event, answer = pending
         answer.append(decision)
         event.set()
-        self.status.setText(f"{call.tool}: {decision}.")
+        name = call.name if isinstance(call, Grant) else call.tool
+        self.status.setText(f"{name}: {decision}.")
 
     def _on_step(self, step: Step) -> None:
         if self.run_id != step.run_id:
