@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.core.agents import AgentSpec, AgentStore, BundleError, McpServerConfig, ToolGrant
 from app.core.agents import bundle as bundle_mod
@@ -276,3 +278,13 @@ def test_old_per_name_approvals_are_dropped_by_the_migration(tmp_path: Path) -> 
         assert "spec_hash" in cols and "grant_hash" in cols
     finally:
         ws.close()
+
+
+@given(st.text(alphabet=st.sampled_from("ab./\\:~\x00"), max_size=12) | st.text(max_size=30))
+def test_any_files_entry_stays_inside_the_bundle_or_is_refused(rel: str) -> None:
+    try:
+        ok = bundle_mod._check_entry(rel)
+    except BundleError:
+        return
+    inside = os.path.normpath(os.path.join("/bundle", ok))
+    assert inside.startswith("/bundle/") and "\x00" not in ok

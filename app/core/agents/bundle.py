@@ -194,7 +194,7 @@ def _check_entry(rel: Any) -> str:
     if not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel:
         raise BundleError(f"bundle.json lists a bad file entry {rel!r}; nothing imported.")
     p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or rel.startswith("~") or ":" in p.parts[0]:
+    if str(p) == "." or p.is_absolute() or ".." in p.parts or rel.startswith("~") or ":" in rel:
         raise BundleError(
             f"bundle.json lists {rel!r}, which is outside the bundle; nothing imported.",
             "A bundle's files must be inside its folder. Do not use this bundle.",
