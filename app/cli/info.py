@@ -18,6 +18,11 @@ def register(sub: Any) -> None:
     c.add_argument(
         "--accept-changes", action="store_true", help="record the new hashes of changed files"
     )
+    c.add_argument(
+        "--repair",
+        action="store_true",
+        help="first remove leftovers of interrupted work (temporary files, unregistered folders)",
+    )
     add_job_options(c)
     c.set_defaults(func=cmd_check)
 
@@ -61,7 +66,21 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from app.core.jobs.store import JobService
+    from app.core.workspace.verify import leftover_message
+
     ws = open_workspace(args)
-    return run_job(
-        ws, "workspace.verify", {"accept_changes": args.accept_changes}, detach=args.detach
-    )
+    params = {"accept_changes": args.accept_changes, "repair": args.repair}
+    job = JobService(ws).submit("workspace.verify", params)
+    rc = run_job(ws, "workspace.verify", params, detach=args.detach, job=job)
+    result = JobService(ws).get(job.id).result if not args.detach else None
+    if result:
+        if result.get("removed"):
+            print(f"removed {result['removed']} leftover(s) of interrupted work")
+        if result.get("leftovers"):
+            print(leftover_message(result["leftovers"], result.get("leftover_bytes", 0)))
+        print(
+            f"{result.get('files', 0)} files checked, {result.get('new', 0)} new, "
+            f"{len(result.get('changed', []))} changed, {len(result.get('missing', []))} missing"
+        )
+    return rc

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,8 @@ from app.core.data.recipes import Recipe, apply_op, apply_recipe, recipe_of
 from app.core.data.samples import SAMPLE_NAME, ensure_sample_dataset
 from app.core.data.store import CHUNK_ROWS, ROW_GROUP_ROWS, DatasetStore, hash_table
 from app.core.errors import ConfigError, NotFoundError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_hash_depends_on_content_not_batching(workspace: Any) -> None:
@@ -142,16 +148,60 @@ def test_sample_dataset_is_imported_once(workspace: Any) -> None:
     assert all(table["output"].to_pylist())
 
 
-def test_cleanup_removes_what_a_killed_import_left(workspace: Any) -> None:
+def _dead_owner_name(tag: str) -> str:
+    """A temporary name owned by a process that has ended (a child that printed it)."""
+    code = f"from app.core.store.files import owned_temp_name; print(owned_temp_name({tag!r}))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return out.stdout.strip()
+
+
+def test_leftovers_of_dead_processes_go_live_and_unknown_ones_stay(workspace: Any) -> None:
+    from app.core.store.files import owned_temp_name, temp_owner
+
     store = DatasetStore(workspace)
     v = store.create_dataset("kept", pa.table({"a": [1]}))
-    (store.root / "deadbeef0000" / ".tmp-x").mkdir(parents=True)
-    (store.root / v.dataset_id / ".tmp-y").mkdir()
-    (store.root / ".import-z").mkdir()
-    removed = store.cleanup_orphans()
-    assert sorted(removed) == sorted([".import-z", "deadbeef0000", f"{v.dataset_id}/.tmp-y"])
-    assert [p.name for p in store.root.iterdir()] == [v.dataset_id]
+    dead_import = store.root / "deadbeef0000" / _dead_owner_name("version")
+    (dead_import / "data.parquet").parent.mkdir(parents=True)
+    (dead_import / "data.parquet").write_bytes(b"partial")
+    dead_file = workspace.models_dir / _dead_owner_name("meta.json")
+    dead_file.write_text("{")
+    live = store.root / v.dataset_id / owned_temp_name("version")
+    live.mkdir()
+    legacy = store.root / v.dataset_id / (".tmp-" + "ab" * 16)
+    legacy.mkdir()
+    assert temp_owner(dead_import.name) == "dead" and temp_owner(live.name) == "alive"
+    assert temp_owner(legacy.name) == "unknown"
+
+    removed = {t.path for t in workspace.remove_leftovers()}
+    assert removed == {dead_import, dead_file}
+    # the dataset folder the killed import made is gone with its only content
+    assert not (store.root / "deadbeef0000").exists()
+    assert live.exists() and legacy.exists()
     assert store.read_table(v.dataset_id).num_rows == 1
+
+    removed = {t.path for t in workspace.remove_leftovers(include_unknown=True)}
+    assert removed == {legacy} and live.exists()
+
+
+def test_cleanup_orphans_spares_folders_another_process_may_be_registering(
+    workspace: Any,
+) -> None:
+    store = DatasetStore(workspace)
+    v = store.create_dataset("kept", pa.table({"a": [1]}))
+    old_orphan = store.root / "deadbeef0000" / ("0" * 64)
+    old_orphan.mkdir(parents=True)
+    old_version = store.root / v.dataset_id / ("1" * 64)
+    old_version.mkdir()
+    fresh = store.root / "cafebabe0000" / ("2" * 64)
+    fresh.mkdir(parents=True)
+    hour_ago = time.time() - 3600
+    for p in (old_orphan, old_orphan.parent, old_version):
+        os.utime(p, (hour_ago, hour_ago))
+    removed = store.cleanup_orphans()
+    assert sorted(removed) == sorted(["deadbeef0000", f"{v.dataset_id}/{'1' * 64}"])
+    assert fresh.exists() and store.read_table(v.dataset_id).num_rows == 1
 
 
 def test_diff_matches_a_python_reference_across_row_groups(workspace: Any) -> None:

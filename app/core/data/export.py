@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pyarrow.csv as pacsv
 
 from app.core.data.store import CHUNK_ROWS, DatasetStore
 from app.core.errors import ConfigError
-from app.core.store.files import atomic_open
+from app.core.store.files import atomic_open, owned_temp_name
 
 EXPORT_FORMATS: tuple[str, ...] = ("jsonl", "csv", "parquet", "hf")
 
@@ -84,7 +83,7 @@ def export_version(
     else:
         import datasets  # heavy: only here
 
-        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        tmp = target.parent / owned_temp_name(target.name)
         try:
             ds = datasets.Dataset(pf.read())
             ds.save_to_disk(str(tmp))

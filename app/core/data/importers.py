@@ -11,20 +11,32 @@ type, CSV rows with the wrong number of fields) are collected as
 :class:`BadRow` (file, line, reason). ``on_bad="error"`` fails with the first
 few and leaves nothing behind (no dataset row, no folder); ``on_bad="skip"``
 leaves them out and stores the report in the version's ``manifest.json``.
+
+Text must be text: invalid UTF-8 and NUL bytes in CSV, TSV, JSON, JSON Lines
+and text files are bad rows too, with their line numbers (a Parquet or HF
+string column with invalid UTF-8: bad rows with their row numbers), so a text
+column never silently becomes ``binary`` and no stored version holds a string
+that cannot be shown or exported. ``replace_invalid`` keeps those rows instead:
+invalid bytes become U+FFFD, NUL bytes are dropped, and the result counts the
+lines changed. Values nested deeper than :data:`MAX_DEPTH` levels are bad rows
+(pyarrow's JSON reader crashes the process on ~10,000 levels, Python's decoder
+raises ``RecursionError``), found by a bracket scan before pyarrow sees a block
+without a schema.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
@@ -32,6 +44,7 @@ import pyarrow.parquet as pq
 
 from app.core.data.store import CHUNK_ROWS, DatasetStore, VersionRecord
 from app.core.errors import ConfigError, DemoAIError, NotFoundError
+from app.core.store.files import make_owned_temp_dir
 
 FORMATS: tuple[str, ...] = ("csv", "tsv", "json", "jsonl", "parquet", "hf", "text", "paragraphs")
 OnBad = Literal["error", "skip"]
@@ -57,6 +70,10 @@ _CSV_BLOCK = 8 << 20
 _TEXT_BATCH = 50_000
 #: Bad rows kept in a skip report (the total is always counted).
 REPORT_LIMIT = 1000
+#: Deepest nesting of lists and objects accepted (JSON brackets, Parquet types).
+MAX_DEPTH = 64
+#: Formats whose input is text: no column of theirs may become binary.
+TEXT_FORMATS = frozenset({"csv", "tsv", "json", "jsonl", "text", "paragraphs"})
 
 
 @dataclass
@@ -66,9 +83,11 @@ class BadRow:
     file: str
     line: int | None
     reason: str
+    unit: str = "line"  # "row" for Parquet and HF input, which have no lines
 
     def __str__(self) -> str:
-        where = f"{Path(self.file).name} line {self.line}" if self.line else Path(self.file).name
+        name = Path(self.file).name
+        where = f"{name} {self.unit} {self.line}" if self.line else name
         return f"{where}: {self.reason}"
 
 
@@ -82,7 +101,8 @@ class BadRowsError(DemoAIError):
         extra = " (and more)" if more or len(rows) > 5 else ""
         super().__init__(
             f"Cannot import: {lines}{extra}. Nothing was imported.",
-            "Fix these lines, or import again skipping bad rows (--skip-bad) to get a report.",
+            "Fix these lines, or import again skipping bad rows (--skip-bad) to get a report"
+            " (text that is not UTF-8: --replace-invalid keeps those rows with U+FFFD).",
         )
         self.rows = rows
 
@@ -90,10 +110,17 @@ class BadRowsError(DemoAIError):
 class _Retry(Exception):
     """Restart the import with other reader options (CSV column types, careful JSON Lines)."""
 
-    def __init__(self, column_types: dict[str, pa.DataType], *, careful_json: bool = False):
+    def __init__(
+        self,
+        column_types: dict[str, pa.DataType],
+        *,
+        careful_json: bool = False,
+        careful_csv: bool = False,
+    ):
         super().__init__("retry")
         self.column_types = column_types
         self.careful_json = careful_json
+        self.careful_csv = careful_csv
 
 
 @dataclass
@@ -104,14 +131,14 @@ class _BadRows:
     rows: list[BadRow] = field(default_factory=list)
     total: int = 0
 
-    def add(self, line: int | None, reason: str) -> None:
+    def add(self, line: int | None, reason: str, unit: str = "line") -> None:
         self.total += 1
         if self.on_bad == "error":
-            self.rows.append(BadRow(self.file, line, reason))
+            self.rows.append(BadRow(self.file, line, reason, unit))
             if len(self.rows) >= self.limit:
                 raise BadRowsError(self.rows, more=True)
         elif len(self.rows) < REPORT_LIMIT:
-            self.rows.append(BadRow(self.file, line, reason))
+            self.rows.append(BadRow(self.file, line, reason, unit))
 
     @property
     def full(self) -> bool:
@@ -130,6 +157,24 @@ class _BadRows:
 
 
 @dataclass
+class _Replaced:
+    """Lines (or rows) where invalid UTF-8 became U+FFFD or NUL bytes were dropped."""
+
+    enabled: bool
+    unit: str = "line"
+    count: int = 0
+    lines: list[int] = field(default_factory=list)
+
+    def add(self, line: int) -> None:
+        self.count += 1
+        if len(self.lines) < REPORT_LIMIT:
+            self.lines.append(line)
+
+    def report(self) -> dict[str, Any]:
+        return {"count": self.count, "unit": self.unit, "lines": self.lines}
+
+
+@dataclass
 class ImportResult:
     """What an import produced."""
 
@@ -137,6 +182,7 @@ class ImportResult:
     name: str
     format: str
     bad_rows: dict[str, Any]
+    replaced: dict[str, Any] = field(default_factory=lambda: {"count": 0, "lines": []})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,6 +192,7 @@ class ImportResult:
             "rows": self.version.rows,
             "format": self.format,
             "bad_rows": self.bad_rows["count"],
+            "replaced": self.replaced["count"],
         }
 
 
@@ -167,6 +214,256 @@ def detect_format(path: Path) -> str:
             f"Give --format ({', '.join(FORMATS)}).",
         )
     return fmt
+
+
+# -- text checks ----------------------------------------------------------------------------
+#: Surrogate code points: invalid bytes read with ``surrogateescape`` (U+DC80-U+DCFF), or
+#: a lone ``\ud800``-style escape in JSON; neither can be stored as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: Bracket depth step of each byte: ``[`` and ``{`` open, ``]`` and ``}`` close.
+_DEPTH_STEP = np.zeros(256, dtype=np.int8)
+_DEPTH_STEP[[ord("["), ord("{")]] = 1
+_DEPTH_STEP[[ord("]"), ord("}")]] = -1
+
+
+def _text_ok(data: bytes) -> bool:
+    """Whether ``data`` is UTF-8 text without NUL bytes (memchr and the C decoder: fast)."""
+    if b"\x00" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _utf8_problem(raw: bytes) -> str | None:
+    """Why one line is not text (a NUL byte, invalid UTF-8), or None."""
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        return f"contains a NUL byte at column {nul + 1}"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+    return None
+
+
+def _repair_line(raw: bytes) -> bytes:
+    """Invalid UTF-8 to U+FFFD, NUL bytes dropped."""
+    return raw.replace(b"\x00", b"").decode("utf-8", "replace").encode("utf-8")
+
+
+def _repair_block(
+    block: bytes, line0: int, replaced: _Replaced, where: Callable[[int], int] = int
+) -> bytes:
+    """:func:`_repair_line` on each line of ``block`` that needs it, counting them."""
+    if _text_ok(block):
+        return block
+    lines = block.split(b"\n")
+    for i, raw in enumerate(lines):
+        if _utf8_problem(raw) is not None:
+            lines[i] = _repair_line(raw)
+            replaced.add(where(line0 + i))
+    return b"\n".join(lines)
+
+
+def _repair_text(text: str, line0: int, replaced: _Replaced) -> str:
+    """The ``surrogateescape`` form of :func:`_repair_block` (decoded text)."""
+    if "\x00" not in text and _SURROGATE.search(text) is None:
+        return text
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if "\x00" in line or _SURROGATE.search(line):
+            lines[i] = _SURROGATE.sub("\ufffd", line.replace("\x00", ""))
+            replaced.add(line0 + i)
+    return "\n".join(lines)
+
+
+def _utf8_cut(data: bytes) -> int:
+    """Where an incomplete UTF-8 sequence at the end of ``data`` starts (len: none)."""
+    n = len(data)
+    for back in range(1, min(4, n) + 1):
+        b = data[n - back]
+        if b < 0x80:
+            return n
+        if b >= 0xC0:
+            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+            return n - back if need > back else n
+    return n
+
+
+def _deep_lines(block: bytes, limit: int = MAX_DEPTH) -> list[int]:
+    """0-based indices of the lines of ``block`` whose JSON nesting exceeds ``limit``.
+
+    Brackets inside strings do not count (quotes are matched, escapes honoured,
+    per line), so the count is what a JSON parser sees up to its first error. A
+    guard before pyarrow infers a schema: it overflows its stack on ~10,000 levels.
+    """
+    if block.count(b"[") + block.count(b"{") <= limit:
+        return []
+    deep: list[int] = []
+    lines_before = 0
+    start = 0
+    while start < len(block):  # pieces of ~1 MB at line ends bound the memory used
+        end = block.find(b"\n", start + (1 << 20))
+        end = len(block) if end < 0 else end + 1
+        piece = block[start:end]
+        deep.extend(lines_before + i for i in _deep_lines_piece(piece, limit))
+        lines_before += piece.count(b"\n")
+        start = end
+    return deep
+
+
+def _deep_lines_piece(piece: bytes, limit: int) -> list[int]:
+    a = np.frombuffer(piece, dtype=np.uint8)
+    n = len(a)
+    nl = np.flatnonzero(a == 10)
+    starts = np.concatenate(([0], nl + 1))
+    starts = starts[starts < n]
+    line_of = np.cumsum(a == 10, dtype=np.int32)
+    line_of[nl] -= 1  # a newline ends its own line
+    quotes = np.flatnonzero(a == 34)
+    if len(quotes) and (a == 92).any():
+        idx = np.arange(n, dtype=np.int32)
+        last_plain = np.maximum.accumulate(np.where(a == 92, -1, idx))
+        before = quotes - 1
+        run = np.where(before >= 0, before - last_plain[np.maximum(before, 0)], 0)
+        quotes = quotes[run % 2 == 0]  # an odd run of backslashes escapes the quote
+    toggles = np.zeros(n, dtype=np.int32)
+    toggles[quotes] = 1
+    parity = np.cumsum(toggles, dtype=np.int32)
+    par_base = np.where(starts > 0, parity[np.maximum(starts - 1, 0)], 0)
+    in_string = ((parity - par_base[line_of]) & 1) == 1
+    step = _DEPTH_STEP[a].astype(np.int32)
+    step[in_string] = 0
+    depth = np.cumsum(step, dtype=np.int32)
+    depth_base = np.where(starts > 0, depth[np.maximum(starts - 1, 0)], 0)
+    peak = np.maximum.reduceat(depth, starts) - depth_base
+    return [int(i) for i in np.flatnonzero(peak > limit)]
+
+
+def _too_deep_at(doc: bytes, limit: int = MAX_DEPTH) -> int | None:
+    """Offset of the first bracket of a whole JSON document (any line breaks) that is
+    more than ``limit`` levels deep, or None."""
+    if doc.count(b"[") + doc.count(b"{") <= limit:
+        return None
+    a = np.frombuffer(doc, dtype=np.uint8)
+    quotes = np.flatnonzero(a == 34)
+    if len(quotes) and (a == 92).any():
+        idx = np.arange(len(a), dtype=np.int64)
+        last_plain = np.maximum.accumulate(np.where(a == 92, -1, idx))
+        before = quotes - 1
+        run = np.where(before >= 0, before - last_plain[np.maximum(before, 0)], 0)
+        quotes = quotes[run % 2 == 0]
+    toggles = np.zeros(len(a), dtype=np.int8)
+    toggles[quotes] = 1
+    step = _DEPTH_STEP[a].astype(np.int32)
+    step[(np.cumsum(toggles, dtype=np.int64) & 1) == 1] = 0
+    over = np.flatnonzero(np.cumsum(step, dtype=np.int64) > limit)
+    return int(over[0]) if len(over) else None
+
+
+def _value_problem(obj: Any, invalid_bytes: bool = False) -> str | None:
+    """Why a decoded JSON value cannot be stored: nested too deep, or text with surrogates
+    (``invalid_bytes``: they stand for bytes that are not UTF-8)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return (
+                    "not UTF-8 text" if invalid_bytes else "text with a lone \\u surrogate escape"
+                )
+        elif isinstance(v, dict | list):
+            if d > MAX_DEPTH:
+                return f"nested deeper than {MAX_DEPTH} levels"
+            if isinstance(v, dict):
+                for k, x in v.items():
+                    stack.append((k, d))
+                    stack.append((x, d + 1))
+            else:
+                stack.extend((x, d + 1) for x in v)
+    return None
+
+
+def _type_depth(t: pa.DataType) -> int:
+    if isinstance(t, pa.ListType | pa.LargeListType | pa.FixedSizeListType):
+        return 1 + _type_depth(t.value_type)
+    if isinstance(t, pa.StructType):
+        return 1 + max((_type_depth(f.type) for f in t), default=0)
+    if isinstance(t, pa.MapType):
+        return 1 + max(_type_depth(t.key_type), _type_depth(t.item_type))
+    return 0
+
+
+def _has_binary(t: pa.DataType) -> bool:
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return True
+    return any(_has_binary(t.field(i).type) for i in range(t.num_fields))
+
+
+def _bad_text_rows(batch: pa.RecordBatch) -> list[int]:
+    """Rows of ``batch`` holding a string that is not UTF-8 (bisection on full validation)."""
+    out: list[int] = []
+
+    def find(lo: int, hi: int) -> None:
+        try:
+            batch.slice(lo, hi - lo).validate(full=True)
+            return
+        except pa.ArrowInvalid:
+            if hi - lo == 1:
+                out.append(lo)
+                return
+        mid = (lo + hi) // 2
+        find(lo, mid)
+        find(mid, hi)
+
+    if batch.num_rows:
+        find(0, batch.num_rows)
+    return out
+
+
+def _checked_rows(
+    batches: Iterator[pa.RecordBatch], bad: _BadRows, replaced: _Replaced
+) -> Iterator[pa.RecordBatch]:
+    """Parquet and HF input: rows with strings that are not UTF-8 are bad rows (by row
+    number), or get U+FFFD with ``replace_invalid`` (top-level string columns)."""
+    offset = 0
+    for batch in batches:
+        n = batch.num_rows
+        try:
+            batch.validate(full=True)
+        except pa.ArrowInvalid:
+            rows = _bad_text_rows(batch)
+            if replaced.enabled:
+                cols = [_repair_strings(c) for c in batch.columns]
+                batch = pa.RecordBatch.from_arrays(cols, schema=batch.schema)
+                still = set(_bad_text_rows(batch))
+                for r in rows:
+                    if r not in still:
+                        replaced.add(offset + r + 1)
+                rows = sorted(still)
+            for r in rows:
+                bad.add(offset + r + 1, "a string column holds text that is not UTF-8", "row")
+            if rows:
+                keep = np.ones(batch.num_rows, dtype=bool)
+                keep[rows] = False
+                batch = batch.filter(pa.array(keep))
+        offset += n
+        yield batch
+
+
+def _repair_strings(col: pa.Array) -> pa.Array:
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return col
+    try:
+        col.validate(full=True)
+        return col
+    except pa.ArrowInvalid:
+        raw = col.view(pa.large_binary() if pa.types.is_large_string(col.type) else pa.binary())
+        fixed = [None if v is None else v.decode("utf-8", "replace") for v in raw.to_pylist()]
+        return pa.array(fixed, col.type)
 
 
 # -- JSON Lines ---------------------------------------------------------------------------
@@ -208,14 +505,20 @@ def _check_json_line(raw: bytes, schema: pa.Schema | None) -> str | None:
     """Why a JSON line cannot be a row (None when it can, or when it is blank)."""
     if not raw.strip():
         return None
+    problem = _utf8_problem(raw)
+    if problem is not None:
+        return problem
     try:
         obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
-        col = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        return f"not valid JSON ({msg}{col})"
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON ({exc.msg} at column {exc.colno})"
+    except RecursionError:
+        return f"nested deeper than {MAX_DEPTH} levels"
     if not isinstance(obj, dict):
         return f"not a JSON object ({_json_kind(obj)})"
+    problem = _value_problem(obj)
+    if problem is not None:
+        return problem
     if schema is not None:
         for k, v in obj.items():
             idx = schema.get_field_index(k)
@@ -257,6 +560,7 @@ def _jsonl_batches(
     path: Path,
     bad: _BadRows,
     progress: ProgressFn,
+    replaced: _Replaced,
     line_map: list[int] | None = None,
     size_for_progress: tuple[float, float] = (0.0, 1.0),
 ) -> Iterator[pa.Table]:
@@ -287,9 +591,16 @@ def _jsonl_batches(
                 block, carry = buf[: cut + 1], buf[cut + 1 :]
             else:
                 block, carry = buf, b""
+            if replaced.enabled:
+                block = _repair_block(block, line0, replaced, where)
             if block.strip():
                 try:
+                    # Lines that are not text, or too deep for pyarrow to infer a schema
+                    # from (it crashes), go straight to the line-by-line path.
+                    if (schema is None and _deep_lines(block)) or not _text_ok(block):
+                        raise pa.ArrowInvalid("the block has lines that are not JSON rows")
                     table = _read_json_block(block, schema)
+                    table.validate(full=True)
                 except pa.ArrowInvalid as exc:
                     lines = block.split(b"\n")
                     if schema is None:
@@ -343,6 +654,11 @@ def _jsonl_stream(path: Path, progress: ProgressFn) -> Iterator[pa.RecordBatch]:
     first = head if len(head) < _JSON_STREAM_BLOCK else head[: cut + 1]
     if head.startswith(b"\xef\xbb\xbf") or not first.strip():
         raise careful
+    # pyarrow infers the schema of the first block with no depth limit (it overflows its
+    # stack on ~10,000 levels) and does not check UTF-8; with an explicit schema it stops
+    # at the first value deeper than the schema, and every batch is validated below.
+    if not _text_ok(first) or _deep_lines(first):
+        raise careful
     try:
         schema = _fix_first_schema(_read_json_block(first, None).schema)
     except pa.ArrowInvalid:
@@ -359,6 +675,7 @@ def _jsonl_stream(path: Path, progress: ProgressFn) -> Iterator[pa.RecordBatch]:
         rows = 0
         for batch in reader:
             if batch.num_rows:
+                batch.validate(full=True)  # strings that are not UTF-8 (~5 GB/s)
                 rows += batch.num_rows
                 yield batch
                 progress(min(rows * row_bytes / total, 0.99), f"{rows:,} rows read")
@@ -378,12 +695,22 @@ def _first_char(path: Path) -> str:
                 return s[0]
 
 
-def _json_array_to_jsonl(path: Path, out: Path, bad: _BadRows, progress: ProgressFn) -> list[int]:
-    """Stream the elements of a top-level JSON array into a JSONL file; returns their lines."""
+def _json_array_to_jsonl(
+    path: Path, out: Path, bad: _BadRows, progress: ProgressFn, replaced: _Replaced
+) -> list[int]:
+    """Stream the elements of a top-level JSON array into a JSONL file; returns their lines.
+
+    The file is read with ``surrogateescape``: bytes that are not UTF-8 become
+    surrogates, so an element holding them is a bad row at its line (or, with
+    ``replace_invalid``, they become U+FFFD as the text is read).
+    """
     dec = json.JSONDecoder()
     total = max(path.stat().st_size, 1)
     line_map: list[int] = []
-    with open(path, encoding="utf-8-sig") as fh, open(out, "w", encoding="utf-8") as dst:
+    with (
+        open(path, encoding="utf-8-sig", errors="surrogateescape") as fh,
+        open(out, "w", encoding="utf-8") as dst,
+    ):
         buf = ""
         pos = 0
         line = 1  # line number of buf[0]
@@ -398,6 +725,8 @@ def _json_array_to_jsonl(path: Path, out: Path, bad: _BadRows, progress: Progres
             more = fh.read(1 << 20)
             if not more:
                 eof = True
+            if replaced.enabled:
+                more = _repair_text(more, line + buf.count("\n"), replaced)
             buf += more
 
         def skip_ws() -> None:
@@ -433,10 +762,15 @@ def _json_array_to_jsonl(path: Path, out: Path, bad: _BadRows, progress: Progres
                             line + buf.count("\n", 0, exc.pos),
                             f"not valid JSON ({exc.msg})",
                         ) from None
+                except RecursionError:
+                    raise bad.fatal(here(), f"nested deeper than {MAX_DEPTH} levels") from None
                 fill()
             elem_line = here()
             pos = end
-            if isinstance(obj, dict):
+            problem = _value_problem(obj, invalid_bytes=True)
+            if problem is not None:
+                bad.add(elem_line, problem)
+            elif isinstance(obj, dict):
                 dst.write(json.dumps(obj, ensure_ascii=False))
                 dst.write("\n")
                 line_map.append(elem_line)
@@ -460,44 +794,165 @@ def _json_array_to_jsonl(path: Path, out: Path, bad: _BadRows, progress: Progres
 
 
 def _json_batches(
-    path: Path, bad: _BadRows, progress: ProgressFn, tmp_dir: Path
+    path: Path, bad: _BadRows, progress: ProgressFn, tmp_dir: Path, replaced: _Replaced
 ) -> Iterator[pa.Table]:
     first = _first_char(path)
     if first == "[":
         tmp = tmp_dir / "records.jsonl"
-        line_map = _json_array_to_jsonl(path, tmp, bad, progress)
+        line_map = _json_array_to_jsonl(path, tmp, bad, progress, replaced)
         try:
-            yield from _jsonl_batches(tmp, bad, progress, line_map, (0.5, 0.5))
+            no_repairs = _Replaced(False)  # done while reading the array
+            yield from _jsonl_batches(tmp, bad, progress, no_repairs, line_map, (0.5, 0.5))
         finally:
             tmp.unlink(missing_ok=True)
         return
     if first != "{":
         raise bad.fatal(1, "expected a JSON array of objects or a JSON object")
     # One object (columns, or one list of records) is read whole; JSON Lines stream.
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    text = raw.decode("utf-8", "surrogateescape")
+    if replaced.enabled:
+        text = _repair_text(text, 1, replaced)
+    deep_at = _too_deep_at(raw)
+    if deep_at is not None:
+        line = raw.count(b"\n", 0, deep_at) + 1
+        raise bad.fatal(line, f"nested deeper than {MAX_DEPTH} levels")
     try:
-        with open(path, encoding="utf-8-sig") as fh:
-            obj = json.load(fh)
+        obj = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # several top-level objects: JSON Lines
-            yield from _jsonl_batches(path, bad, progress)
+            yield from _jsonl_batches(path, bad, progress, replaced)
             return
         raise bad.fatal(exc.lineno, f"not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise bad.fatal(1, "expected a JSON array of objects or a JSON object")
+    problem = _value_problem(obj, invalid_bytes=True)
+    if problem is not None:
+        m = _SURROGATE.search(text)
+        line = text.count("\n", 0, m.start()) + 1 if m is not None else 1
+        raise bad.fatal(line, problem)
     lists = {k: v for k, v in obj.items() if isinstance(v, list)}
-    if lists and len(lists) == len(obj) and len({len(v) for v in lists.values()}) == 1:
-        yield pa.table(lists)
-    elif len(lists) == 1 and all(isinstance(r, dict) for r in next(iter(lists.values()))):
-        yield pa.Table.from_pylist(next(iter(lists.values())))
-    else:
-        yield pa.Table.from_pylist([obj])
+    try:
+        if lists and len(lists) == len(obj) and len({len(v) for v in lists.values()}) == 1:
+            yield pa.table(lists)
+        elif len(lists) == 1 and all(isinstance(r, dict) for r in next(iter(lists.values()))):
+            yield pa.Table.from_pylist(next(iter(lists.values())))
+        else:
+            yield pa.Table.from_pylist([obj])
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+        raise bad.fatal(1, f"the values cannot form a table ({exc})") from None
 
 
 # -- CSV / TSV ----------------------------------------------------------------------------
+class _CheckedText:
+    """The input file as pyarrow's CSV reader sees it, checked as the blocks pass.
+
+    Without ``replaced`` it only looks: a NUL byte or invalid UTF-8 sets
+    ``problem`` and stops the read (the import restarts on the careful path, which
+    finds the lines). With it, those lines get U+FFFD and lose their NUL bytes, and
+    are counted. Either way no text column can become ``binary``. The checks are
+    the C decoder and memchr on 8 MB blocks: a few ms per block.
+    """
+
+    def __init__(self, fh: Any, replaced: _Replaced | None) -> None:
+        self._fh = fh
+        self._replaced = replaced
+        self._carry = b""
+        self._line = 1
+        self.problem = False
+        self.closed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return int(self._fh.tell())
+
+    def close(self) -> None:
+        self.closed = True
+
+    def read(self, n: int = -1) -> bytes:
+        while True:
+            chunk: bytes = self._fh.read(n)
+            data = self._carry + chunk
+            if chunk:
+                cut = _utf8_cut(data)  # a character cut at the block end waits for the rest
+                body, self._carry = data[:cut], data[cut:]
+                if not body:
+                    continue
+            else:
+                body, self._carry = data, b""
+            if not _text_ok(body):
+                if self._replaced is None:
+                    self.problem = True
+                    raise OSError("the input has bytes that are not UTF-8 text")
+                body = _repair_block(body, self._line, self._replaced)
+            if self._replaced is not None:
+                self._line += body.count(b"\n")
+            return body
+
+
+def _csv_careful(path: Path, delimiter: str, bad: _BadRows, out: Path) -> None:
+    """Copy the rows of a CSV file that are text to ``out``; the others are bad rows.
+
+    Python's csv module reads the file with ``surrogateescape`` (bytes that are not
+    UTF-8 become surrogates), so each row is judged whole, with the line it starts
+    on, even when a quoted value spans lines. Rows with the wrong number of fields
+    are bad rows here too (pyarrow would count lines of ``out``). Only files with
+    such bytes take this path.
+    """
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
+    with (
+        open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as src,
+        open(out, "w", encoding="utf-8", newline="") as dst,
+    ):
+        reader = csv.reader(src, delimiter=delimiter)
+        writer = csv.writer(dst, delimiter=delimiter, lineterminator="\n")
+        width: int | None = None
+        prev = 0
+        try:
+            for rec in reader:
+                start, prev = prev + 1, reader.line_num
+                if not rec:
+                    continue
+                problem = None
+                for value in rec:
+                    if "\x00" in value:
+                        problem = "contains a NUL byte"
+                        break
+                    m = _SURROGATE.search(value)
+                    if m is not None:
+                        problem = f"not UTF-8 text (byte 0x{ord(m.group()) - 0xDC00:02x})"
+                        break
+                if width is None:
+                    if problem is not None:
+                        raise bad.fatal(start, f"the header is {problem}")
+                    width = len(rec)
+                elif problem is None and len(rec) != width:
+                    problem = f"expected {width} fields, found {len(rec)}"
+                if problem is not None:
+                    bad.add(start, problem)
+                    continue
+                writer.writerow(rec)
+        except csv.Error as exc:
+            raise bad.fatal(reader.line_num, f"not valid CSV ({exc})") from None
+
+
+_CSV_ROW_RE = re.compile(r"[Rr]ow #?(\d+)")
+
+
 def _csv_batches(
     path: Path,
     delimiter: str,
     bad: _BadRows,
     progress: ProgressFn,
     column_types: dict[str, pa.DataType],
+    replaced: _Replaced,
+    careful: bool,
+    work: Path,
 ) -> Iterator[pa.RecordBatch]:
     def on_invalid(row: Any) -> str:
         if bad.full:
@@ -508,9 +963,14 @@ def _csv_batches(
         )
         return "skip"
 
-    total = max(path.stat().st_size, 1)
+    src = path
+    if careful and not replaced.enabled:
+        src = work / "text-rows.csv"
+        _csv_careful(path, delimiter, bad, src)
+    total = max(src.stat().st_size, 1)
     reader: Any = None
-    with open(path, "rb") as fh:
+    with open(src, "rb") as raw:
+        fh = _CheckedText(raw, replaced if replaced.enabled else None)
         try:
             reader = pacsv.open_csv(
                 fh,
@@ -529,7 +989,13 @@ def _csv_batches(
                 rows += batch.num_rows
                 yield batch
                 progress(min(fh.tell() / total, 1.0), f"{rows:,} rows read")
-        except pa.ArrowInvalid as exc:
+        except (pa.ArrowException, OSError) as exc:
+            if fh.problem:
+                if careful:  # pragma: no cover - the careful copy holds text only
+                    raise bad.fatal(None, "the input is not UTF-8 text") from None
+                raise _Retry(column_types, careful_csv=True) from None
+            if not isinstance(exc, pa.ArrowInvalid):
+                raise bad.fatal(None, f"cannot read the file ({exc})") from None
             msg = str(exc)
             if bad.rows and "Expected" in msg and "columns" in msg:
                 raise BadRowsError(bad.rows, more=True) from None
@@ -539,7 +1005,8 @@ def _csv_batches(
                 idx = int(m.group(1))
                 if idx < len(names) and names[idx] not in column_types:
                     raise _Retry({**column_types, names[idx]: pa.string()}) from None
-            raise bad.fatal(None, msg) from None
+            row = _CSV_ROW_RE.search(msg)
+            raise bad.fatal(int(row.group(1)) if row else None, msg) from None
 
 
 # -- Parquet, HF, text -------------------------------------------------------------------------
@@ -585,39 +1052,53 @@ def _hf_batches(path: Path, progress: ProgressFn) -> Iterator[pa.Table]:
 
 
 def _text_batches(
-    path: Path, paragraphs: bool, column: str, progress: ProgressFn
+    path: Path,
+    paragraphs: bool,
+    column: str,
+    progress: ProgressFn,
+    bad: _BadRows,
+    replaced: _Replaced,
 ) -> Iterator[pa.Table]:
+    """One row per line (or paragraph); a line that is not text is a bad row (with
+    ``paragraphs``: its whole paragraph), or is repaired with ``replace_invalid``."""
     total = max(path.stat().st_size, 1)
     rows: list[str] = []
     para: list[str] = []
+    para_bad = False
     seen = 0
     lineno = 0
-    with open(path, encoding="utf-8-sig", errors="strict") as fh:
-        while True:
-            try:
-                raw = fh.readline()
-            except UnicodeDecodeError:
-                raise BadRowsError(
-                    [BadRow(str(path), lineno + 1, "not UTF-8 text (save the file as UTF-8)")]
-                ) from None
-            if not raw:
-                break
+    with open(path, "rb") as fh:
+        for raw in fh:
             lineno += 1
             seen += len(raw)
-            text = raw.rstrip("\r\n")
+            if lineno == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            problem = _utf8_problem(raw)
+            if problem is not None:
+                if replaced.enabled:
+                    raw = _repair_line(raw)
+                    replaced.add(lineno)
+                else:
+                    bad.add(lineno, problem)
+                    if not paragraphs:
+                        continue
+                    para_bad = True
+                    raw = b"x"  # keeps the paragraph open until its end
+            text = raw.decode("utf-8").rstrip("\r\n")
             if paragraphs:
                 if text.strip():
                     para.append(text)
                 elif para:
-                    rows.append("\n".join(para))
-                    para = []
+                    if not para_bad:
+                        rows.append("\n".join(para))
+                    para, para_bad = [], False
             elif text.strip():
                 rows.append(text)
             if len(rows) >= _TEXT_BATCH:
                 yield pa.table({column: pa.array(rows, pa.string())})
                 rows = []
-                progress(min(seen / total, 1.0), f"{seen:,} characters read")
-        if para:
+                progress(min(seen / total, 1.0), f"{seen:,} bytes read")
+        if para and not para_bad:
             rows.append("\n".join(para))
     if rows:
         yield pa.table({column: pa.array(rows, pa.string())})
@@ -683,11 +1164,18 @@ def import_dataset(
     name: str | None = None,
     format: str | None = None,
     on_bad: OnBad = "error",
+    replace_invalid: bool = False,
     text_column: str = "text",
     progress: ProgressFn | None = None,
     check_cancelled: Callable[[], None] | None = None,
 ) -> ImportResult:
-    """Import ``path`` as a new dataset; on any failure nothing is left behind."""
+    """Import ``path`` as a new dataset; on any failure nothing is left behind.
+
+    ``on_bad``: fail on bad rows (``error``, the first ones listed with their lines)
+    or leave them out with a report (``skip``). ``replace_invalid``: keep rows whose
+    text is not UTF-8 or holds NUL bytes, with U+FFFD for the invalid bytes and the
+    NUL bytes dropped; the result counts the lines (rows) changed.
+    """
     src = Path(path).expanduser()
     if not src.exists():
         raise NotFoundError(f"There is nothing at {src}.")
@@ -701,31 +1189,51 @@ def import_dataset(
     ds_id = store.new_dataset_id()
     ds_dir = store.root / ds_id
     column_types: dict[str, pa.DataType] = {}
-    careful_json = False
+    careful_json = careful_csv = False
     try:
         for _attempt in range(1000):
             bad = _BadRows(str(src), on_bad)
-            work = Path(tempfile.mkdtemp(prefix=".import-", dir=store.root))
+            replaced = _Replaced(replace_invalid, "row" if fmt in ("parquet", "hf") else "line")
+            work = make_owned_temp_dir(store.root, "import")
             try:
                 with store.writer(ds_id) as w:
                     parts = _batches(
-                        fmt, src, bad, report, work, text_column, column_types, careful_json
+                        fmt,
+                        src,
+                        bad,
+                        report,
+                        work,
+                        text_column,
+                        column_types,
+                        replaced,
+                        careful_json=careful_json,
+                        careful_csv=careful_csv,
                     )
+                    schema: pa.Schema | None = None
                     # 8 stream blocks (~8 MB) ahead: the parser keeps going while a chunk is written.
                     for part in _prefetch(parts, 8):
                         if check_cancelled is not None:
                             check_cancelled()
+                        if part.schema is not schema:
+                            _check_schema(part.schema, fmt, bad)
+                            schema = part.schema
                         w.write(part)
                     bad.finish()
                 break
             except _Retry as retry:
                 column_types = retry.column_types or column_types
                 careful_json = careful_json or retry.careful_json
+                careful_csv = careful_csv or retry.careful_csv
             finally:
                 shutil.rmtree(work, ignore_errors=True)
         else:  # pragma: no cover - one retry per column at most
             raise ConfigError(f"Cannot settle the column types of {src}.")
-        params = {"path": str(src), "format": fmt, "on_bad": on_bad}
+        params = {
+            "path": str(src),
+            "format": fmt,
+            "on_bad": on_bad,
+            "replace_invalid": replace_invalid,
+        }
         version = store.commit(
             w,
             dataset_id=ds_id,
@@ -734,14 +1242,25 @@ def import_dataset(
             parent=None,
             new_dataset_name=name or src.stem,
             source=str(src),
-            extra_manifest={"import": {**params, "bad_rows": bad.report()}},
+            extra_manifest={
+                "import": {**params, "bad_rows": bad.report(), "replaced": replaced.report()}
+            },
             action="import",
         )
     except BaseException:
         shutil.rmtree(ds_dir, ignore_errors=True)
         raise
     report(1.0, f"imported {version.rows:,} rows")
-    return ImportResult(version, name or src.stem, fmt, bad.report())
+    return ImportResult(version, name or src.stem, fmt, bad.report(), replaced.report())
+
+
+def _check_schema(schema: pa.Schema, fmt: str, bad: _BadRows) -> None:
+    """No column of text input is binary; nothing is nested deeper than MAX_DEPTH."""
+    for f in schema:
+        if fmt in TEXT_FORMATS and _has_binary(f.type):
+            raise bad.fatal(None, f"column '{f.name}' is not text")
+        if _type_depth(f.type) > MAX_DEPTH:
+            raise bad.fatal(None, f"column '{f.name}' is nested deeper than {MAX_DEPTH} levels")
 
 
 def _batches(
@@ -752,23 +1271,30 @@ def _batches(
     work: Path,
     text_column: str,
     column_types: dict[str, pa.DataType],
+    replaced: _Replaced,
+    *,
     careful_json: bool = False,
+    careful_csv: bool = False,
 ) -> Iterator[pa.Table | pa.RecordBatch]:
     if fmt == "jsonl":
         if careful_json:
-            yield from _jsonl_batches(src, bad, progress)
+            yield from _jsonl_batches(src, bad, progress, replaced)
         else:
             yield from _jsonl_stream(src, progress)
     elif fmt == "json":
-        yield from _json_batches(src, bad, progress, work)
+        yield from _json_batches(src, bad, progress, work, replaced)
     elif fmt in ("csv", "tsv"):
-        yield from _csv_batches(src, "," if fmt == "csv" else "\t", bad, progress, column_types)
+        delimiter = "," if fmt == "csv" else "\t"
+        yield from _csv_batches(
+            src, delimiter, bad, progress, column_types, replaced, careful_csv, work
+        )
     elif fmt == "parquet":
-        yield from _parquet_batches(src, bad, progress)
+        yield from _checked_rows(_parquet_batches(src, bad, progress), bad, replaced)
     elif fmt == "hf":
-        yield from _hf_batches(src, progress)
+        batches = (b for t in _hf_batches(src, progress) for b in t.to_batches())
+        yield from _checked_rows(batches, bad, replaced)
     else:
-        yield from _text_batches(src, fmt == "paragraphs", text_column, progress)
+        yield from _text_batches(src, fmt == "paragraphs", text_column, progress, bad, replaced)
 
 
 def import_job(
@@ -778,6 +1304,7 @@ def import_job(
     format: str | None = None,
     on_bad: OnBad = "error",
     text_column: str = "text",
+    replace_invalid: bool = False,
 ) -> dict[str, Any]:
     """Job ``data.import``: import a file or folder as a new dataset, with progress."""
     res = import_dataset(
@@ -786,6 +1313,7 @@ def import_job(
         name=name,
         format=format,
         on_bad=on_bad,
+        replace_invalid=replace_invalid,
         text_column=text_column,
         progress=ctx.progress,
         check_cancelled=ctx.check_cancelled,
@@ -794,6 +1322,13 @@ def import_job(
         ctx.log(f"skipped {res.bad_rows['count']} bad row(s)", "warning")
         for r in res.bad_rows["rows"][:20]:
             ctx.log(str(BadRow(**r)), "warning")
+    if res.replaced["count"]:
+        where = ", ".join(str(n) for n in res.replaced["lines"][:20])
+        ctx.log(
+            f"replaced invalid UTF-8 / dropped NUL bytes in {res.replaced['count']} "
+            f"{res.replaced['unit']}(s): {where}",
+            "warning",
+        )
     ctx.artifact("dataset_version", res.version.path)
     out = res.to_dict()
     ctx.result(out)

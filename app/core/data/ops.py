@@ -19,9 +19,11 @@ content hash a training run can cite, and :func:`split_table` selects a part.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+import shutil
 import tempfile
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -36,6 +38,7 @@ import pyarrow.parquet as pq
 
 from app.core.data import pii
 from app.core.errors import ConfigError
+from app.core.store.files import make_owned_temp_dir
 
 Transform = Callable[[pa.Table], pa.Table]
 #: Rows per block that a whole-table operation reads or writes at a time.
@@ -586,7 +589,11 @@ def _bucket_shuffle(rows: Rows, perm: np.ndarray, ctx: OpContext) -> Iterator[pa
     dest[perm] = np.arange(n, dtype=np.int64)  # output position of each input row
     del perm
     n_buckets = -(-n // SHUFFLE_BUCKET_ROWS)
-    with tempfile.TemporaryDirectory(prefix=".shuffle-", dir=ctx.scratch) as tmp:
+    # An owned name: a killed shuffle's bucket files are removed at the next start.
+    tmp_dir = make_owned_temp_dir(Path(ctx.scratch or tempfile.gettempdir()), "shuffle")
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, tmp_dir, True)
+        tmp = str(tmp_dir)
         paths = [Path(tmp) / f"{b:05d}.arrow" for b in range(n_buckets)]
         writers: list[pa.ipc.RecordBatchStreamWriter | None] = [None] * n_buckets
         pending: list[list[pa.Table]] = [[] for _ in range(n_buckets)]

@@ -41,7 +41,7 @@ import app.core.data.schema  # noqa: F401  (registers the tables)
 from app.core.data.content_hash import SCHEME as HASH_SCHEME
 from app.core.data.content_hash import ContentHash, conform, content_hash, schema_to_json
 from app.core.errors import ConfigError, NotFoundError
-from app.core.store.files import atomic_write_json
+from app.core.store.files import atomic_write_json, is_temp_name, owned_temp_name
 
 if TYPE_CHECKING:
     from app.core.workspace.workspace import Workspace
@@ -394,7 +394,7 @@ class DatasetStore:
     @contextlib.contextmanager
     def writer(self, dataset_id: str) -> Iterator[VersionWriter]:
         """A :class:`VersionWriter` in a temporary folder of the dataset (removed on error)."""
-        tmp = self.root / dataset_id / f".tmp-{uuid.uuid4().hex}"
+        tmp = self.root / dataset_id / owned_temp_name("version")
         w = VersionWriter(tmp)
         try:
             yield w
@@ -583,9 +583,13 @@ class DatasetStore:
             )
         return v
 
-    def cleanup_orphans(self) -> list[str]:
-        """Remove what a killed import or operation left: temporary folders, folders
-        of datasets or versions the database does not know. Call when no data job runs.
+    def cleanup_orphans(self, min_age_s: float = 600.0) -> list[str]:
+        """Remove folders of datasets or versions the database does not know.
+
+        They are what a process killed between moving a version into place and
+        registering it leaves behind. A folder younger than ``min_age_s`` is kept: an
+        import or operation of another process may be registering it right now.
+        Temporary folders are left to :func:`app.core.store.files.find_temporaries`.
         """
         removed: list[str] = []
         if not self.root.exists():
@@ -595,15 +599,30 @@ class DatasetStore:
             (r["dataset_id"], r["hash"])
             for r in self.db.query("SELECT dataset_id, hash FROM dataset_versions")
         }
+        cutoff = time.time() - min_age_s
+
+        def old(p: Path) -> bool:
+            try:
+                return p.stat().st_mtime < cutoff
+            except OSError:
+                return False
+
         for d in self.root.iterdir():
-            if not d.is_dir():
+            if not d.is_dir() or is_temp_name(d.name):
                 continue
             if d.name not in known:
-                shutil.rmtree(d, ignore_errors=True)
-                removed.append(d.name)
+                inside = list(d.iterdir())
+                if old(d) and all(old(v) for v in inside):
+                    shutil.rmtree(d, ignore_errors=True)
+                    removed.append(d.name)
                 continue
             for v in d.iterdir():
-                if v.is_dir() and (d.name, v.name) not in versions:
+                if (
+                    v.is_dir()
+                    and not is_temp_name(v.name)
+                    and (d.name, v.name) not in versions
+                    and old(v)
+                ):
                     shutil.rmtree(v, ignore_errors=True)
                     removed.append(f"{d.name}/{v.name}")
         return removed

@@ -1,4 +1,15 @@
-"""Atomic file writes (temporary name, fsync, rename) and sha256 hashes."""
+"""Atomic file writes (temporary name, fsync, rename), temporary names that say who owns
+them, the leftovers of killed processes, and sha256 hashes.
+
+Every temporary file or folder inside the workspace is named
+``.<tag>.p<pid>-<start>-<host>.<random>.tmp`` (:func:`owned_temp_name`): the
+creating process id, its start time in milliseconds and a short tag of the host
+name. A later process can then tell a temporary of a *dead* process (a leftover
+of a killed job, safe to remove) from one that a live process is still writing,
+even when the window and the CLI share the workspace and PIDs are reused.
+Names from before this scheme, and names made by other hosts on a shared disk,
+have no owner that can be checked (:attr:`Leftover.owner` is ``"unknown"``).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +17,26 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
+
+#: Owned temporary names: ``.<tag>.p<pid>-<start ms>-<host>.<random>.tmp``.
+_OWNED_RE = re.compile(r"^\..*\.p(\d+)-(\d+)-([0-9a-f]{6})\.[A-Za-z0-9_]+\.tmp$")
+#: Temporary names of older DemoAI versions (no owner in the name): the dataset
+#: writer's ``.tmp-<uuid>``, import work folders, atomic writes ``.<name>.<random>.tmp``,
+#: GGUF and package staging folders.
+_LEGACY_RE = re.compile(
+    r"^\.(tmp-[0-9a-f]{32}|import-[A-Za-z0-9_]+|shuffle-[A-Za-z0-9_]+|gguf-work-[A-Za-z0-9_]+|pkg-[A-Za-z0-9_]+"
+    r"|[^/]+\.[A-Za-z0-9_]{6,}\.tmp)$"
+)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -30,7 +57,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_owned_prefix(target.name), suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -72,3 +99,122 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of bytes."""
     return hashlib.sha256(data).hexdigest()
+
+
+# -- temporary names with an owner, and leftovers ------------------------------------------
+@lru_cache(maxsize=1)
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+
+
+def _start_ms(pid: int) -> int | None:
+    from app.core.system.procs import process_start_time
+
+    started = process_start_time(pid)
+    return None if started is None else int(started * 1000)
+
+
+@lru_cache(maxsize=1)
+def _own_owner() -> tuple[int, int]:
+    pid = os.getpid()
+    return pid, _start_ms(pid) or int(time.time() * 1000)
+
+
+def _owned_prefix(tag: str) -> str:
+    pid, start = _own_owner()
+    if os.getpid() != pid:  # a forked child: not the cached owner
+        _own_owner.cache_clear()
+        pid, start = _own_owner()
+    return f".{tag}.p{pid}-{start}-{_host_tag()}."
+
+
+def owned_temp_name(tag: str) -> str:
+    """A fresh temporary name that records this process as its owner (see the module doc)."""
+    return f"{_owned_prefix(tag)}{os.urandom(6).hex()}.tmp"
+
+
+def make_owned_temp_dir(parent: Path, tag: str) -> Path:
+    """Create and return an empty temporary folder in ``parent`` owned by this process."""
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=_owned_prefix(tag), suffix=".tmp", dir=parent))
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` (one path component) is a temporary name of DemoAI."""
+    return bool(_OWNED_RE.match(name) or _LEGACY_RE.match(name))
+
+
+def temp_owner(name: str) -> Literal["alive", "dead", "unknown"]:
+    """Whether the process that made temporary ``name`` still runs (``unknown``: no owner
+    in the name, or it was made on another host)."""
+    m = _OWNED_RE.match(name)
+    if m is None or m.group(3) != _host_tag():
+        return "unknown"
+    pid, start = int(m.group(1)), int(m.group(2))
+    now = _start_ms(pid)
+    # The start time tells a reused PID apart (1 s of slack for clock rounding).
+    return "alive" if now is not None and abs(now - start) <= 1000 else "dead"
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A temporary file or folder found in the workspace."""
+
+    path: Path
+    bytes: int
+    owner: Literal["alive", "dead", "unknown"]
+
+
+def _tree_size(path: Path) -> int:
+    try:
+        if path.is_symlink() or not path.is_dir():
+            return path.lstat().st_size
+    except OSError:
+        return 0
+    total = 0
+    for base, _dirs, names in os.walk(path):
+        for n in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(base, n)).st_size
+    return total
+
+
+def find_temporaries(roots: Iterable[Path], max_depth: int = 3) -> list[Leftover]:
+    """Temporary files and folders under ``roots`` down to ``max_depth`` levels.
+
+    Temporary names are made beside their final place, at a small depth (a dataset
+    version, a model folder, a checkpoint), so a bounded walk finds them without
+    visiting every file of large model folders. A temporary folder is not entered.
+    """
+    found: list[Leftover] = []
+
+    def walk(d: Path, depth: int) -> None:
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            return
+        for e in entries:
+            if is_temp_name(e.name):
+                p = Path(e.path)
+                found.append(Leftover(p, _tree_size(p), temp_owner(e.name)))
+            elif depth < max_depth and e.is_dir(follow_symlinks=False):
+                walk(Path(e.path), depth + 1)
+
+    for root in roots:
+        if root.is_dir():
+            walk(root, 1)
+    return found
+
+
+def remove_path(path: Path) -> bool:
+    """Remove a file or folder tree; True when it is gone."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True

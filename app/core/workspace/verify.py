@@ -3,17 +3,26 @@
 The first run records size and sha256 of each file under models/, datasets/
 and exports/; later runs report files that changed, vanished or appeared.
 Progress is saved after every file, so a resumed run skips what was done.
+
+Temporary files and folders (:func:`app.core.store.files.is_temp_name`) are
+never hashed: they belong to work in progress or are leftovers of killed work,
+not stored content. Leftovers are counted and reported with their size, never
+as corruption; ``repair`` removes them, and the folders of datasets or versions
+the database does not know.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
+from app.core.format import human_size
 from app.core.jobs.context import JobContext, JobFailed
 from app.core.store.db import register_migrations
-from app.core.store.files import atomic_write_json, sha256_file
+from app.core.store.files import atomic_write_json, is_temp_name, sha256_file
 
 register_migrations(
     "files",
@@ -32,15 +41,60 @@ register_migrations(
 _AREAS = ("models", "datasets", "exports")
 
 
+def _stored_files(root: Path) -> list[Path]:
+    """Regular files under ``root``, not entering temporary folders."""
+    out: list[Path] = []
+    for base, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not is_temp_name(d)]
+        for n in names:
+            p = Path(base, n)
+            if not is_temp_name(n) and p.is_file() and not p.is_symlink():
+                out.append(p)
+    return out
+
+
+def _other_jobs_live(ctx: JobContext) -> bool:
+    from app.core.jobs.store import ACTIVE_STATES
+
+    states = sorted(str(s) for s in ACTIVE_STATES)
+    rows = ctx.workspace.db.query(
+        f"SELECT id FROM jobs WHERE state IN ({', '.join('?' * len(states))})", tuple(states)
+    )
+    return any(r["id"] != ctx.job_id for r in rows)
+
+
+def leftover_message(count: int, size: int) -> str:
+    """The line that reports leftovers (the CLI and the job log say the same)."""
+    return (
+        f"{count} leftover temporary file(s) ({human_size(size)}) from interrupted work; "
+        "`demoai check --repair` removes them."
+    )
+
+
 def verify_workspace(
-    ctx: JobContext, update: bool = True, accept_changes: bool = False
+    ctx: JobContext, update: bool = True, accept_changes: bool = False, repair: bool = False
 ) -> dict[str, Any]:
     """Check ``PRAGMA integrity_check`` and hash every file.
 
     ``update`` records hashes of new files; a changed file keeps its old hash
-    (and keeps failing the check) unless ``accept_changes`` is set.
+    (and keeps failing the check) unless ``accept_changes`` is set. ``repair``
+    removes leftovers of interrupted work first (those without a recorded owner
+    only when no other job is queued or running).
     """
     ws = ctx.workspace
+    removed_n = removed_bytes = 0
+    if repair:
+        from app.core.data.store import DatasetStore
+
+        ctx.progress(None, "Removing leftovers of interrupted work")
+        gone = ws.remove_leftovers(include_unknown=not _other_jobs_live(ctx))
+        removed_n, removed_bytes = len(gone), sum(t.bytes for t in gone)
+        orphans = DatasetStore(ws).cleanup_orphans()
+        for name in orphans:
+            ctx.log(f"removed dataset folder unknown to the database: datasets/{name}")
+        removed_n += len(orphans)
+        if removed_n:
+            ctx.log(f"removed {removed_n} leftover(s), {human_size(removed_bytes)}")
     ctx.progress(0.0, "Checking the database")
     integrity = ws.db.integrity_check()
     if integrity != "ok":
@@ -48,12 +102,14 @@ def verify_workspace(
             f"The workspace database failed its integrity check: {integrity}",
             "Restore demoai.db from a backup.",
         )
-    files = sorted(
-        p
-        for area in _AREAS
-        for p in (ws.root / area).rglob("*")
-        if p.is_file() and not p.is_symlink()
-    )
+    files = sorted(p for area in _AREAS for p in _stored_files(ws.root / area))
+    leftovers = [t for t in ws.temporaries() if t.owner != "alive"]
+    if leftovers and _other_jobs_live(ctx):
+        # Without a recorded owner, a temporary may belong to a job running now.
+        leftovers = [t for t in leftovers if t.owner == "dead"]
+    left_bytes = sum(t.bytes for t in leftovers)
+    if leftovers:
+        ctx.log(leftover_message(len(leftovers), left_bytes), "warning")
     state_path = ctx.checkpoint_dir / "verify-state.json"
     state: dict[str, Any] = {"done": {}, "changed": [], "new": []}
     if state_path.exists():
@@ -80,10 +136,14 @@ def verify_workspace(
         if time.monotonic() - last_save > 1.0:
             atomic_write_json(state_path, state)
             last_save = time.monotonic()
-    missing = sorted(set(known) - {p.relative_to(ws.root).as_posix() for p in files})
+    # Hashes recorded for temporaries by older versions are not stored content.
+    stale = [rel for rel in known if any(is_temp_name(part) for part in rel.split("/"))]
+    missing = sorted(set(known) - set(stale) - {p.relative_to(ws.root).as_posix() for p in files})
     if update:
         now = time.time()
         with ws.db.transaction() as c:
+            for rel in stale:
+                c.execute("DELETE FROM file_hashes WHERE path = ?", (rel,))
             for rel, (size, digest) in state["done"].items():
                 if rel in state["changed"] and not accept_changes:
                     continue
@@ -99,6 +159,10 @@ def verify_workspace(
         "new": len(state["new"]),
         "changed": state["changed"],
         "missing": missing,
+        "leftovers": len(leftovers),
+        "leftover_bytes": left_bytes,
+        "removed": removed_n,
+        "removed_bytes": removed_bytes,
     }
     ctx.result(result)
     state_path.unlink(missing_ok=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
 
 from app.core.errors import WorkspaceError
 from app.core.store.db import Database
+from app.core.store.files import Leftover, find_temporaries, remove_path
 from app.core.workspace.settings import Settings, load_settings, save_settings
 
 SUBDIRS = ("models", "datasets", "runs", "exports")
@@ -83,7 +85,11 @@ class Workspace:
         if not (path / "settings.json").exists():
             save_settings(path / "settings.json", settings)
         apply_network_policy(settings)
-        return cls(path, db, settings)
+        ws = cls(path, db, settings)
+        # Temporaries of killed processes go at every start (window, CLI, job process);
+        # those of live processes, of other hosts and of older versions stay.
+        ws.remove_leftovers()
+        return ws
 
     # -- paths -------------------------------------------------------------------
     @property
@@ -111,6 +117,27 @@ class Workspace:
         save_settings(self.root / "settings.json", settings)
         self.settings = settings
         apply_network_policy(settings)
+
+    def temporaries(self) -> list[Leftover]:
+        """Temporary files and folders in the workspace, with whether their owner runs."""
+        return find_temporaries([self.root / sub for sub in SUBDIRS])
+
+    def remove_leftovers(self, *, include_unknown: bool = False) -> list[Leftover]:
+        """Remove temporaries whose process is dead (with ``include_unknown``: also those
+        whose owner cannot be told; only safe when no other process works here)."""
+        removed: list[Leftover] = []
+        for t in self.temporaries():
+            if t.owner == "alive" or (t.owner == "unknown" and not include_unknown):
+                continue
+            if remove_path(t.path):
+                removed.append(t)
+                parent = t.path.parent
+                if parent.parent == self.datasets_dir:
+                    # A killed import leaves datasets/<id>/ empty once its version
+                    # temporary is gone; rmdir refuses a folder that is not empty.
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()
+        return removed
 
     def close(self) -> None:
         self.db.close()
