@@ -21,7 +21,12 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free one)")
-    p.add_argument("--api-key", help="bearer token clients must send (default: a random one)")
+    p.add_argument(
+        "--api-key",
+        help="bearer token clients must send (visible to other users in ps: prefer "
+        "$DEMOAI_HOST_API_KEY or --api-key-file; default: a random one)",
+    )
+    p.add_argument("--api-key-file", help="read the bearer token from the first line of this file")
     p.add_argument(
         "--allow-remote", action="store_true", help="allow a non-loopback --host (needs --api-key)"
     )
@@ -47,6 +52,28 @@ def _resolve_model(ws: Any, spec: str) -> str:
     return f"{rec.id}={rec.path}:{rec.format}"
 
 
+def _api_key(args: argparse.Namespace) -> tuple[str, str]:
+    """(key, where it came from): --api-key, --api-key-file, the environment, or generated."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from app.workers import host
+
+    if args.api_key:
+        print(
+            "demoai serve: warning: --api-key is visible to other users of this machine "
+            f"(ps, /proc); set {host.API_KEY_ENV} or use --api-key-file instead.",
+            file=sys.stderr,
+        )
+        return args.api_key, "--api-key"
+    if args.api_key_file:
+        return host.read_api_key_file(Path(args.api_key_file)), "--api-key-file"
+    if os.environ.get(host.API_KEY_ENV):
+        return os.environ[host.API_KEY_ENV], host.API_KEY_ENV
+    return secrets.token_urlsafe(24), "generated"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.cli.common import open_workspace
     from app.workers import host
@@ -57,8 +84,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.request_log is None:
         args.request_log = str(ws.root / "logs" / "requests.jsonl")
     ws.close()
-    generated = args.api_key is None
-    api_key = args.api_key or secrets.token_urlsafe(24)
+    api_key, source = _api_key(args)
+    generated = source == "generated"
     argv = ["--host", args.host, "--port", str(args.port), "--threads", str(threads)]
     for spec in specs:
         argv += ["--model", spec]
@@ -84,16 +111,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         first = next(iter(config.models))
         print(f"DemoAI model host listening on {url}")
         print(f"Models:  {', '.join(config.models)} (loaded on first request)")
-        print(f"API key: {api_key}")
+        # A key from the environment or a file is not echoed into terminals and logs.
+        shown_key = api_key if source in ("generated", "--api-key") else "$" + host.API_KEY_ENV
+        if source == "--api-key-file":
+            shown_key = f"$(cat {args.api_key_file})"
+        print(f"API key: {api_key if shown_key == api_key else f'(from {source})'}")
         print("\ncurl:")
         print(
-            f"  curl {url}/chat/completions -H 'Authorization: Bearer {api_key}' "
+            f"  curl {url}/chat/completions -H 'Authorization: Bearer {shown_key}' "
             "-H 'Content-Type: application/json' "
             f'-d \'{{"model": "{first}", "messages": [{{"role": "user", "content": "Hello"}}]}}\''
         )
         print("\nPython:")
         print("  from openai import OpenAI")
-        print(f'  client = OpenAI(base_url="{url}", api_key="{api_key}")')
+        py_key = api_key if shown_key == api_key else "<your API key>"
+        print(f'  client = OpenAI(base_url="{url}", api_key="{py_key}")')
         print(
             f'  r = client.chat.completions.create(model="{first}", '
             'messages=[{"role": "user", "content": "Hello"}])'

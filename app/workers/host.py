@@ -5,6 +5,15 @@ A stdlib ``ThreadingHTTPServer``; every ``/v1`` route needs the bearer token
 (``--api-key`` or the ``DEMOAI_HOST_API_KEY`` environment variable, which keeps
 it out of the process list). Models load on first use; one request at a time
 runs per model (its lock is the queue). Each request is logged as a JSON line.
+
+What a client cannot do to it (see docs/security.md): hold a thread (idle,
+header and body deadlines enforced by a reaper thread that shuts the socket
+down; a connection cap answered with 503), send an unbounded or unframed body
+(``Content-Length`` required, at most MAX_BODY; chunked bodies get 411), hold a
+model with a prompt that cannot fit (refused by size, then by token count,
+before the model's lock), or hold it with a hostile chat template (rendered
+before the lock, under a budget, in a worker process). Malformed input of any
+shape is a 4xx, never a 500.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -32,6 +42,11 @@ from app.core.errors import ConfigError, DemoAIError
 API_KEY_ENV = "DEMOAI_HOST_API_KEY"
 FORMATS = ("hf", "gguf", "lora")
 MAX_BODY = 32 * 1024 * 1024
+#: A token is never longer than this many characters in any vocabulary we know, so a
+#: prompt longer than n_ctx times this cannot fit, whatever the tokenizer says.
+MAX_CHARS_PER_TOKEN = 256
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 class HostError(DemoAIError):
@@ -105,6 +120,9 @@ class ModelSlot:
     options: Any
     engine: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Held while the engine is used outside ``lock`` (counting a prompt's tokens);
+    #: unload takes both, so the engine is never closed under such a caller.
+    prep_lock: threading.Lock = field(default_factory=threading.Lock)
     created: int = field(default_factory=lambda: int(time.time()))
 
     def get_engine(self) -> Any:
@@ -116,11 +134,11 @@ class ModelSlot:
         return self.engine
 
     def unload(self) -> bool:
-        with self.lock:
+        with self.lock, self.prep_lock:
             engine, self.engine = self.engine, None
-        if engine is not None:
-            engine.close()
-            return True
+            if engine is not None:
+                engine.close()
+                return True
         return False
 
 
@@ -149,25 +167,146 @@ class HostConfig:
     port: int = 0
     request_log: Path | None = None
     ready_file: Path | None = None
+    #: Connections served at once; more get a 503 (idle keep-alive ones are closed first).
+    max_connections: int = 64
+    #: Seconds a kept-alive connection may wait for its next request.
+    idle_timeout: float = 30.0
+    #: Seconds from a request's first byte to the end of its headers.
+    header_timeout: float = 10.0
+    #: Seconds to receive a body once the headers are in.
+    body_timeout: float = 30.0
+    #: Seconds any single send or receive may block (a client that stops reading).
+    io_timeout: float = 60.0
 
 
 # --------------------------------------------------------------------------- HTTP
 
 
+@dataclass
+class _Conn:
+    """A connection's phase: ``idle`` (between requests), ``read`` (a request arriving),
+    ``busy`` (being answered, no deadline); the reaper shuts down the late ones."""
+
+    sock: socket.socket
+    phase: str = "idle"
+    deadline: float | None = None
+    reaped: bool = False
+
+
 class HostServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128
 
     def __init__(self, config: HostConfig) -> None:
         self.config = config
         self.log = RequestLog(config.request_log)
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self.address_family = family
+        self._conns: dict[socket.socket, _Conn] = {}
+        self._conns_lock = threading.Lock()
+        self._closing = threading.Event()
         super().__init__((config.host, config.port), Handler)
+        threading.Thread(target=self._reap, name="host-reaper", daemon=True).start()
 
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    @property
+    def open_connections(self) -> int:
+        with self._conns_lock:
+            return len(self._conns)
+
+    # -- connection cap and deadlines --------------------------------------------
+    def process_request(self, request: Any, client_address: Any) -> None:
+        cap = self.config.max_connections
+        with self._conns_lock:
+            room = len(self._conns) < cap or self._evict_idle()
+            if room:
+                deadline = time.monotonic() + self.config.idle_timeout
+                self._conns[request] = _Conn(request, "idle", deadline)
+        if not room:
+            self._refuse(request)
+            return
+        super().process_request(request, client_address)
+
+    def _evict_idle(self) -> bool:
+        """Close the connection idle the longest (caller holds the lock)."""
+        idle = [c for c in self._conns.values() if c.phase == "idle" and not c.reaped]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.deadline or 0.0)
+        victim.reaped = True
+        del self._conns[victim.sock]
+        try:
+            victim.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return True
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """503 with a JSON body, sent without a thread."""
+        body = json.dumps(
+            error_body(
+                f"The server is at its limit of {self.config.max_connections} connections.",
+                "server_error",
+                "too_many_connections",
+            )
+        ).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            sock.settimeout(0.5)
+            sock.sendall(head.encode() + body)
+            sock.setblocking(False)
+            try:
+                sock.recv(65536)  # what the client already sent: closing over it would reset
+            except OSError:
+                pass
+        except OSError:
+            pass
+        self.shutdown_request(sock)
+
+    def set_phase(self, sock: socket.socket, phase: str, timeout: float | None) -> None:
+        with self._conns_lock:
+            conn = self._conns.get(sock)
+            if conn is not None:
+                conn.phase = phase
+                conn.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            self._conns.pop(request, None)
+        super().shutdown_request(request)
+
+    def _reap(self) -> None:
+        """Shut down the reading side of connections past their deadline.
+
+        A blocked read then returns end-of-file: an idle connection ends, a slow
+        request gets a 408. Socket timeouts alone would restart with every byte.
+        """
+        while not self._closing.wait(0.2):
+            now = time.monotonic()
+            with self._conns_lock:
+                late = [
+                    c
+                    for c in self._conns.values()
+                    if not c.reaped and c.deadline is not None and c.deadline < now
+                ]
+                for c in late:
+                    c.reaped = True
+            for c in late:
+                try:
+                    c.sock.shutdown(socket.SHUT_RD if c.phase == "read" else socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def server_close(self) -> None:
+        self._closing.set()
+        super().server_close()
 
     def close_models(self) -> None:
         for slot in self.config.models.values():
@@ -180,10 +319,30 @@ class Handler(BaseHTTPRequestHandler):
     _t0 = 0.0
     server_version = "DemoAIHost/1"
 
+    _body_pending = False
+
     def setup(self) -> None:
         super().setup()
+        self.connection.settimeout(self.server.config.io_timeout)  # per send or receive
         # Streamed tokens are tiny writes: without this, Nagle + delayed ACK add ~40 ms.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle_one_request(self) -> None:
+        """Wait (idle deadline) for a request's first byte, then read it (header deadline)."""
+        cfg = self.server.config
+        self.server.set_phase(self.connection, "idle", cfg.idle_timeout)
+        try:
+            first = self.rfile.peek(1)  # type: ignore[attr-defined]
+        except OSError:
+            first = b""
+        if not first:
+            self.close_connection = True
+            return
+        self.server.set_phase(self.connection, "read", cfg.header_timeout)
+        try:
+            super().handle_one_request()
+        except OSError:  # the reaper or the client cut a request short
+            self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # requests go to the JSON request log instead
@@ -194,6 +353,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         if status == 401:
             self.send_header("WWW-Authenticate", "Bearer")
         self.end_headers()
@@ -202,21 +363,62 @@ class Handler(BaseHTTPRequestHandler):
     def _send_error(self, err: HostError) -> None:
         self._send_json(err.status, error_body(err.message, err.error_type, err.code))
 
-    def _read_body(self) -> dict[str, Any]:
+    def _send_error_safely(self, err: HostError) -> None:
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            raise HostError(400, "Bad Content-Length.") from None
+            self._send_error(err)
+        except OSError:
+            self.close_connection = True
+
+    def _body_length(self, method: str) -> int:
+        """The declared body length, validated: framing errors close the connection."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            self.close_connection = True
+            raise HostError(
+                411,
+                "Chunked request bodies are not accepted: send a Content-Length.",
+                code="length_required",
+            )
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            if method == "POST":
+                self.close_connection = True
+                raise HostError(
+                    411, "A POST request needs a Content-Length.", code="length_required"
+                )
+            return 0
+        if len(set(values)) > 1 or not _CONTENT_LENGTH.fullmatch(values[0].strip()):
+            self.close_connection = True
+            raise HostError(
+                400, "Bad Content-Length: expected one non-negative integer.",
+                code="bad_content_length",
+            )  # fmt: skip
+        length = int(values[0])
         if length > MAX_BODY:
-            raise HostError(413, "Request body too large.")
-        raw = self.rfile.read(length) if length else b""
+            self.close_connection = True
+            raise HostError(
+                413, f"Request body too large (at most {MAX_BODY // 2**20} MB).",
+                code="body_too_large",
+            )  # fmt: skip
+        self._body_pending = length > 0
+        return length
+
+    def _read_body(self) -> dict[str, Any]:
+        length = self._body_length("POST")
+        self.server.set_phase(self.connection, "read", self.server.config.body_timeout)
         try:
-            body = json.loads(raw or b"{}")
-        except ValueError:
-            raise HostError(400, "The request body is not valid JSON.") from None
-        if not isinstance(body, dict):
-            raise HostError(400, "The request body must be a JSON object.")
-        return body
+            raw = self.rfile.read(length) if length else b""
+        except OSError:
+            raw = b""
+        if len(raw) < length:
+            self.close_connection = True
+            raise HostError(
+                408,
+                f"The request body did not arrive in time ({len(raw)} of {length} bytes).",
+                code="request_timeout",
+            )
+        self._body_pending = False
+        self.server.set_phase(self.connection, "busy", None)
+        return parse_body(raw)
 
     def _authorised(self) -> bool:
         header = self.headers.get("Authorization") or ""
@@ -256,7 +458,9 @@ class Handler(BaseHTTPRequestHandler):
             "completion_tokens": 0,
         }
         status = 200
+        self._body_pending = False
         try:
+            self._body_length(method)
             if path == "/health" and method == "GET":
                 self._send_json(200, {"status": "ok", "pid": os.getpid()})
                 return
@@ -285,19 +489,22 @@ class Handler(BaseHTTPRequestHandler):
         except HostError as exc:
             status = exc.status
             record["error"] = exc.code
-            self._send_error(exc)
-        except (BrokenPipeError, ConnectionResetError):
+            self._send_error_safely(exc)
+        except RecursionError:
+            err = HostError(400, "The request is nested too deeply.", code="too_deep")
+            status, record["error"] = 400, err.code
+            self._send_error_safely(err)
+        except OSError:  # the client went away or stopped reading
             status = 499
             self.close_connection = True
         except Exception as exc:
             err = as_host_error(exc)
             status = err.status
             record["error"] = err.code
-            try:
-                self._send_error(err)
-            except OSError:
-                self.close_connection = True
+            self._send_error_safely(err)
         finally:
+            if self._body_pending:  # answered without reading the body: the stream is out of step
+                self.close_connection = True
             if path != "/health":
                 record.update(
                     time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -369,9 +576,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _chat(self, record: dict[str, Any]) -> int:
         body = self._read_body()
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise HostError(400, "messages must be a non-empty list.", code="invalid_messages")
+        validate_messages(body.get("messages"))
         return self._generate(record, body, chat=True)
 
     def _completions(self, record: dict[str, Any]) -> int:
@@ -381,16 +586,16 @@ class Handler(BaseHTTPRequestHandler):
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise HostError(400, "prompt must be a string.", code="invalid_prompt")
+        body["prompt"] = prompt
         return self._generate(record, body, chat=False)
 
     def _generate(self, record: dict[str, Any], body: dict[str, Any], *, chat: bool) -> int:
         from app.core.infer import SamplingParams
 
+        stream, include_usage = validate_generation_fields(body)
         slot = self._slot(body)
         record["model"] = slot.name
         params = SamplingParams.from_openai(body)
-        stream = bool(body.get("stream"))
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         grammar = response_format_grammar(body.get("response_format"))
         tools: list[dict[str, Any]] = []
         required = False
@@ -400,15 +605,27 @@ class Handler(BaseHTTPRequestHandler):
             tools, required = chosen_tools(validate_tools(body["tools"]), body.get("tool_choice"))
             if tools and grammar is not None:
                 raise HostError(400, "Use either tools or response_format, not both.")
+        with slot.lock:  # loads the model on first use; the rest is cached and quick
+            engine = slot.get_engine()
+            template = engine.chat_template if chat else None
+            tool_format = engine.tool_format if tools else None
+            n_ctx = int(engine.context_length)
+        if tools and tool_format is None:
+            raise HostError(
+                400,
+                f"The chat template of {slot.name!r} has no tool-calling format.",
+                code="tools_unsupported",
+            )
+        # The prompt is made and measured before the model's lock: a hostile
+        # template or a huge prompt costs this request its time, not the queue.
+        if template is not None:
+            prompt = render_chat(template, body["messages"], tools)
+            params = params.with_stop(template.stop)
+        else:
+            prompt = body["prompt"]
+        check_prompt_fits(slot, engine, prompt, n_ctx)
         with slot.lock:
             engine = slot.get_engine()
-            tool_format = engine.tool_format if tools else None
-            if tools and tool_format is None:
-                raise HostError(
-                    400,
-                    f"The chat template of {slot.name!r} has no tool-calling format.",
-                    code="tools_unsupported",
-                )
             if tools and required and hasattr(engine, "set_grammar"):
                 # GGUF: the call is grammar-constrained; HF engines generate freely.
                 grammar = tool_call_grammar(tools, str(tool_format))
@@ -421,10 +638,7 @@ class Handler(BaseHTTPRequestHandler):
                     )
                 engine.set_grammar(grammar)
             try:
-                if chat:
-                    chunks = engine.chat(body["messages"], params, tools=tools or None)
-                else:
-                    chunks = engine.complete(body["prompt"], params)
+                chunks = engine.complete(prompt, params)
                 rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
                 if tool_format is not None:
                     return self._tool_reply(
@@ -601,7 +815,7 @@ class Handler(BaseHTTPRequestHandler):
                 if include_usage:
                     send(event([], usage=usage.to_dict()))
             status = 200
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # the client went away or stopped reading
             self.close_connection = True
             return 499
         except Exception as exc:
@@ -616,10 +830,170 @@ class Handler(BaseHTTPRequestHandler):
         try:
             send(b"data: [DONE]\n\n")
             raw.write(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:
             self.close_connection = True
             return 499
         return status
+
+
+def render_chat(template: Any, messages: list[Any], tools: list[dict[str, Any]]) -> str:
+    """The chat prompt, as ``Engine.chat`` makes it, rendered under the template budget.
+
+    A template from the model file renders in a worker process.
+    """
+    if tools or any(isinstance(m, Mapping) and m.get("tool_calls") for m in messages):
+        from app.core.infer.tool_calls import messages_for_template
+
+        messages = messages_for_template(messages)
+    extra = {"tools": list(tools)} if tools else {}
+    return str(template.render_isolated(messages, add_generation_prompt=True, **extra))
+
+
+def check_prompt_fits(slot: ModelSlot, engine: Any, prompt: str, n_ctx: int) -> None:
+    """Refuse a prompt that cannot fit the context, without the model's lock.
+
+    First by length (no token is longer than MAX_CHARS_PER_TOKEN characters),
+    then, for llama.cpp models, by counting tokens: llama.cpp tokenizes from the
+    read-only vocabulary, so this runs beside a generation.
+    """
+    if len(prompt) > n_ctx * MAX_CHARS_PER_TOKEN:
+        raise HostError(
+            400,
+            f"This model's maximum context length is {n_ctx} tokens, but the prompt has "
+            f"{len(prompt):,} characters, at least {len(prompt) // MAX_CHARS_PER_TOKEN:,} tokens.",
+            code="context_length_exceeded",
+        )
+    if "gguf" not in getattr(engine, "formats", ()):
+        return
+    from app.core.infer import ContextOverflowError
+
+    with slot.prep_lock:
+        if slot.engine is not engine:  # unloaded meanwhile: the engine checks it itself
+            return
+        n = len(engine.tokenize(prompt, add_special=False))
+    if n >= n_ctx:
+        raise ContextOverflowError(n, n_ctx)
+
+
+def _no_constant(name: str) -> Any:
+    raise HostError(400, f"{name} is not valid JSON.", code="invalid_json")
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object; anything else is a 400.
+
+    NaN/Infinity are refused, so is text with lone surrogates (``"\\ud800"``),
+    which no tokenizer can encode. Nesting past Python's recursion limit
+    surfaces as RecursionError, which the dispatcher turns into a 400.
+    """
+    try:
+        body = json.loads(raw or b"{}", parse_constant=_no_constant)
+    except RecursionError:
+        raise HostError(400, "The request body is nested too deeply.", code="too_deep") from None
+    except ValueError:
+        raise HostError(
+            400, "The request body is not valid JSON (UTF-8).", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise HostError(400, "The request body must be a JSON object.", code="invalid_json")
+    if _SURROGATE_ESCAPE.search(raw):
+        _refuse_surrogates(body)
+    return body
+
+
+def _refuse_surrogates(value: Any) -> None:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str) and not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise HostError(
+                    400,
+                    "The request holds text with an unpaired UTF-16 surrogate (\\ud800-\\udfff).",
+                    code="invalid_text",
+                ) from None
+
+
+def _field(body: Mapping[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
+    """``body[name]`` when absent, null or of ``kinds`` (bool is not a number); else a 400."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in kinds:
+        ok = False
+    else:
+        ok = isinstance(value, kinds)
+    if not ok:
+        raise HostError(400, f"{name} must be {what}.", code="invalid_type")
+    return value
+
+
+def validate_messages(messages: Any) -> None:
+    """The shape of chat messages, checked before anything renders them."""
+    if not isinstance(messages, list) or not messages:
+        raise HostError(400, "messages must be a non-empty list.", code="invalid_messages")
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise HostError(400, f"{where} must be an object.", code="invalid_messages")
+        if not isinstance(m.get("role"), str):
+            raise HostError(400, f"{where}.role must be a string.", code="invalid_messages")
+        content = m.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict) or not isinstance(part.get("text", ""), str):
+                    raise HostError(
+                        400,
+                        f"{where}.content parts must be objects with a text string.",
+                        code="invalid_messages",
+                    )
+        elif content is not None and not isinstance(content, str):
+            raise HostError(
+                400, f"{where}.content must be a string, a list of parts or null.",
+                code="invalid_messages",
+            )  # fmt: skip
+        for key in ("name", "tool_call_id"):
+            if m.get(key) is not None and not isinstance(m[key], str):
+                raise HostError(400, f"{where}.{key} must be a string.", code="invalid_messages")
+        calls = m.get("tool_calls")
+        if calls is not None:
+            if not isinstance(calls, list):
+                raise HostError(400, f"{where}.tool_calls must be a list.", code="invalid_messages")
+            for c in calls:
+                fn = c.get("function") if isinstance(c, dict) else None
+                if not (
+                    isinstance(fn, dict)
+                    and isinstance(fn.get("name"), str)
+                    and isinstance(fn.get("arguments", ""), str | dict)
+                ):
+                    raise HostError(
+                        400,
+                        f"{where}.tool_calls entries need function.name and function.arguments.",
+                        code="invalid_messages",
+                    )
+
+
+def validate_generation_fields(body: Mapping[str, Any]) -> tuple[bool, bool]:
+    """Types of the fields shared by chat and completions: (stream, include_usage)."""
+    _field(body, "model", (str,), "a string")
+    stream = bool(_field(body, "stream", (bool,), "true or false"))
+    options = _field(body, "stream_options", (dict,), "an object")
+    include_usage = False
+    if options is not None:
+        include_usage = bool(
+            _field(options, "include_usage", (bool,), "true or false (stream_options)")
+        )
+    _field(body, "response_format", (dict,), "an object")
+    _field(body, "tools", (list,), "a list")
+    _field(body, "tool_choice", (str, dict), "a string or an object")
+    return stream, include_usage
 
 
 def response_format_grammar(fmt: Any) -> str | None:
@@ -713,7 +1087,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one")
-    p.add_argument("--api-key", help=f"bearer token clients must send (or ${API_KEY_ENV})")
+    p.add_argument(
+        "--api-key",
+        help=f"bearer token clients must send (visible in ps: prefer ${API_KEY_ENV} or --api-key-file)",
+    )
+    p.add_argument("--api-key-file", type=Path, help="read the bearer token from this file")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
     p.add_argument("--ready-file", type=Path, help='write {"port", "pid"} here once listening')
     p.add_argument("--request-log", type=Path, help="append one JSON line per request here")
@@ -724,7 +1102,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads per model (0 = all cores)")
     p.add_argument("--n-ctx", type=int, default=None, help="context size (GGUF default 4096)")
     p.add_argument("--preload", action="store_true", help="load every model before listening")
+    p.add_argument(
+        "--max-connections", type=int, default=64,
+        help="connections served at once; more get 503 (default 64)",
+    )  # fmt: skip
+    for name, default, what in (
+        ("idle", 30.0, "a kept-alive connection may wait for its next request"),
+        ("header", 10.0, "a request may take to send its headers"),
+        ("body", 30.0, "a request may take to send its body"),
+    ):
+        p.add_argument(
+            f"--{name}-timeout", type=float, default=default, metavar="S",
+            help=f"seconds {what} (default {default:g})",
+        )  # fmt: skip
     return p
+
+
+def read_api_key_file(path: Path) -> str:
+    """The key in ``path`` (first line, trimmed); ConfigError when missing or empty."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(4097)
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the API key file {path}: {exc.strerror or exc}.") from exc
+    lines = data.decode("utf-8", "replace").strip().splitlines()
+    if len(data) > 4096 or not lines or not lines[0].strip():
+        raise ConfigError(
+            f"The API key file {path} must hold one key on its first line (at most 4 KB)."
+        )
+    return lines[0].strip()
 
 
 def config_from_args(
@@ -734,7 +1140,11 @@ def config_from_args(
     from app.core.infer import PRESETS, EngineOptions
 
     env = os.environ if env is None else env
-    explicit_key = args.api_key or env.get(API_KEY_ENV)
+    explicit_key = (
+        args.api_key
+        or (read_api_key_file(args.api_key_file) if args.api_key_file else None)
+        or env.get(API_KEY_ENV)
+    )
     if not is_loopback(args.host):
         if not args.allow_remote:
             raise ConfigError(
@@ -756,6 +1166,11 @@ def config_from_args(
         )
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port must be between 0 and 65535.")
+    if args.max_connections < 1:
+        raise ConfigError("--max-connections must be at least 1.")
+    for name in ("idle", "header", "body"):
+        if not getattr(args, f"{name}_timeout") > 0:
+            raise ConfigError(f"--{name}-timeout must be positive.")
     options = EngineOptions(threads=args.threads, n_ctx=args.n_ctx, template=args.template)
     models: dict[str, ModelSlot] = {}
     for spec in args.model:
@@ -774,6 +1189,10 @@ def config_from_args(
         port=args.port,
         request_log=args.request_log,
         ready_file=args.ready_file,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
     )
 
 
@@ -788,6 +1207,9 @@ def serve(
         for slot in config.models.values():
             with slot.lock:
                 slot.get_engine()
+    from app.core.infer.templates import prestart_render_workers
+
+    threading.Thread(target=prestart_render_workers, daemon=True).start()
     try:
         server = HostServer(config)
     except OSError as exc:

@@ -12,7 +12,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class HostProcess:
         state_dir: Path | None = None,
         startup_timeout: float = 120.0,
         python: str = sys.executable,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.host = host
         self.requested_port = port
@@ -56,6 +57,8 @@ class HostProcess:
         self.request_log = request_log
         self.startup_timeout = startup_timeout
         self.python = python
+        #: More ``python -m app.workers.host`` options (limits, timeouts).
+        self.extra_args = list(extra_args)
         self._own_dir = state_dir is None
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="demoai-host-"))
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +112,7 @@ class HostProcess:
             cmd += ["--n-ctx", str(self.n_ctx)]
         if self.request_log is not None:
             cmd += ["--request-log", str(self.request_log)]
+        cmd += self.extra_args
         env = dict(os.environ)
         env[API_KEY_ENV] = self.token  # not on the command line: ps would show it
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
