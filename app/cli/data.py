@@ -25,6 +25,12 @@ def register(sub: Any) -> None:
     imp.add_argument(
         "--skip-bad", action="store_true", help="skip bad rows and keep a report (default: fail)"
     )
+    imp.add_argument(
+        "--replace-invalid",
+        action="store_true",
+        help="keep rows whose text is not UTF-8: invalid bytes become U+FFFD, NUL bytes are "
+        "dropped, the lines changed are counted (default: they are bad rows)",
+    )
     imp.add_argument("--json", action="store_true", help="print the result as JSON")
     add_job_options(imp)
     imp.set_defaults(func=cmd_import)
@@ -144,6 +150,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         "name": args.name,
         "format": args.format,
         "on_bad": "skip" if args.skip_bad else "error",
+        "replace_invalid": args.replace_invalid,
     }
     return _run_and_report(ws, "data.import", params, args, f"Import {args.path}")
 

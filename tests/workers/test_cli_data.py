@@ -94,6 +94,35 @@ def test_failed_import_reports_lines_and_leaves_no_dataset(tmp_path: Path) -> No
     assert r.returncode == 2 and "No dataset 'nope'" in r.stderr
 
 
+def test_import_of_text_that_is_not_utf8_fails_skips_or_replaces(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    src = tmp_path / "latin1.csv"
+    src.write_bytes("name,city\nAnn,Köln\nBob,Paris\nCid,Málaga\n".encode("latin-1"))
+    r = demoai(ws, "data", "import", str(src))
+    assert r.returncode == 1
+    assert "latin1.csv line 2: not UTF-8 text (byte 0xf6)" in r.stderr
+    assert "latin1.csv line 4" in r.stderr and "--replace-invalid" in r.stderr
+    assert list((ws / "datasets").iterdir()) == []
+    r = demoai(ws, "data", "import", str(src), "--skip-bad", "--json", "--name", "skipped")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bad_rows"] == 2 and json.loads(r.stdout)["rows"] == 1
+    r = demoai(ws, "data", "import", str(src), "--replace-invalid", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["replaced"] == 2 and result["rows"] == 3 and result["bad_rows"] == 0
+    shown = demoai(ws, "data", "show", result["dataset_id"], "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert [row["city"] for row in json.loads(shown.stdout)["head"]] == [
+        "K\ufffdln",
+        "Paris",
+        "M\ufffdlaga",
+    ]
+    out = tmp_path / "out.csv"
+    r = demoai(ws, "data", "export", result["dataset_id"], "--format", "csv", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "K\ufffdln" in out.read_text("utf-8")
+
+
 def test_augment_prompt_from_library_is_checked_before_a_job(
     tmp_path: Path, gemma_gguf: Path
 ) -> None:
