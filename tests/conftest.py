@@ -22,6 +22,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked unavailable (``tests.support.ci.needs``) skips, or fails in CI."""
+    from tests.support.ci import MARK, unavailable
+
+    for mark in item.iter_markers(MARK):
+        unavailable(str(mark.args[0]))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_user_dirs(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch

@@ -37,8 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    gui = sub.add_parser("gui", help="open the DemoAI window (the default)")
-    gui.set_defaults(func=_cmd_gui)
+    sub.add_parser("gui", help="open the DemoAI window (the default)")
     import importlib
 
     for name in COMMAND_MODULES:
@@ -46,14 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cmd_gui(args: argparse.Namespace) -> int:
-    from app.ui.app import run_gui
+def gui_args(argv: list[str]) -> argparse.Namespace | None:
+    """The global options when ``argv`` opens the window (no command, or ``gui``), else None.
 
-    return run_gui(args.workspace)
-
-
-def _gui_only(argv: list[str]) -> argparse.Namespace | None:
-    """``demoai`` with global options only opens the window: skip loading every command."""
+    Checked before the full parser is built, so opening the window loads no command.
+    """
     quick = argparse.ArgumentParser(add_help=False)
     quick.add_argument("--workspace")
     quick.add_argument("--debug", action="store_true")
@@ -61,15 +57,23 @@ def _gui_only(argv: list[str]) -> argparse.Namespace | None:
         args, rest = quick.parse_known_args(argv)
     except SystemExit:
         return None
-    return args if not rest else None
+    return args if rest in ([], ["gui"]) else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, gui: Callable[[str | None], int] | None = None) -> int:
+    """Run one ``demoai`` command. ``gui(workspace)`` opens the window; the CLI does not
+    import the UI (they are sibling layers), so ``app.entry`` passes it in."""
     raw = sys.argv[1:] if argv is None else argv
-    args = _gui_only(raw)
+    args = gui_args(raw)
     if args is None:
         args = build_parser().parse_args(raw)
-    func: Callable[[argparse.Namespace], int] = getattr(args, "func", _cmd_gui)
+    if getattr(args, "func", None) is None:
+        if gui is None:
+            print("demoai: error: no command given (see demoai --help)", file=sys.stderr)
+            return 2
+        opener = gui
+        args.func = lambda a: opener(a.workspace)
+    func: Callable[[argparse.Namespace], int] = args.func
     debug = args.debug or os.environ.get("DEMOAI_DEBUG") == "1"
     try:
         return int(func(args) or 0)

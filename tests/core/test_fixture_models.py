@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.support.ci import needs
 from tests.support.models import (
     BOS_ID,
     CHAT_TEMPLATE,
@@ -35,9 +36,9 @@ from tests.support.models import (
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
-needs_llama_cpp_src = pytest.mark.skipif(
-    llama_cpp_source() is None,
-    reason="no llama.cpp source tree (.demoai-llama-cpp-src in the venv); run installers/setup.sh",
+needs_llama_cpp_src = needs(
+    llama_cpp_source() is not None,
+    "no llama.cpp source tree (.demoai-llama-cpp-src in the venv); run installers/setup.sh",
 )
 
 PROMPT = "Our teacher repairs the broken clock near the station"

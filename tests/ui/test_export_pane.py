@@ -10,6 +10,7 @@ import pytest
 
 from app.core.export.gguf import llama_cpp_source
 from app.core.jobs.store import FINAL_STATES, JobState
+from tests.support.ci import needs
 
 
 def _has_converter() -> bool:
@@ -20,9 +21,7 @@ def _has_converter() -> bool:
     return True
 
 
-needs_converter = pytest.mark.skipif(
-    not _has_converter(), reason="llama.cpp converter missing: run installers/setup.sh"
-)
+needs_converter = needs(_has_converter(), "llama.cpp converter missing: run installers/setup.sh")
 
 
 def _pane(qtbot: Any, main_window: Any) -> Any:

@@ -354,7 +354,6 @@ MCP_SERVER = textwrap.dedent(
 def test_mcp_server_tool_is_called(
     workspace: Any, tmp_path: Path, servers: list[ScriptedServer]
 ) -> None:
-    pytest.importorskip("mcp")
     script_path = tmp_path / "mcp_server.py"
     script_path.write_text(MCP_SERVER)
     spec = AgentSpec(

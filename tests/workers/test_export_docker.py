@@ -1,8 +1,8 @@
 """Docker bundles: contents and SHA256SUMS, then a real offline build, run and chat completion.
 
-The Docker test needs a Docker engine. As root it installs ``docker.io`` and
-``debootstrap`` when missing and starts ``dockerd``; elsewhere it skips with
-the reason. The base image is made locally without a registry
+The Docker test needs a Docker engine and ``debootstrap``, which
+``installers/docker-engine.sh`` (run by ``.ci/run``) installs and starts; without
+them it skips with the reason (fails in CI). The base image is made locally without a registry
 (``debootstrap`` + ``docker import``, once per tag).
 """
 
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.ci import unavailable
 
 
 @pytest.fixture(scope="module")
@@ -68,31 +70,15 @@ def _sh(*cmd: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 
 
 def _ensure_docker() -> None:
-    """Make a Docker engine answer (installing/starting it as root), or skip with the reason."""
+    """A Docker engine must answer (``.ci/run`` starts one); skip, or fail in CI, otherwise.
+
+    The test never installs or starts anything itself: a test must not change the host.
+    """
     from app.core.export.docker import docker_available
 
-    if docker_available() is None:
-        return
-    if os.name != "posix" or os.geteuid() != 0:
-        pytest.skip(f"Docker cannot run here: {docker_available()} (and not root to start it)")
-    if shutil.which("dockerd") is None or shutil.which("debootstrap") is None:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, check=False)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "docker.io", "debootstrap"],
-            capture_output=True,
-            env=env,
-            check=False,
-        )
-    if shutil.which("dockerd") is None:
-        pytest.skip("Docker cannot run here: installing docker.io failed")
-    log = open("/tmp/demoai-dockerd.log", "ab")  # dockerd outlives the test
-    subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)
-    for _ in range(60):
-        if docker_available() is None:
-            return
-        time.sleep(0.5)
-    pytest.skip(f"Docker cannot run here: dockerd did not come up ({docker_available()})")
+    problem = docker_available()
+    if problem is not None:
+        unavailable(f"Docker cannot run here: {problem} (installers/docker-engine.sh starts one)")
 
 
 def test_docker_bundle_builds_offline_runs_and_answers(gguf_lib: Any, tmp_path: Path) -> None:
@@ -105,7 +91,7 @@ def test_docker_bundle_builds_offline_runs_and_answers(gguf_lib: Any, tmp_path: 
         shutil.which("debootstrap") is None
         and _sh("docker", "image", "inspect", LOCAL_BASE_IMAGE).returncode
     ):
-        pytest.skip("no local base image and debootstrap is not installed")
+        unavailable("no local base image and debootstrap is not installed")
     base = make_local_base_image(LOCAL_BASE_IMAGE)
     ws, model_id = gguf_lib
     tag = f"demoai-test/bundle:{os.getpid()}"

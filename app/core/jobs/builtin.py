@@ -119,23 +119,3 @@ register_kind(
         description="Write a portable, checksummed package of a model for another workstation.",
     )
 )
-
-register_kind(
-    JobKind(
-        name="data.self_instruct",
-        entry="app.workers.synth_jobs:self_instruct_job",
-        title="Self-instruct",
-        description="Generate new instruction rows from seed tasks with a local model "
-        "(ROUGE-L and heuristic filters, provenance columns); a new version for review.",
-    )
-)
-
-register_kind(
-    JobKind(
-        name="data.augment",
-        entry="app.workers.synth_jobs:augment_job",
-        title="Augment (paraphrase)",
-        description="N paraphrases of a column per row with a local model (near-duplicates "
-        "dropped, provenance columns); a new version for review.",
-    )
-)

@@ -1,0 +1,28 @@
+"""Job kinds whose entry points live in the workers layer (they start the model host).
+
+The core may not depend on the workers, so these kinds are registered here, not
+in ``app/core/jobs/builtin.py``; importing any ``app.workers`` module (the
+supervisor that the window and the CLI use, the job child) registers them.
+"""
+
+from app.core.jobs.registry import JobKind, register_kind
+
+register_kind(
+    JobKind(
+        name="data.self_instruct",
+        entry="app.workers.synth_jobs:self_instruct_job",
+        title="Self-instruct",
+        description="Generate new instruction rows from seed tasks with a local model "
+        "(ROUGE-L and heuristic filters, provenance columns); a new version for review.",
+    )
+)
+
+register_kind(
+    JobKind(
+        name="data.augment",
+        entry="app.workers.synth_jobs:augment_job",
+        title="Augment (paraphrase)",
+        description="N paraphrases of a column per row with a local model (near-duplicates "
+        "dropped, provenance columns); a new version for review.",
+    )
+)
