@@ -151,7 +151,9 @@ def test_oom_halves_the_micro_batch_and_keeps_the_run(
     final = JobService(workspace).get(job.id)
     assert code == 0 and final.state == JobState.SUCCEEDED, (final.error, final.hint)
 
-    # The event log: one warning per halving, all at step 1, each from the previous size.
+    # The event log: one warning per halving, each from the previous size, each keeping the
+    # effective batch. When the allocator gives out (step 1 or a later step) is the
+    # allocator's business, not an assertion.
     evs = events(final)
     warnings = [e["text"] for e in evs if e["type"] == "log" and e.get("level") == "warning"]
     found = [REDUCED.fullmatch(w) for w in warnings]
@@ -162,9 +164,15 @@ def test_oom_halves_the_micro_batch_and_keeps_the_run(
         assert new * passes == eff == BATCH
         if nxt is not None:
             assert nxt[1] == new and nxt[2] == new // 2
+    assert [c[0] for c in chain] == sorted(c[0] for c in chain)
+    assert all(1 <= c[0] <= 3 for c in chain)
     micro = chain[-1][2]
-    assert all(c[0] == 1 for c in chain) and micro < BATCH, chain
+    assert micro < BATCH, chain
     assert any("micro-batch" in (e.get("message") or "") for e in evs if e["type"] == "progress")
+
+    def micro_after(step: int) -> int:
+        """The micro-batch in effect once ``step`` was done."""
+        return min([BATCH] + [c[2] for c in chain if c[0] <= step])
 
     # Result, checkpoints and manifest say the size the run ended with.
     assert final.result["micro_batch_size"] == micro
@@ -173,7 +181,8 @@ def test_oom_halves_the_micro_batch_and_keeps_the_run(
         state = json.loads(
             (final.run_dir / "checkpoints" / f"checkpoint-{step}" / "state.json").read_text()
         )
-        assert state["micro_batch_size"] == micro and len(state["oom_reductions"]) == len(chain)
+        assert state["micro_batch_size"] == micro_after(step)
+        assert len(state["oom_reductions"]) == sum(1 for c in chain if c[0] <= step)
         assert state["config"] == p  # the configured run: resume checks it against the job
     manifest = json.loads((final.run_dir / "manifest.json").read_text())
     mem = manifest["memory"]
@@ -187,22 +196,23 @@ def test_oom_halves_the_micro_batch_and_keeps_the_run(
     assert repeat.with_changes(micro_batch_size=None).to_dict() == p
     assert cli_config("--from-manifest", str(final.run_dir / "manifest.json")) == repeat
 
-    # The curve is the one of a run configured with the small micro-batch from the start
-    # (same data order, rate and dropout masks) ...
+    # The curve is the one of a run configured with the final micro-batch from the start
+    # (same data order, rate and dropout masks; a step done before a later halving used
+    # a larger micro-batch, which changes only the float summation order) ...
     curve = losses(evs)
     assert sorted(curve) == [1, 2, 3]
     ref_small = session_losses(p, 3, micro_batch_size=micro)
-    assert [curve[s] for s in (1, 2, 3)] == pytest.approx(ref_small, rel=1e-6)
+    assert [curve[s] for s in (1, 2, 3)] == pytest.approx(ref_small, rel=1e-5)
     # ... and, up to float rounding, of the full micro-batch without a cap.
     ref_full = session_losses(p, 1)
     assert curve[1] == pytest.approx(ref_full[0], rel=1e-5)
 
-    # Resuming from a checkpoint continues with the reduced size, exactly.
+    # Resuming from a checkpoint continues with the size it had then.
     s = TrainSession(TrainConfig.from_dict(p))
     assert s.micro_batch == BATCH
     s.load_checkpoint(final.run_dir / "checkpoints" / "checkpoint-1")
-    assert s.micro_batch == micro and s.accum_passes == BATCH // micro
-    assert s.train_step().loss == pytest.approx(curve[2], rel=1e-6)
+    assert s.micro_batch == micro_after(1) and s.accum_passes == BATCH // micro_after(1)
+    assert s.train_step().loss == pytest.approx(curve[2], rel=1e-5)
     assert cap["cap"] - cap["data_at_load"] == HEADROOM_MB * 2**20
 
 
