@@ -50,7 +50,6 @@ class Database:
         self.path = path
         self._conn = conn
         self._lock = threading.RLock()
-        self._utils: Any = None
 
     # -- opening -------------------------------------------------------------
     @classmethod
@@ -189,15 +188,6 @@ class Database:
             r["component"]: int(r["version"])
             for r in self.query("SELECT component, version FROM schema_versions")
         }
-
-    @property
-    def utils(self) -> Any:
-        """A ``sqlite_utils.Database`` over the same connection (imported on first use)."""
-        if self._utils is None:
-            import sqlite_utils
-
-            self._utils = sqlite_utils.Database(self._conn)
-        return self._utils
 
     def close(self) -> None:
         """Close the connection."""

@@ -17,7 +17,6 @@ PACKAGES = (
     "datasets",
     "llama_cpp_python",
     "pyqtgraph",
-    "sqlite-utils",
     "huggingface-hub",
     "safetensors",
     "gguf",
