@@ -13,11 +13,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.core.data.synth import ModelInfo, SynthOutcome, augment, self_instruct
 from app.core.jobs.context import JobFailed
 from app.workers.host_client import HostProcess
+
+if TYPE_CHECKING:
+    from app.core.jobs.context import JobContext
 
 
 class HostCompleter:
@@ -68,7 +71,7 @@ class HostCompleter:
 
 @contextmanager
 def _host(
-    ctx: Any, model_id: str, threads: int | None, n_ctx: int
+    ctx: JobContext, model_id: str, threads: int | None, n_ctx: int
 ) -> Iterator[tuple[HostCompleter, ModelInfo]]:
     from app.core.models.registry import ModelRegistry
 
@@ -86,7 +89,7 @@ def _host(
         host.stop()
 
 
-def _finish(ctx: Any, outcome: SynthOutcome, what: str) -> dict[str, Any]:
+def _finish(ctx: JobContext, outcome: SynthOutcome, what: str) -> dict[str, Any]:
     result = outcome.result()
     ctx.result(result)
     if outcome.version is None:
@@ -99,7 +102,7 @@ def _finish(ctx: Any, outcome: SynthOutcome, what: str) -> dict[str, Any]:
 
 
 def self_instruct_job(
-    ctx: Any,
+    ctx: JobContext,
     dataset: str,
     model: str,
     n_new: int = 10,
@@ -142,7 +145,7 @@ def self_instruct_job(
 
 
 def augment_job(
-    ctx: Any,
+    ctx: JobContext,
     dataset: str,
     model: str,
     column: str,

@@ -17,9 +17,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.core.errors import ConfigError, NotFoundError
+
+if TYPE_CHECKING:
+    from app.core.workspace.workspace import Workspace
 
 VOTES = ("a", "b", "tie", "both_bad")
 #: (winner, loser, weight): a decided vote is (w, l, 1); a tie two halves.
@@ -142,7 +145,7 @@ def _bootstrap(
 class ArenaService:
     """Arena matches and votes in the workspace database."""
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: Workspace) -> None:
         self.ws = ws
         self.db = ws.db
 

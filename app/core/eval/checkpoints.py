@@ -20,11 +20,14 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.core.errors import ConfigError, NotFoundError
 from app.core.jobs.context import JobContext
 from app.core.store.files import atomic_write_json
+
+if TYPE_CHECKING:
+    from app.core.workspace.workspace import Workspace
 
 #: The job kind, and the metric events it records (keyed by training step).
 KIND = "eval.checkpoints"
@@ -137,7 +140,7 @@ def training_texts(
 
 
 def dataset_texts(
-    workspace: Any, ref: str, column: str, max_samples: int | None = None
+    workspace: Workspace, ref: str, column: str, max_samples: int | None = None
 ) -> list[str]:
     """The non-empty strings of one column of a dataset version."""
     from app.core.data.store import DatasetStore

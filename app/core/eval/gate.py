@@ -17,10 +17,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.core.errors import ConfigError
 from app.core.eval.metrics import canonical_name, get_metric
+
+if TYPE_CHECKING:
+    from app.core.workspace.workspace import Workspace
 
 RULES = ("min", "max", "max_drop", "max_drop_points", "max_drop_pct")
 
@@ -136,7 +139,7 @@ def _check(
 
 
 def gate_runs(
-    ws: Any,
+    ws: Workspace,
     run_id: str,
     thresholds: Mapping[str, Mapping[str, float]],
     *,

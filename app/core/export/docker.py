@@ -34,7 +34,7 @@ import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import app
 from app.core.errors import ConfigError, DemoAIError
@@ -43,6 +43,10 @@ from app.core.export.records import ExportStore, new_export_id
 from app.core.export.sbom import cyclonedx_for_wheels
 from app.core.models.registry import ModelRegistry, slugify
 from app.core.store.files import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from app.core.jobs.context import JobContext
+    from app.core.workspace.workspace import Workspace
 
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 #: A base image DemoAI can build without a registry (see :func:`make_local_base_image`).
@@ -371,7 +375,7 @@ Model sha256: `{m["model_sha256"]}`. Exported by DemoAI {m["demoai_version"]}.
 
 
 def build_bundle(
-    ws: Any,
+    ws: Workspace,
     model: str,
     out_dir: str | Path,
     *,
@@ -633,7 +637,7 @@ def make_local_base_image(
 
 
 def export_docker_job(
-    ctx: Any,
+    ctx: JobContext,
     model: str,
     out_dir: str,
     base_image: str = DEFAULT_BASE_IMAGE,

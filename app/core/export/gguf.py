@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.core.errors import ConfigError, DemoAIError
 from app.core.export.checksums import write_sums
@@ -36,6 +36,10 @@ from app.core.export.records import ExportStore, new_export_id
 from app.core.jobs.context import Cancelled, JobFailed
 from app.core.models.registry import ModelRecord, ModelRegistry, slugify
 from app.core.store.files import atomic_write_json
+
+if TYPE_CHECKING:
+    from app.core.jobs.context import JobContext
+    from app.core.workspace.workspace import Workspace
 
 #: Float types: made by the converter directly (``--outtype``).
 FLOAT_TYPES: dict[str, str] = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
@@ -296,7 +300,7 @@ class _Stages:
 
 
 def export_gguf(
-    ws: Any,
+    ws: Workspace,
     model: str,
     quants: Sequence[str] = ("Q8_0",),
     *,
@@ -436,7 +440,7 @@ def export_gguf(
 
 
 def _finish_one(
-    ws: Any,
+    ws: Workspace,
     reg: ModelRegistry,
     store: ExportStore,
     rec: ModelRecord,
@@ -495,7 +499,7 @@ def _finish_one(
 
 
 def export_gguf_job(
-    ctx: Any,
+    ctx: JobContext,
     model: str,
     quants: Sequence[str] = ("Q8_0",),
     out_dir: str | None = None,

@@ -26,7 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import app
 from app.core.errors import ConfigError, DemoAIError, NotFoundError
@@ -34,6 +34,10 @@ from app.core.export.checksums import SUMS_NAME, ChecksumError, check_sums, writ
 from app.core.export.records import ExportStore, new_export_id
 from app.core.models.registry import ModelRecord, ModelRegistry, folder_sha256
 from app.core.store.files import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from app.core.jobs.context import JobContext
+    from app.core.workspace.workspace import Workspace
 
 PACKAGE_KIND = "demoai-model-package"
 PACKAGE_VERSION = 1
@@ -51,7 +55,7 @@ class PackageResult:
     files: int
 
 
-def _eval_results(ws: Any, model_id: str) -> list[dict[str, Any]]:
+def _eval_results(ws: Workspace, model_id: str) -> list[dict[str, Any]]:
     """Rows about this model from any evaluation table that exists (none yet is fine)."""
     out: list[dict[str, Any]] = []
     tables = ws.db.query(
@@ -110,7 +114,7 @@ def _model_card(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_manifest(ws: Any, rec: ModelRecord) -> dict[str, Any]:
+def build_manifest(ws: Workspace, rec: ModelRecord) -> dict[str, Any]:
     """The manifest of a package of ``rec``."""
     reg = ModelRegistry(ws)
     lineage = []
@@ -143,7 +147,7 @@ def build_manifest(ws: Any, rec: ModelRecord) -> dict[str, Any]:
 
 
 def export_package(
-    ws: Any, model: str, out_file: str | Path, *, progress: ProgressFn | None = None
+    ws: Workspace, model: str, out_file: str | Path, *, progress: ProgressFn | None = None
 ) -> PackageResult:
     """Write a package of library model ``model`` to ``out_file`` (``.tar.gz``)."""
     reg = ModelRegistry(ws)
@@ -237,7 +241,7 @@ def _check_manifest(root: Path, manifest: dict[str, Any]) -> None:
         raise ChecksumError("The package's model hash does not match its files.")
 
 
-def import_package(ws: Any, file: str | Path, *, name: str | None = None) -> ModelRecord:
+def import_package(ws: Workspace, file: str | Path, *, name: str | None = None) -> ModelRecord:
     """Verify a package completely, then register its model and restore its lineage.
 
     Raises :class:`ChecksumError` (nothing registered, nothing left behind) when
@@ -284,7 +288,7 @@ def import_package(ws: Any, file: str | Path, *, name: str | None = None) -> Mod
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def export_package_job(ctx: Any, model: str, out_file: str) -> dict[str, Any]:
+def export_package_job(ctx: JobContext, model: str, out_file: str) -> dict[str, Any]:
     """Job ``export.package``."""
     res = export_package(ctx.workspace, model, out_file, progress=ctx.progress)
     ctx.artifact("package", res.path)

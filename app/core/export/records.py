@@ -12,11 +12,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from app.core.errors import NotFoundError
 from app.core.models.registry import slugify
 from app.core.store.db import register_migrations
+
+if TYPE_CHECKING:
+    from app.core.workspace.workspace import Workspace
 
 register_migrations(
     "export",
@@ -80,7 +83,7 @@ def new_export_id(model_name: str, suffix: str) -> str:
 class ExportStore:
     """Reads and writes the exports table of one workspace."""
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: Workspace) -> None:
         self.ws = ws
         self.db = ws.db
 

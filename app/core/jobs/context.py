@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from app.core.workspace.workspace import Workspace
 
 #: Exit codes of a job process (anything else, or a signal, is a crash).
 EXIT_OK = 0
@@ -30,7 +33,7 @@ class JobContext(Protocol):
     job_id: str
     attempt: int
     run_dir: Path
-    workspace: Any  # app.core.workspace.Workspace
+    workspace: Workspace
 
     def progress(self, fraction: float | None, message: str = "") -> None:
         """Report progress, 0..1 (None when unknown)."""

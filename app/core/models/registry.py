@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from app.core.errors import ConfigError, DemoAIError, NotFoundError
 from app.core.models.metadata import (
@@ -32,6 +32,10 @@ from app.core.models.metadata import (
 )
 from app.core.models.safety import check_folder_weights
 from app.core.store.db import register_migrations
+
+if TYPE_CHECKING:
+    from app.core.jobs.context import JobContext
+    from app.core.workspace.workspace import Workspace
 
 register_migrations(
     "models",
@@ -250,7 +254,7 @@ def _hash_file(src: Path, dst: Path | None, progress: _Progress) -> ModelFile:
 class ModelRegistry:
     """The model library of one workspace."""
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: Workspace) -> None:
         self.ws = ws
         self.db = ws.db
         self.models_dir: Path = ws.models_dir
@@ -784,7 +788,7 @@ class ModelRegistry:
 
 
 def import_job(
-    ctx: Any,
+    ctx: JobContext,
     path: str,
     copy: bool = True,
     name: str | None = None,

@@ -4,13 +4,17 @@ adapter registered back in the model library with its lineage."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.core.errors import ConfigError
 from app.core.train.config import TrainConfig
 
+if TYPE_CHECKING:
+    from app.core.jobs.context import JobContext
+    from app.core.workspace.workspace import Workspace
 
-def training_data_file(ws: Any, dataset_ref: str) -> tuple[Path, str]:
+
+def training_data_file(ws: Workspace, dataset_ref: str) -> tuple[Path, str]:
     """A JSONL copy of a dataset version for training, cached beside the version.
 
     Versions are immutable and content-addressed, so the file is written once.
@@ -27,7 +31,7 @@ def training_data_file(ws: Any, dataset_ref: str) -> tuple[Path, str]:
 
 
 def config_from_library(
-    ws: Any,
+    ws: Workspace,
     base: str,
     dataset: str,
     *,
@@ -67,7 +71,7 @@ def config_from_library(
 
 
 def register_adapter(
-    ws: Any, config: TrainConfig, adapter: Path, manifest: dict[str, Any]
+    ws: Workspace, config: TrainConfig, adapter: Path, manifest: dict[str, Any]
 ) -> str | None:
     """Register a finished adapter in the model library (lineage: fine-tuned from the base)."""
     if not config.base_model_id:
@@ -93,7 +97,7 @@ def register_adapter(
     return str(rec.id)
 
 
-def merge_job(ctx: Any, adapter: str, name: str | None = None) -> dict[str, Any]:
+def merge_job(ctx: JobContext, adapter: str, name: str | None = None) -> dict[str, Any]:
     """Job ``train.merge``: merge a library adapter into its base -> a new registered HF model."""
     from app.core.models.registry import ModelRegistry
     from app.core.train.merge import merge_adapter
