@@ -1005,6 +1005,8 @@ def _csv_batches(
                 idx = int(m.group(1))
                 if idx < len(names) and names[idx] not in column_types:
                     raise _Retry({**column_types, names[idx]: pa.string()}) from None
+            if "Empty CSV file" in msg:
+                raise bad.fatal(1, "there is no header line (the file is empty)") from None
             row = _CSV_ROW_RE.search(msg)
             raise bad.fatal(int(row.group(1)) if row else None, msg) from None
 
