@@ -102,6 +102,8 @@ def bodies(draw: st.DrawFn, chat: bool) -> bytes:
     kind = draw(st.sampled_from(["any", "mutated", "mutated", "mutated", "deep", "surrogate"]))
     if kind == "any":
         value: Any = draw(JSON)
+    elif kind == "surrogate":
+        value = _valid(chat)
     else:
         value = _valid(chat)
         for name in draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=3)):
