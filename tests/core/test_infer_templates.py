@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from app.core.errors import DemoAIError
-from app.core.infer import ChatTemplate, ChatTemplateError, UnsafeTemplateError, preset
+from app.core.infer import (
+    PRESETS,
+    ChatTemplate,
+    ChatTemplateError,
+    UnsafeTemplateError,
+    preset,
+)
+from app.core.infer.templates import RENDER_SECONDS
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
@@ -95,3 +103,136 @@ def test_bad_templates_and_messages() -> None:
         {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
     ]
     assert "ab" in preset("chatml").render(parts)
+
+
+# --------------------------------------------------------------------------- budget
+
+# Google's Gemma 3 chat template (as shipped in its tokenizer_config.json).
+GEMMA3 = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
+
+HOSTILE = {
+    "nested loops": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "nested list loops": "{% set xs = [1] * 100000 %}{% for i in xs %}{% for j in xs %}{% endfor %}{% endfor %}",
+    "3 GB string": "{{ 'A' * 3000000000 }}",
+    "list repeat": "{{ ([1] * 100000) * 100000 }}",
+    "str.center": "{{ 'x'.center(3000000000) }}",
+    "center filter": "{{ 'x' | center(3000000000) }}",
+    "printf width": "{{ '%999999999d' % 1 }}",
+    "format width": "{{ '{:>999999999}'.format(1) }}",
+    "replace blow-up": "{{ ('a' * 1000000) | replace('', 'b' * 1000) }}",
+    "indent blow-up": "{{ ('\\n' * 1000000) | indent(1000) }}",
+    "integer power": "{{ 9 ** (9 ** 9) }}",
+    "concat doubling": (
+        "{% set ns = namespace(s='ab') %}{% for i in range(40) %}"
+        "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}"
+    ),
+    "captured output": (
+        "{% set big = 'x' * 60000000 %}{% set s %}{% for i in range(100) %}{{ big }}"
+        "{% endfor %}{% endset %}{{ s | length }}"
+    ),
+    "endless recursion": "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
+    "exponential recursion": (
+        "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}"
+        "{{ f(40) }}"
+    ),
+    "batch fill": "{{ [1] | batch(3000000000, 'x') | list }}",
+}
+
+
+@pytest.mark.parametrize("source", HOSTILE.values(), ids=HOSTILE.keys())
+def test_budget_stops_hostile_templates(source: str) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(UnsafeTemplateError, match="budget") as info:
+        ChatTemplate(source).render(MESSAGES)
+    assert time.monotonic() - t0 < RENDER_SECONDS + 1.0
+    assert info.value.code == "unsafe_chat_template" and info.value.hint
+
+
+def test_budget_changes_nothing_for_real_templates() -> None:
+    """The budgeted environment renders exactly what a plain sandbox renders."""
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    plain = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+    )
+    conversation = [MESSAGES[0], *MESSAGES[1:3] * 3, MESSAGES[3]]
+    for source, bos in [(GEMMA3, "<bos>"), *((v[0], v[1]) for v in PRESETS.values())]:
+        expected = plain.from_string(source).render(
+            messages=conversation, bos_token=bos, eos_token="<eos>", add_generation_prompt=True
+        )
+        assert ChatTemplate(source, bos, "<eos>").render(conversation) == expected
+    # Loops of a reasonable size are fine.
+    grid = "{% for i in range(300) %}{% for j in range(300) %}.{% endfor %}{% endfor %}"
+    assert len(ChatTemplate(grid).render(MESSAGES)) == 90_000
+
+
+def test_constant_folding_runs_nothing_while_compiling() -> None:
+    t0 = time.monotonic()
+    t = ChatTemplate(
+        "{% if false %}{{ 'x' | center(3000000000) }}{{ 'y' * 4000000000 }}{% endif %}ok"
+    )
+    assert t.render(MESSAGES) == "ok"
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_isolated_render_matches_and_bounds_what_the_budget_cannot_see() -> None:
+    real = ChatTemplate(GEMMA3, "<bos>", "<eos>")
+    assert real.render_isolated(MESSAGES[1:]) == real.render(MESSAGES[1:])
+    with pytest.raises(ChatTemplateError, match="alternate"):
+        real.render_isolated(MESSAGES[1:2] * 2)
+    # Tiny in memory, 2**60 items once printed: one C-level call no hook can interrupt.
+    nested = ChatTemplate(
+        "{% set ns = namespace(x=[1]) %}{% for i in range(60) %}"
+        "{% set ns.x = [ns.x, ns.x] %}{% endfor %}{{ ns.x }}"
+    )
+    t0 = time.monotonic()
+    with pytest.raises(UnsafeTemplateError, match="budget"):
+        nested.render_isolated(MESSAGES)
+    assert time.monotonic() - t0 < RENDER_SECONDS + 2.0
+    with pytest.raises(UnsafeTemplateError, match="budget"):
+        ChatTemplate(HOSTILE["3 GB string"]).render_isolated(MESSAGES)
+    # The killed worker is replaced.
+    assert real.render_isolated(MESSAGES[1:]) == real.render(MESSAGES[1:])
+    # Our presets never need a worker.
+    assert preset("chatml").render_isolated(MESSAGES) == preset("chatml").render(MESSAGES)
