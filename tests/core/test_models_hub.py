@@ -85,8 +85,7 @@ def test_pick_files() -> None:
 
 def test_download_progress_adapter() -> None:
     ctx = _Ctx(None)
-    cls = hub._progress_tqdm(ctx, lambda: 50, 200)
-    bar = cls(total=150, unit="B")
-    bar.update(100)
-    bar.close()
+    progress = hub._ByteProgress(ctx, 50, 200)  # 50 bytes of earlier files, 200 in all
+    progress.start(40)  # 40 bytes of this file kept from an earlier try
+    progress.advance(60)
     assert ctx.events == [(0.75, "Downloading")]

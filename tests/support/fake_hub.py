@@ -14,8 +14,11 @@ It serves, on 127.0.0.1, the endpoints that ``huggingface_hub`` 2.4 calls:
 Errors use the Hub's ``X-Error-Code`` header (``RepoNotFound``, ``RevisionNotFound``,
 ``EntryNotFound``) so ``huggingface_hub`` raises its usual exceptions.
 
-A file can be served differently from what the API advertises (``served=``: damaged bytes) and
-slowly (``chunk_delay=``), to test verification and resume.
+A file can be served differently from what the API advertises (``served=``: damaged bytes),
+slowly (``chunk_delay=``), with a connection that drops once after some bytes (``drop_after=``),
+or, like the Hub's LFS files, through a redirect to a second server on another port standing
+for the CDN (``cdn=True``), to test verification, resume and where the token is sent. Every
+request's ``Authorization`` header is recorded by host in ``FakeHub.auth``.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class FakeFile:
     lfs: bool
     served: bytes | None = None  # bytes actually sent (damaged download); default: data
     chunk_delay: float = 0.0  # seconds to sleep between 64 KiB chunks
+    drop_after: int | None = None  # close the connection once after sending this many bytes
+    cdn: bool = False  # the Hub answers 302 to the fake CDN, as for LFS files on huggingface.co
 
     @property
     def sha256(self) -> str:
@@ -85,6 +90,7 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, FakeRepo] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self.auth: list[tuple[str, str, str | None]] = []  # (host, path, Authorization header)
         self._lock = threading.Lock()
         hub = self
 
@@ -94,15 +100,23 @@ class FakeHub:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.cdn_server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.cdn_server.daemon_threads = True
+        self.cdn_url = f"http://127.0.0.1:{self.cdn_server.server_address[1]}"
+        self._threads = [
+            threading.Thread(target=s.serve_forever, daemon=True)
+            for s in (self.server, self.cdn_server)
+        ]
 
     def start(self) -> FakeHub:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
         return self
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        for s in (self.server, self.cdn_server):
+            s.shutdown()
+            s.server_close()
 
     def add_repo(
         self,
@@ -133,9 +147,15 @@ class FakeHub:
         with self._lock:
             return [r for r in self.requests if r[1].endswith(suffix)]
 
-    def _record(self, method: str, path: str, rng: str | None) -> None:
+    def auth_for(self, host: str) -> list[str | None]:
+        """The Authorization headers sent to ``host`` (``self.url`` or ``self.cdn_url``)."""
+        with self._lock:
+            return [a for h, _, a in self.auth if h == host]
+
+    def _record(self, host: str, method: str, path: str, rng: str | None, auth: str | None) -> None:
         with self._lock:
             self.requests.append((method, path, rng))
+            self.auth.append((host, path, auth))
 
 
 _API_RE = re.compile(
@@ -143,6 +163,7 @@ _API_RE = re.compile(
     r"(?:/revision/(?P<rev>[^/]+)|/tree/(?P<tree_rev>[^/]+)(?:/(?P<tree_path>.*))?)?$"
 )
 _RESOLVE_RE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+_CDN_RE = re.compile(r"^/cdn/(?P<repo>[^/]+/[^/]+)/(?P<rev>[^/]+)/(?P<path>.+)$")
 _RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -204,10 +225,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         parts = urlsplit(self.path)
-        self.fake._record(self.command, parts.path, self.headers.get("Range"))
+        on_cdn = self.server is self.fake.cdn_server
+        self.fake._record(
+            self.fake.cdn_url if on_cdn else self.fake.url,
+            self.command,
+            parts.path,
+            self.headers.get("Range"),
+            self.headers.get("Authorization"),
+        )
         query = parse_qs(parts.query)
         try:
-            if parts.path == "/api/models":
+            if on_cdn:
+                if m := _CDN_RE.match(parts.path):
+                    self._resolve(m["repo"], m["rev"], unquote(m["path"]), on_cdn=True)
+                else:
+                    self._error(404, "NotFound", f"no route {parts.path}")
+            elif parts.path == "/api/models":
                 self._list_models(query)
             elif m := _API_RE.match(parts.path):
                 if m["tree_rev"] is not None:
@@ -280,7 +313,7 @@ class _Handler(BaseHTTPRequestHandler):
             out.append(entry)
         self._json(out)
 
-    def _resolve(self, repo_id: str, rev: str, path: str) -> None:
+    def _resolve(self, repo_id: str, rev: str, path: str, on_cdn: bool = False) -> None:
         repo = self._repo(repo_id)
         if repo is None or not self._rev_ok(repo, rev):
             return
@@ -289,16 +322,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "EntryNotFound", f"{path} does not exist", commit=repo.sha)
             return
         body = f.body
+        linked = {}
+        if f.lfs:
+            linked["X-Linked-Etag"] = f'"{f.sha256}"'
+            linked["X-Linked-Size"] = str(len(f.data))
+        if f.cdn and not on_cdn:  # a signed URL on another host, as the Hub does for LFS files
+            location = f"{self.fake.cdn_url}/cdn/{repo.repo_id}/{repo.sha}/{path}?sig=fake"
+            self._send(302, {"X-Repo-Commit": repo.sha, "Location": location, **linked})
+            return
         headers = {
             "X-Repo-Commit": repo.sha,
             "ETag": f'"{git_blob_sha1(f.data)}"',
             "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
             "Content-Disposition": f'attachment; filename="{Path(path).name}";',
+            **linked,
         }
-        if f.lfs:
-            headers["X-Linked-Etag"] = f'"{f.sha256}"'
-            headers["X-Linked-Size"] = str(len(f.data))
         start, end, status = 0, len(body) - 1, 200
         rng = self.headers.get("Range")
         if rng and (m := _RANGE_RE.match(rng.strip())):
@@ -316,8 +355,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
+        drop_after, f.drop_after = f.drop_after, None
+        sent = 0
         for chunk in _chunks(body, start, end + 1):
+            if drop_after is not None and sent + len(chunk) >= drop_after:
+                self.wfile.write(chunk[: drop_after - sent])
+                self.wfile.flush()
+                self.close_connection = True  # the rest of the promised body never comes
+                return
             self.wfile.write(chunk)
+            sent += len(chunk)
             if f.chunk_delay:
                 self.wfile.flush()
                 time.sleep(f.chunk_delay)

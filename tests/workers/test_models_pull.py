@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from app.core.jobs.context import Cancelled
 from app.core.jobs.store import JobService, JobState
 from app.core.models import hub
 from app.core.models.registry import ModelRegistry
@@ -129,11 +130,11 @@ def test_damaged_download_fails_verification_and_registers_nothing(
 
 
 def test_interrupted_download_resumes_with_a_range_request(workspace, fake_hub, tmp_path):
-    # > 10 MiB: huggingface_hub writes in 10 MiB chunks, so something is on disk at the kill
-    data = tiny_gguf_bytes(tmp_path, name="big", extra_floats=8 * 1024 * 1024)
+    # 4 MiB: the download writes 1 MiB chunks, so something is on disk well before the end
+    data = tiny_gguf_bytes(tmp_path, name="big", extra_floats=1024 * 1024)
     repo = fake_hub.add_repo("acme/big-GGUF", {"big-F32.gguf": data})
     served = repo.files["big-F32.gguf"]
-    served.chunk_delay = 0.01  # ~5 s for the whole file
+    served.chunk_delay = 0.05  # ~3 s for the whole file
     go_online(workspace)
     sup = Supervisor(workspace)
     jobs = JobService(workspace)
@@ -164,6 +165,93 @@ def test_interrupted_download_resumes_with_a_range_request(workspace, fake_hub, 
     assert final.attempt == 2
     ranges = [r for m, _, r in fake_hub.requests_for("/big-F32.gguf") if m == "GET" and r]
     assert ranges == [f"bytes={kept}-"]
+    rec = ModelRegistry(workspace).get(final.result["model_id"])
+    assert rec.sha256 == hashlib.sha256(data).hexdigest()
+
+
+class _Ctx:
+    """An in-process job context that cancels at the given call of ``check_cancelled``."""
+
+    def __init__(self, ws, cancel_at: int | None = None) -> None:
+        self.workspace = ws
+        self.cancel_at = cancel_at
+        self.checks = 0
+        self.logs: list[str] = []
+        self.results: list[dict] = []
+
+    def progress(self, fraction, message="") -> None:
+        pass
+
+    def log(self, text: str, level: str = "info") -> None:
+        self.logs.append(text)
+
+    def artifact(self, kind: str, path) -> None:
+        pass
+
+    def result(self, data: dict) -> None:
+        self.results.append(data)
+
+    def check_cancelled(self) -> None:
+        self.checks += 1
+        if self.cancel_at is not None and self.checks >= self.cancel_at:
+            raise Cancelled()
+
+
+def _big_repo(fake_hub, tmp_path, name: str):
+    data = tiny_gguf_bytes(tmp_path, name=name, extra_floats=768 * 1024)  # 3 MiB
+    repo = fake_hub.add_repo(f"acme/{name}-GGUF", {f"{name}.gguf": data})
+    return repo.files[f"{name}.gguf"], data
+
+
+def test_cancel_keeps_the_partial_file_and_the_next_run_resumes(workspace, fake_hub, tmp_path):
+    _, data = _big_repo(fake_hub, tmp_path, "cancelled")
+    go_online(workspace)
+    # 1: before the file, 2: after its first chunk is on disk
+    with pytest.raises(Cancelled):
+        hub.pull_model(_Ctx(workspace, cancel_at=2), "acme/cancelled-GGUF", ["cancelled.gguf"])
+    parts = list((workspace.models_dir / ".staging").glob("*.parts/*.part"))
+    assert len(parts) == 1
+    kept = parts[0].stat().st_size
+    assert 0 < kept < len(data) and parts[0].read_bytes() == data[:kept]
+    assert ModelRegistry(workspace).list() == []
+
+    ctx = _Ctx(workspace)
+    result = hub.pull_model(ctx, "acme/cancelled-GGUF", ["cancelled.gguf"])
+    assert f"resuming cancelled.gguf at {kept} of {len(data)} bytes" in ctx.logs
+    ranges = [r for m, _, r in fake_hub.requests_for("/cancelled.gguf") if m == "GET"]
+    assert ranges == [None, f"bytes={kept}-"]
+    rec = ModelRegistry(workspace).get(result["model_id"])
+    assert rec.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_dropped_connection_resumes_within_the_same_run(workspace, fake_hub, tmp_path):
+    served, data = _big_repo(fake_hub, tmp_path, "flaky")
+    drop_after = served.drop_after = 1024 * 1024 + 1000
+    go_online(workspace)
+    ctx = _Ctx(workspace)
+    result = hub.pull_model(ctx, "acme/flaky-GGUF", ["flaky.gguf"])
+    assert any("connection dropped" in line for line in ctx.logs)
+    ranges = [r for m, _, r in fake_hub.requests_for("/flaky.gguf") if m == "GET"]
+    assert len(ranges) == 2 and ranges[0] is None
+    resumed_at = int(ranges[1].removeprefix("bytes=").removesuffix("-"))
+    assert 0 < resumed_at <= drop_after  # only what had not arrived is asked for again
+    rec = ModelRegistry(workspace).get(result["model_id"])
+    assert rec.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_token_goes_to_the_hub_but_never_to_the_cdn(workspace, fake_hub, tmp_path, monkeypatch):
+    token = "hf_" + "x" * 34
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.delenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", raising=False)
+    data = tiny_gguf_bytes(tmp_path, name="lfs")
+    repo = fake_hub.add_repo("acme/cdn-GGUF", {"lfs.gguf": data})
+    repo.files["lfs.gguf"].cdn = True
+    go_online(workspace)
+    final = _pull(workspace, {"repo_id": "acme/cdn-GGUF", "files": ["lfs.gguf"]})
+    assert final.state == JobState.SUCCEEDED, final.error
+    assert f"Bearer {token}" in fake_hub.auth_for(fake_hub.url)  # the Hub API got the token
+    cdn = fake_hub.auth_for(fake_hub.cdn_url)
+    assert cdn and cdn == [None] * len(cdn)  # the body came from the CDN, without it
     rec = ModelRegistry(workspace).get(final.result["model_id"])
     assert rec.sha256 == hashlib.sha256(data).hexdigest()
 

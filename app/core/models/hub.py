@@ -244,14 +244,17 @@ def _matches(local: Path, f: RepoFile) -> bool:
 def _download_file(
     ctx: Any, repo_id: str, commit: str, f: RepoFile, part: Path, dest: Path, done: int, total: int
 ) -> None:
-    """Download one file into ``part`` (resuming what is there), verify it, move it to ``dest``."""
+    """Download one file into ``part`` (resuming what is there), verify it, move it to ``dest``.
+
+    Uses ``huggingface_hub``'s public pieces (URL, metadata, its shared HTTP session and error
+    mapping) but streams the body itself: ``hf_hub_download`` writes to a temporary file unique
+    to each call and deletes it on failure, so it could never resume a killed job.
+    """
     from urllib.parse import urlsplit
 
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+    from huggingface_hub import constants, get_hf_file_metadata, get_token, hf_hub_url
 
-    from app.core.jobs.context import JobFailed
+    from app.core.jobs.context import Cancelled, JobFailed
 
     url = hf_hub_url(repo_id, f.path, revision=commit)
     try:
@@ -261,9 +264,12 @@ def _download_file(
         raise JobFailed(err.message, err.hint) from exc
     expected = f.size if f.size is not None else meta.size
     location = meta.location or url
-    headers = build_hf_headers()
-    if urlsplit(location).netloc != urlsplit(url).netloc:
-        headers.pop("authorization", None)  # signed CDN URL: the token stays on the Hub
+    headers: dict[str, str] = {}
+    token = None if constants.HF_HUB_DISABLE_IMPLICIT_TOKEN else get_token()
+    # A signed CDN URL needs no token, and the token stays on the Hub; on a redirect from
+    # the Hub to another host the HTTP client drops it as well.
+    if token and urlsplit(location).netloc == urlsplit(url).netloc:
+        headers["authorization"] = f"Bearer {token}"
     part.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.exists() else 0
     if expected is not None and have > expected:
@@ -271,29 +277,12 @@ def _download_file(
         have = 0
     if have:
         ctx.log(f"resuming {f.path} at {have} of {expected} bytes")
-    tqdm_class = _progress_tqdm(ctx, lambda: done, total)
+    progress = _ByteProgress(ctx, done, total)
     try:
-        with open(part, "ab") as fh:
-            http_get(
-                location,
-                fh,
-                resume_size=have,
-                headers=headers,
-                expected_size=expected,
-                displayed_filename=f.path,
-                tqdm_class=tqdm_class,
-            )
+        _stream_to_part(ctx, location, headers, part, expected, progress)
+    except (Cancelled, JobFailed):
+        raise
     except Exception as exc:
-        from app.core.jobs.context import Cancelled
-
-        if isinstance(exc, Cancelled | JobFailed):
-            raise
-        if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
-            part.unlink(missing_ok=True)
-            raise JobFailed(
-                f"{f.path}: the Hub sent a different number of bytes than it lists ({expected}).",
-                "Run the pull again.",
-            ) from exc
         err = _hub_error(exc)
         raise JobFailed(
             err.message, (err.hint or "") + " Resume the job to continue the download."
@@ -316,27 +305,102 @@ def _download_file(
     part.replace(dest)
 
 
-def _progress_tqdm(ctx: Any, done_before: Any, total: int) -> Any:
-    """A silent tqdm class that turns huggingface_hub's byte counts into ``ctx.progress``."""
+_CHUNK = 1024 * 1024  # written and checked for cancel one at a time
+_RETRIES = 5  # dropped connections in a row (no new bytes) before the job fails
+
+
+def _stream_to_part(
+    ctx: Any,
+    url: str,
+    headers: dict[str, str],
+    part: Path,
+    expected: int | None,
+    progress: _ByteProgress,
+) -> None:
+    """Append the rest of ``url`` to ``part`` with range requests, retrying dropped connections.
+
+    Bytes already in ``part`` are asked for no more; a server that ignores the range (200
+    instead of 206) starts the file over. Every chunk is on disk before the next is read, so
+    a killed or cancelled job keeps what it had.
+    """
     import time
 
-    from tqdm.auto import tqdm
+    import httpx2
+    from huggingface_hub import constants, get_session, hf_raise_for_status
 
-    class _Tqdm(tqdm):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-            self._bytes = float(kwargs.get("initial") or 0)  # bytes kept from an earlier try
-            self._last = 0.0
+    retries = _RETRIES
+    while True:
+        have = part.stat().st_size if part.exists() else 0
+        if expected is not None and have == expected:
+            return
+        req = dict(headers)
+        if have:
+            req["Range"] = f"bytes={have}-"
+        got = 0
+        try:
+            with get_session().stream(
+                "GET", url, headers=req, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
+            ) as resp:
+                if resp.status_code == 416 and have:
+                    total = resp.headers.get("Content-Range", "").rpartition("/")[2]
+                    if total == str(have):  # the size was unknown and the file is complete
+                        return
+                    part.unlink()  # the file changed under us: start over
+                    continue
+                hf_raise_for_status(resp)
+                mode = "ab"
+                if have and resp.status_code != 206:
+                    mode, have = "wb", 0  # range ignored: the body is the whole file
+                elif have and not resp.headers.get("Content-Range", "").startswith(
+                    f"bytes {have}-"
+                ):
+                    raise httpx2.RemoteProtocolError(
+                        "the server answered a different range than asked"
+                    )
+                progress.start(have)
+                with open(part, mode) as fh:
+                    for chunk in resp.iter_bytes(chunk_size=_CHUNK):
+                        fh.write(chunk)
+                        got += len(chunk)
+                        progress.advance(len(chunk))
+                        if expected is not None and have + got > expected:
+                            return  # more than the Hub lists: the size check rejects it
+        except (httpx2.ConnectError, httpx2.TimeoutException, httpx2.RemoteProtocolError) as exc:
+            retries = _RETRIES if got else retries - 1
+            if retries <= 0:
+                raise
+            ctx.log(f"connection dropped ({exc}); resuming", "warning")
+            time.sleep(1)
+            continue
+        if expected is None or have + got >= expected:
+            return
+        retries -= 1  # the body ended early without an error
+        if retries <= 0:
+            return  # the size check reports the short file
 
-        def update(self, n: float | None = 1) -> bool | None:
-            ctx.check_cancelled()  # stops the download between chunks; the part file stays
-            self._bytes += n or 0
-            now = time.monotonic()
-            if total and now - self._last > 0.5:
-                self._last = now
-                ctx.progress(min((done_before() + self._bytes) / total, 1.0), "Downloading")
-            out: bool | None = super().update(n)
-            return out
 
-    return _Tqdm
+class _ByteProgress:
+    """Turns bytes written into ``ctx.progress`` (at most twice a second) and checks for cancel."""
+
+    def __init__(self, ctx: Any, done_before: int, total: int) -> None:
+        self._ctx = ctx
+        self._done_before = done_before
+        self._total = total
+        self._bytes = 0
+        self._last = 0.0
+
+    def start(self, kept: int) -> None:
+        """A (re)started request: ``kept`` bytes of this file are already on disk."""
+        self._bytes = kept
+
+    def advance(self, n: int) -> None:
+        """``n`` more bytes are on disk; stops the download here if the job was cancelled."""
+        import time
+
+        self._ctx.check_cancelled()  # the part file stays for a resume
+        self._bytes += n
+        now = time.monotonic()
+        if self._total and now - self._last > 0.5:
+            self._last = now
+            fraction = min((self._done_before + self._bytes) / self._total, 1.0)
+            self._ctx.progress(fraction, "Downloading")
