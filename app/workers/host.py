@@ -45,6 +45,8 @@ MAX_BODY = 32 * 1024 * 1024
 #: A token is never longer than this many characters in any vocabulary we know, so a
 #: prompt longer than n_ctx times this cannot fit, whatever the tokenizer says.
 MAX_CHARS_PER_TOKEN = 256
+#: Embedding contexts hold at most this many tokens (see LlamaEngine.embeddings).
+EMBED_MAX_TOKENS = 2048
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
@@ -460,7 +462,8 @@ class Handler(BaseHTTPRequestHandler):
         status = 200
         self._body_pending = False
         try:
-            self._body_length(method)
+            if not self._body_length(method):
+                self.server.set_phase(self.connection, "busy", None)
             if path == "/health" and method == "GET":
                 self._send_json(200, {"status": "ok", "pid": os.getpid()})
                 return
@@ -563,6 +566,13 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise HostError(
                 400, "input must be a string or a list of strings.", code="invalid_input"
+            )
+        longest = max(len(t) for t in texts)
+        if longest > EMBED_MAX_TOKENS * MAX_CHARS_PER_TOKEN:  # refused before the model's lock
+            raise HostError(
+                400,
+                f"An input has {longest:,} characters, more than {EMBED_MAX_TOKENS} tokens.",
+                code="context_length_exceeded",
             )
         with slot.lock:
             engine = slot.get_engine()

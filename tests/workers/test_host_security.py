@@ -445,3 +445,8 @@ def test_serve_refuses_an_empty_key_file(gemma_gguf: Path, tmp_path: Path) -> No
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert r.returncode == 2 and "API key file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_huge_embedding_input_is_refused_by_size(host: HostProcess) -> None:
+    status, reply = post(host, "/v1/embeddings", {"model": "gemma", "input": "a" * 600_000})
+    assert status == 400 and reply["error"]["code"] == "context_length_exceeded"
