@@ -19,6 +19,7 @@ from typing import Any
 
 from app.core.agents import sandbox
 from app.core.agents.tools import Tool, ToolError, dumps, schema
+from app.core.errors import DemoAIError
 
 MAX_READ = 64 * 1024
 MAX_WRITE = 1024 * 1024
@@ -31,9 +32,13 @@ TEXT_SUFFIXES = {
 @dataclass(frozen=True)
 class ToolContext:
     """What a built-in tool factory needs: the granted folder, sandbox limits and, for
-    semantic document search, an embedding function with its model and index folder."""
+    semantic document search, an embedding function with its model and index folder.
+
+    ``folder_writable``: ``run_python`` mounts the folder writable (read-only otherwise).
+    """
 
     folder: Path | None = None
+    folder_writable: bool = False
     python_timeout_s: float = 10.0
     python_memory_mb: int = 512
     embed: Callable[[list[str]], list[list[float]]] | None = None
@@ -382,21 +387,46 @@ def _semantic_search_documents(ctx: ToolContext) -> Tool:
 # --------------------------------------------------------------------------- python
 
 
+def _python_description(ctx: ToolContext, reason: str | None) -> str:
+    if reason is not None:
+        return f"UNAVAILABLE here: {reason}"
+    if ctx.folder is None:
+        files = "No files of the user are visible"
+    else:
+        mode = "read and write" if ctx.folder_writable else "read only (writes fail)"
+        files = f"The user's granted folder is at {sandbox.GRANT_DIR} ({mode}), the working folder"
+    return (
+        "Run a Python program (standard library only) in a sandbox and return what it prints. "
+        f"{files}; /tmp is private scratch space (64 MB), deleted after the call. "
+        "No network, no other programs or processes. Limits per call: "
+        f"{ctx.python_timeout_s:g} s, {ctx.python_memory_mb} MB of memory, "
+        f"{sandbox.MAX_OUTPUT // 1024} KB of output. Nothing is kept between calls: print results."
+    )
+
+
 def _run_python(ctx: ToolContext) -> Tool:
+    reason = sandbox.unavailable_reason()
+
     def fn(a: dict[str, Any]) -> str:
-        res = sandbox.run_python(
-            str(a["code"]), timeout_s=ctx.python_timeout_s, memory_mb=ctx.python_memory_mb
-        )
+        try:
+            res = sandbox.run_python(
+                str(a["code"]),
+                timeout_s=ctx.python_timeout_s,
+                memory_mb=ctx.python_memory_mb,
+                folder=ctx.folder,
+                writable=ctx.folder_writable,
+            )
+        except DemoAIError as exc:  # SandboxUnavailable included: never a weaker run
+            raise ToolError(exc.message, exc.hint) from None
         return res.summary()
 
     return Tool(
         "run_python",
-        "Run Python code in an isolated process (no network, no files of yours, time and "
-        "memory limits); returns what it prints.",
+        _python_description(ctx, reason),
         schema({"code": {"type": "string"}}, ["code"]),
         fn,
-        # The code runs with the user's file permissions: it could change files,
-        # so every call is approved like any other side effect.
+        # The code can change files in a writable granted folder and uses the
+        # machine's time: every call is approved like any other side effect.
         side_effect=True,
     )
 
@@ -411,6 +441,18 @@ BUILTIN_TOOLS: dict[str, Callable[[ToolContext], Tool]] = {
     "run_python": _run_python,
     "write_file": _write_file,
 }
+
+
+#: name -> () -> why the tool cannot work on this machine (None: it can)
+REQUIREMENTS: dict[str, Callable[[], str | None]] = {
+    "run_python": sandbox.unavailable_reason,
+}
+
+
+def unavailable(name: str) -> str | None:
+    """Why the built-in tool ``name`` cannot run here (with what to install), or None."""
+    check = REQUIREMENTS.get(name)
+    return None if check is None else check()
 
 
 def builtin_tool(name: str, ctx: ToolContext) -> Tool:
