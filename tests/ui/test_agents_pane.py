@@ -383,3 +383,20 @@ def test_native_tool_calls_from_the_pane(qtbot: Any, main_window: Any, tmp_path:
             assert sent[1]["messages"][-1]["role"] == "tool"
         finally:
             p.shutdown()
+
+
+def test_run_python_shown_unavailable_without_bubblewrap(
+    qtbot: Any, main_window: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.ui.panes.agents.qt_agents_pane import AgentsPane
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap: the sandbox cannot run
+    p = AgentsPane(main_window.services)
+    qtbot.addWidget(p)
+    items = {p.tool_list.item(i).data(Qt.ItemDataRole.UserRole): p.tool_list.item(i)
+             for i in range(p.tool_list.count())}  # fmt: skip
+    py = items["run_python"]
+    assert "unavailable" in py.text() and "bubblewrap" in py.toolTip()
+    assert not py.flags() & Qt.ItemFlag.ItemIsEnabled
+    assert items["calculator"].flags() & Qt.ItemFlag.ItemIsEnabled
+    p.shutdown()

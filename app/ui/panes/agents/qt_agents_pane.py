@@ -69,7 +69,7 @@ from app.core.agents import (
     run_agent,
 )
 from app.core.agents.approvals import ApprovalStore, Grant
-from app.core.agents.builtin_tools import BUILTIN_TOOLS, ToolContext, builtin_tool
+from app.core.agents.builtin_tools import BUILTIN_TOOLS, ToolContext, builtin_tool, unavailable
 from app.core.agents.docindex import OpenAIEmbedder
 from app.core.agents.loop import embedding_models
 from app.core.errors import ConfigError, DemoAIError
@@ -250,6 +250,11 @@ class AgentsPane(QWidget):
             item.setCheckState(Qt.CheckState.Unchecked)
             if tool.side_effect:
                 item.setForeground(QBrush(QColor("#a15c00")))
+            reason = unavailable(name)
+            if reason is not None:  # shown, greyed, with what to install; never run weaker
+                item.setText(f"{name}  (unavailable here)")
+                item.setToolTip(reason)
+                item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEnabled)
             self.tool_list.addItem(item)
         self.folder = QLineEdit()
         self.folder.setPlaceholderText("folder the file tools may use (nothing outside it)")
