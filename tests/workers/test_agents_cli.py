@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.support.cli import demoai
 from tests.support.scripted_server import ScriptedServer
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def demoai(ws: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli.main", "--workspace", str(ws), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 def test_agent_cli(tmp_path: Path) -> None:

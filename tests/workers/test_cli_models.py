@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
 
-
-def demoai(ws: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app", "--workspace", str(ws), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ),
-    )
+from tests.support.cli import demoai
 
 
 def test_import_list_show_rm(tmp_path: Path, tiny_llama_dir: Path, gemma_gguf: Path) -> None:

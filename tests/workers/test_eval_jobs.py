@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from app.core.eval.runner import EvalConfig, EvalStore, submit_eval
 from app.core.jobs.store import JobService, JobState
 from app.core.models.registry import ModelRegistry
 from app.workers.supervisor import Supervisor
+from tests.support.cli import demoai
 
 WORDS = ("apple", "bridge", "candle", "desert", "engine", "feather", "guitar", "harvest")
 
@@ -142,14 +142,7 @@ def test_model_that_fails_to_load_keeps_partial_results(
     assert store.get_run(job.id).state == "failed"
 
 
-def _demoai(ws: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app", "--workspace", str(ws), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ),
-    )
+_demoai = partial(demoai, timeout=180)
 
 
 def test_cli_run_list_show_export_gate(tmp_path: Path, tiny_llama_dir: Path) -> None:

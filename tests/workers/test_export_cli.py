@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.cli import demoai
 
-
-def _demoai(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli.main", "--workspace", str(ws), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        check=False,
-    )
+_demoai = partial(demoai, timeout=300)  # packaging and importing a model take a while
 
 
 def test_cli_package_round_trip_and_list(tmp_path: Path, tiny_llama_dir: Path) -> None:
