@@ -407,3 +407,26 @@ def test_unprivileged_user_path(grant: Path) -> None:
     forked = int(out.stdout.split("forked")[1].split()[0])
     assert 0 < forked < 10, out.stdout
     assert (grant / "w.txt").exists()
+
+
+def test_no_nested_user_namespace_nor_uncounted_memory() -> None:
+    """Inside a new user namespace the code could mount a tmpfs of any size: refused."""
+    res, took = timed(
+        """
+        import os, subprocess
+        r = subprocess.run(['unshare', '-Urm', 'sh', '-c', 'mount -t tmpfs none /tmp && echo MOUNTED'],
+                           capture_output=True, text=True)
+        print(r.returncode, r.stdout.strip() or 'no mount')
+        try:
+            os.memfd_create('x')
+            print('MEMFD')
+        except OSError as e:
+            print('memfd refused', e.errno)
+        print(subprocess.run(['sh', '-c', 'echo child ok'], capture_output=True, text=True).stdout)
+        """,
+        timeout_s=LIMIT,
+        audit_hook=False,
+    )
+    assert "MOUNTED" not in res.stdout and "MEMFD" not in res.stdout, res
+    assert "memfd refused 1" in res.stdout and "child ok" in res.stdout
+    assert took < LIMIT + 1

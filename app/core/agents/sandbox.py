@@ -17,6 +17,8 @@ The boundary is the kernel, set up by bubblewrap:
   from ``RLIMIT_NPROC``), the code runs as ``nobody`` (65534) with only
   ``CAP_DAC_OVERRIDE`` kept as an ambient capability, so the granted folder
   stays usable; ``no_new_privs`` and ``nosuid`` mounts block regaining root.
+* **System calls**: a seccomp filter (:func:`seccomp_filter`) refuses new user
+  namespaces, SysV shared memory and ``memfd_create``.
 * **Limits** set before the code runs: ``RLIMIT_AS`` (memory), ``RLIMIT_NPROC``
   (fork bombs; counted per user inside the sandbox's user namespace, or for
   ``nobody`` host-wide when run as root), ``RLIMIT_CPU``, ``RLIMIT_FSIZE``, no
@@ -282,12 +284,73 @@ def _argv(exe: str, grant: Path | None, writable: bool, limits: _Limits, audit: 
     return argv
 
 
+#: (audit arch, unshare, clone, clone3, shmget, memfd_create) syscall numbers
+_SYSCALLS = {
+    "x86_64": (0xC000003E, 272, 56, 435, 29, 319),
+    "aarch64": (0xC00000B7, 97, 220, 435, 194, 279),
+}
+_CLONE_NEWUSER = 0x10000000
+
+
+def seccomp_filter() -> bytes | None:
+    """A classic-BPF seccomp program for bwrap's ``--seccomp``; None on other machines.
+
+    It refuses new user namespaces (``unshare``/``clone`` with ``CLONE_NEWUSER``:
+    inside one, the code could mount a tmpfs with no size limit), ``clone3``
+    (ENOSYS: the C library falls back to ``clone``, whose flags can be checked),
+    SysV shared memory and ``memfd_create`` (memory that ``RLIMIT_AS`` does not
+    count), and system calls of another ABI (x32, 32-bit).
+    """
+    import platform
+    import struct
+
+    nums = _SYSCALLS.get(platform.machine())
+    if nums is None:
+        return None
+    arch, unshare, clone, clone3, shmget, memfd = nums
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+
+    def op(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+        return struct.pack("=HBBI", code, jt, jf, k)
+
+    prog = [
+        op(ld, 4),  # arch
+        op(jeq, arch, 1, 0),
+        op(ret, eperm),  # another ABI
+        op(ld, 0),  # syscall number
+        op(jge, 0x40000000, 0, 1),  # x32
+        op(ret, eperm),
+        op(jeq, clone3, 0, 1),
+        op(ret, enosys),
+        op(jeq, shmget, 0, 1),
+        op(ret, eperm),
+        op(jeq, memfd, 0, 1),
+        op(ret, eperm),
+        op(jeq, unshare, 1, 0),
+        op(jeq, clone, 0, 3),
+        op(ld, 16),  # low 32 bits of the first argument: the flags
+        op(jset, _CLONE_NEWUSER, 0, 1),
+        op(ret, eperm),
+        op(ret, allow),
+    ]
+    return b"".join(prog)
+
+
 def _run(
     exe: str, code: str, grant: Path | None, writable: bool, limits: _Limits, audit: bool
 ) -> SandboxResult:
     info_r, info_w = os.pipe()  # bwrap writes {"child-pid": N} here: pid 1 of the sandbox
     argv = _argv(exe, grant, writable, limits, audit)
     argv[1:1] = ["--info-fd", str(info_w)]
+    fds = [info_w]
+    program = seccomp_filter()
+    if program is not None:
+        sec_r, sec_w = os.pipe()
+        os.write(sec_w, program)  # a few hundred bytes: fits the pipe buffer
+        os.close(sec_w)
+        argv[1:1] = ["--seccomp", str(sec_r)]
+        fds.append(sec_r)
     try:
         proc = subprocess.Popen(
             argv,
@@ -296,13 +359,14 @@ def _run(
             stderr=subprocess.PIPE,
             env={"PATH": os.defpath},
             start_new_session=True,
-            pass_fds=(info_w,),
+            pass_fds=tuple(fds),
         )
     except OSError:
         os.close(info_r)
         raise
     finally:
-        os.close(info_w)
+        for fd in fds:
+            os.close(fd)
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     deadline = time.monotonic() + limits.timeout_s
     pending = memoryview(code.encode("utf-8", "replace"))
