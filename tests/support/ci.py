@@ -9,11 +9,14 @@ piece there is a broken install, and a skip would hide it.
 from __future__ import annotations
 
 import os
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: The marker that ``tests/conftest.py`` turns into a failure in CI.
 MARK = "demoai_unavailable"
@@ -26,8 +29,9 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-def needs(available: bool, reason: str) -> pytest.MarkDecorator:
+def needs(available: bool, reason: str) -> Callable[[F], F]:
     """A decorator: the test skips (fails in CI) with ``reason`` unless ``available``."""
     if available:
-        return pytest.mark.usefixtures()
-    return getattr(pytest.mark, MARK)(reason)
+        return lambda test: test
+    mark: Callable[[F], F] = getattr(pytest.mark, MARK)(reason)
+    return mark

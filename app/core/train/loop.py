@@ -272,11 +272,16 @@ class TrainSession:
         if cfg.method in ("qlora", "lora8bit") and (UPCAST_KBIT_ON_CUDA or not cuda):
             from peft import prepare_model_for_kbit_training
 
+            # Checkpointing is switched on here rather than by peft, which still calls
+            # transformers' deprecated gradient_checkpointing_enable (same effect for
+            # non-reentrant checkpointing: peft adds no input hook then).
             model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
-                model,
-                use_gradient_checkpointing=cfg.gradient_checkpointing,
-                gradient_checkpointing_kwargs={"use_reentrant": False},
+                model, use_gradient_checkpointing=False
             )
+            if cfg.gradient_checkpointing:
+                model.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs={"use_reentrant": False}
+                )
         elif cfg.method in ("qlora", "lora8bit"):
             # Unlike peft's prepare_model_for_kbit_training, norms and embeddings stay in
             # 16-bit: its float32 copies double activation memory and traffic, and
@@ -284,16 +289,16 @@ class TrainSession:
             for p in model.parameters():
                 p.requires_grad_(False)
             if cfg.gradient_checkpointing:
-                model.gradient_checkpointing_enable(
-                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                model.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs={"use_reentrant": False}
                 )
                 model.enable_input_require_grads()
         else:
             if cuda:
                 model = model.to("cuda")
             if cfg.gradient_checkpointing:
-                model.gradient_checkpointing_enable(
-                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                model.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs={"use_reentrant": False}
                 )
         self.target_modules = resolve_target_modules(cfg, self.base_dir)
         lora = LoraConfig(
