@@ -10,6 +10,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.core.data import importers
 from app.core.data.export import export_version
@@ -271,3 +273,73 @@ def test_json_array_with_invalid_bytes(workspace: Any, tmp_path: Path) -> None:
     res = import_dataset(workspace, src, replace_invalid=True)
     assert res.replaced["lines"] == [3]
     assert _shown_and_exported(workspace, res.version.dataset_id, tmp_path)[1] == {"a": "b\ufffdd"}
+
+
+def _reference_depth(line: bytes) -> tuple[int, bool]:
+    """The deepest bracket outside strings, by a plain JSON-like state machine, up to the
+    first backslash outside a string (where a JSON parser stops); and whether it stopped."""
+    depth = peak = 0
+    in_string = escaped = False
+    for ch in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == 0x5C:
+                escaped = True
+            elif ch == 0x22:
+                in_string = False
+        elif ch == 0x5C:
+            return peak, True
+        elif ch == 0x22:
+            in_string = True
+        elif ch in b"[{":
+            depth += 1
+            peak = max(peak, depth)
+        elif ch in b"]}":
+            depth -= 1
+    return peak, False
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(
+    line=st.lists(st.sampled_from([b"[", b"{", b"]", b"}", b'"', b"\\", b"a", b":"]), max_size=60),
+    piece=st.integers(1, 9),
+    limit=st.integers(0, 6),
+)
+def test_depth_scan_matches_a_state_machine_across_pieces(
+    line: list[bytes], piece: int, limit: int
+) -> None:
+    """Exact on JSON-like lines; never below the depth a parser reaches before an error."""
+    raw = b"".join(line)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(importers, "_SCAN_PIECE", piece)
+        found = importers._deep_lines_piece(raw, limit)
+    peak, stopped = _reference_depth(raw)
+    if stopped:
+        assert found or peak <= limit
+    else:
+        assert found == (peak > limit)
+
+
+def test_utf8_check_of_stream_batches() -> None:
+    """ASCII passes at memory speed; a character split over two values is still caught."""
+    ascii_ = pa.array(["abc", None])
+    split = pa.array([b"\xc3", b"\xa9"], pa.binary()).view(pa.string())
+    ok = pa.array(["é", "ü"])
+    for arrays, valid in (
+        ([ascii_, ok], True),
+        ([split, ok], False),
+        ([pa.array([["x"], ["\u00e9"]])], True),
+        ([pa.array([[b"\xff"]], pa.list_(pa.binary())).cast(pa.list_(pa.binary()))], True),
+    ):
+        batch = pa.RecordBatch.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
+        if valid:
+            importers._check_utf8(batch)
+        else:
+            with pytest.raises(pa.ArrowInvalid):
+                importers._check_utf8(batch)
+    # a slice sees only its own values
+    bad_tail = pa.array([b"ok", b"\xff"], pa.binary()).view(pa.string())
+    importers._check_utf8(pa.RecordBatch.from_arrays([bad_tail.slice(0, 1)], names=["s"]))
+    with pytest.raises(pa.ArrowInvalid):
+        importers._check_utf8(pa.RecordBatch.from_arrays([bad_tail.slice(1)], names=["s"]))
