@@ -18,23 +18,7 @@ from app.core.train.data import (
     split_eval,
     tokenize_record,
 )
-
-WORDS = ("apple", "bridge", "candle", "desert", "engine", "feather", "guitar", "harvest")
-
-
-def write_chat_data(path: Path) -> Path:
-    """Eight short question/answer pairs: small enough to memorise."""
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"What is the code of {w}?"},
-                {"role": "assistant", "content": f"The code of {w} is {i * 7 % 10}{i % 3}."},
-            ]
-        }
-        for i, w in enumerate(WORDS)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+from tests.support.training import one_train_thread, write_chat_data  # noqa: F401
 
 
 def make_config(base: Path, data: Path, **over: Any) -> TrainConfig:
@@ -53,11 +37,6 @@ def make_config(base: Path, data: Path, **over: Any) -> TrainConfig:
         **over,
     }
     return TrainConfig.from_dict(values)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEMOAI_TRAIN_THREADS", "1")
 
 
 @pytest.fixture

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import math
 
-import pyarrow as pa
 import pytest
 
-from app.core.data.store import DatasetStore
 from app.core.jobs.store import JobState
-from app.core.models.registry import ModelRegistry
+from tests.support.training import add_tiny_model_and_echo_data, one_train_thread  # noqa: F401
 
 
 @pytest.fixture
-def pane(qtbot, main_window, tiny_llama_dir, monkeypatch):
-    monkeypatch.setenv("DEMOAI_TRAIN_THREADS", "1")
-    ws = main_window.services.workspace
-    ModelRegistry(ws).import_hf_folder(tiny_llama_dir, copy=False, name="tiny")
-    rows = [
-        {"prompt": f"Say {w}:", "completion": f" {w} {w}"}
-        for w in ("red", "blue", "green", "cat", "dog", "sun") * 2
-    ]
-    DatasetStore(ws).create_dataset("echo", pa.Table.from_pylist(rows))
+def pane(qtbot, main_window, tiny_llama_dir):
+    add_tiny_model_and_echo_data(main_window.services.workspace, tiny_llama_dir, repeats=2)
     p = main_window.pane("finetune")
     p.refresh_inputs()
     return p

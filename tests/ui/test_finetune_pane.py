@@ -8,17 +8,12 @@ import pytest
 from app.core.data.store import DatasetStore
 from app.core.jobs.store import JobState
 from app.core.models.registry import ModelRegistry
+from tests.support.training import add_tiny_model_and_echo_data
 
 
 @pytest.fixture
 def pane(qtbot, main_window, tiny_llama_dir):
-    ws = main_window.services.workspace
-    ModelRegistry(ws).import_hf_folder(tiny_llama_dir, copy=False, name="tiny")
-    rows = [
-        {"prompt": f"Say {w}:", "completion": f" {w} {w}"}
-        for w in ("red", "blue", "green", "cat", "dog", "sun") * 4
-    ]
-    DatasetStore(ws).create_dataset("echo", pa.Table.from_pylist(rows))
+    add_tiny_model_and_echo_data(main_window.services.workspace, tiny_llama_dir, repeats=4)
     p = main_window.pane("finetune")
     p.refresh_inputs()
     return p

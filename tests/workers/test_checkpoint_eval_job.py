@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -13,27 +12,7 @@ import pytest
 from app.core.jobs.events import EventReader
 from app.core.jobs.store import JobState
 from app.workers.supervisor import Supervisor
-
-WORDS = ("apple", "bridge", "candle", "desert", "engine", "feather", "guitar", "harvest")
-
-
-def write_chat_data(path: Path) -> Path:
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"What is the code of {w}?"},
-                {"role": "assistant", "content": f"The code of {w} is {i * 7 % 10}{i % 3}."},
-            ]
-        }
-        for i, w in enumerate(WORDS)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEMOAI_TRAIN_THREADS", "1")
+from tests.support.training import one_train_thread, write_chat_data  # noqa: F401
 
 
 def _metric(job: Any, name: str) -> dict[int, float]:
