@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.support.cli import demoai
 
 ROWS = [
     {"instruction": "Greet", "input": "", "output": "Hello"},
     {"instruction": "Mail", "input": "ann@example.com", "output": "Done"},
     {"instruction": "Greet", "input": "", "output": "Hello"},
 ]
-
-
-def demoai(ws: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app", "--workspace", str(ws), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ),
-    )
 
 
 def test_import_list_versions_export_and_recipe(tmp_path: Path) -> None:
