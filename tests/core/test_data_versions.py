@@ -185,6 +185,21 @@ def test_leftovers_of_dead_processes_go_live_and_unknown_ones_stay(workspace: An
     assert removed == {legacy} and live.exists()
 
 
+def test_atomic_writes_use_owned_names_that_verify_never_hashes(
+    workspace: Any, tmp_path: Path
+) -> None:
+    from app.core.store.files import atomic_open, is_temp_name, temp_owner
+
+    target = workspace.models_dir / "m1" / "meta.json"
+    with atomic_open(target, "w") as fh:
+        fh.write("{}")
+        (tmp,) = [p for p in target.parent.iterdir()]
+        assert is_temp_name(tmp.name) and temp_owner(tmp.name) == "alive"
+        assert [t.path for t in workspace.temporaries()] == [tmp]
+    assert [p.name for p in target.parent.iterdir()] == ["meta.json"]
+    assert not is_temp_name("meta.json") and not is_temp_name(".gitattributes")
+
+
 def test_cleanup_orphans_spares_folders_another_process_may_be_registering(
     workspace: Any,
 ) -> None:
