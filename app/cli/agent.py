@@ -18,7 +18,11 @@ def register(sub: Any) -> None:
     asub = p.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
 
     c = asub.add_parser("create", help="create an agent (or a new version) from a JSON/YAML spec")
-    c.add_argument("spec", help="spec file (.json, .yaml or .yml)")
+    c.add_argument(
+        "spec",
+        help="spec file (.json, .yaml or .yml); a tool is a name or {name, folder}; "
+        'run_python sees its folder at /data, read-only unless "writable": true',
+    )
     c.add_argument("--json", action="store_true", help="print the saved spec as JSON")
     c.set_defaults(func=cmd_create)
 

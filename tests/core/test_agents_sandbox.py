@@ -430,3 +430,27 @@ def test_no_nested_user_namespace_nor_uncounted_memory() -> None:
     assert "MOUNTED" not in res.stdout and "MEMFD" not in res.stdout, res
     assert "memfd refused 1" in res.stdout and "child ok" in res.stdout
     assert took < LIMIT + 1
+
+
+@pytest.mark.parametrize("writable", [False, True])
+def test_spec_grant_mounts_the_folder_read_only_unless_writable(
+    writable: bool, grant: Path
+) -> None:
+    """From the spec to the sandbox: agent_tools hands the grant's ``writable`` to run_python."""
+    from app.core.agents import AgentSpec, ToolGrant
+    from app.core.agents.loop import agent_tools
+    from app.core.agents.tools import ToolCall
+
+    spec = AgentSpec("py", tools=(ToolGrant("run_python", str(grant), writable=writable),))
+    code = f"open('{GRANT_DIR}/x', 'w').write('from the model')\nprint('done')"
+    t0 = time.monotonic()
+    with agent_tools(spec) as tools:
+        out = tools.call(ToolCall("run_python", {"code": code}))
+    assert time.monotonic() - t0 < 10.0 + 5  # the default python time limit, plus start-up
+    if writable:
+        assert out.strip() == "done", out
+        assert (grant / "x").read_text() == "from the model"
+    else:
+        assert "Read-only file system" in out and "done" not in out.splitlines(), out
+        assert not (grant / "x").exists()
+    assert (grant / "notes.txt").read_text() == "granted content\n"

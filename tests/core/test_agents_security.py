@@ -23,9 +23,19 @@ from hypothesis import strategies as st
 
 from app.core.agents import AgentSpec, AgentStore, BundleError, McpServerConfig, ToolGrant
 from app.core.agents import bundle as bundle_mod
-from app.core.agents.approvals import ApprovalStore, Grant, capabilities, grants, spec_hash
+from app.core.agents.approvals import (
+    ApprovalStore,
+    Grant,
+    capabilities,
+    describe_capabilities,
+    grants,
+    spec_hash,
+)
+from app.core.agents.builtin_tools import unavailable
 from app.core.agents.bundle import export_agent, import_bundle
+from app.core.agents.loop import agent_tools
 from app.core.agents.prompts import PromptStore
+from app.core.errors import ConfigError
 from app.core.export.checksums import write_sums
 from app.core.workspace import Workspace
 
@@ -288,3 +298,80 @@ def test_any_files_entry_stays_inside_the_bundle_or_is_refused(rel: str) -> None
         return
     inside = os.path.normpath(os.path.join("/bundle", ok))
     assert inside.startswith("/bundle/") and "\x00" not in ok
+
+
+def test_writable_python_folder_is_a_new_grant_that_needs_approval(
+    workspace: Any, tmp_path: Path
+) -> None:
+    folder = str(tmp_path / "data")
+    agents, approvals = AgentStore(workspace.db), ApprovalStore(workspace.db)
+    ro_spec = AgentSpec("py", tools=(ToolGrant("run_python", folder),))
+    assert "writable" not in ro_spec.to_dict()["tools"][0]  # older specs keep their hash
+    v1 = agents.save(ro_spec)
+    [g1] = grants(v1)
+    assert approvals.is_approved(v1, g1)
+    assert g1.describe() == (
+        f"run_python runs Python in a sandbox; folder {folder} mounted at /data, "
+        "read-only; no network"
+    )
+    approvals.allow_always(v1, "run_python", g1)
+
+    # Ticking "writable" is another spec content and another grant: nothing carries over.
+    rw = AgentSpec.from_dict(
+        {"name": "py", "tools": [{"name": "run_python", "folder": folder, "writable": True}]}
+    )
+    assert rw.tools[0].writable and rw.to_dict()["tools"][0]["writable"] is True
+    v2 = agents.save(rw, by_user=False)  # as an import would
+    [g2] = grants(v2)
+    assert spec_hash(v2) != spec_hash(v1) and g2.digest != g1.digest
+    assert "writable; no network" in g2.describe() and "/data" in g2.describe()
+    assert not approvals.is_approved(v2, g2) and not approvals.is_approved(v2, g1)
+    assert not approvals.always_allowed(v2, "run_python", g2)
+    assert [g.name for g in approvals.pending(v2)] == ["run_python"]
+    assert not approvals.gate(v2)(g2)  # unattended: not offered
+    caps = capabilities(v2)
+    assert caps["folders"] == [{"path": folder, "access": "write"}]
+    assert capabilities(v1)["folders"] == [{"path": folder, "access": "read"}]
+    report = "\n".join(describe_capabilities(caps))
+    assert "run_python: CHANGES FILES: runs Python in a sandbox" in report
+
+    # Approved by the user, it is offered; the spec round-trips through JSON.
+    approvals.approve(v2, g2)
+    assert approvals.gate(v2)(g2)
+    assert AgentSpec.from_dict(v2.to_dict()) == v2
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"name": "write_file", "folder": "/tmp", "writable": True},
+        {"name": "read_file", "folder": "/tmp", "writable": True},
+        {"name": "run_python", "writable": True},  # writable with no folder
+        {"name": "run_python", "folder": "/tmp", "writable": "yes"},
+    ],
+)
+def test_writable_only_on_run_python_with_a_folder(obj: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as err:
+        AgentSpec.from_dict({"name": "x", "tools": [obj]})
+    assert "writable" in err.value.message
+
+
+def test_an_unavailable_granted_tool_stops_the_run_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no bubblewrap there (as the sandbox tests do)
+    reason = unavailable("run_python")
+    assert reason is not None
+    spec = AgentSpec("py", tools=(ToolGrant("calculator"), ToolGrant("run_python")))
+    asked: list[Grant] = []
+    with pytest.raises(ConfigError) as err, agent_tools(spec, gate=lambda g: bool(asked.append(g))):
+        pytest.fail("the tools were built")
+    assert "'py'" in err.value.message and "tool run_python" in err.value.message
+    assert "cannot run here" in err.value.message
+    assert reason.startswith(err.value.message.split("cannot run here: ", 1)[1])
+    assert err.value.hint and (err.value.hint in reason or "Remove run_python" in err.value.hint)
+    if sys.platform.startswith("linux"):
+        assert "not installed" in err.value.message and "Install bubblewrap" in err.value.hint
+    assert asked == []  # nobody was asked to approve a tool that cannot run

@@ -400,3 +400,47 @@ def test_run_python_shown_unavailable_without_bubblewrap(
     assert not py.flags() & Qt.ItemFlag.ItemIsEnabled
     assert items["calculator"].flags() & Qt.ItemFlag.ItemIsEnabled
     p.shutdown()
+
+
+def test_python_folder_and_writable_round_trip_into_the_saved_spec(
+    qtbot: Any, main_window: Any, tmp_path: Path
+) -> None:
+    from app.core.agents.spec import ToolGrant
+    from app.core.errors import ConfigError
+    from app.ui.panes.agents.qt_agents_pane import AgentsPane
+
+    docs, data = tmp_path / "docs", tmp_path / "data"
+    p = AgentsPane(main_window.services)
+    qtbot.addWidget(p)
+    try:
+        p.new_agent()
+        p.name.setText("pyagent")
+        _check_tool(p, "read_file")
+        _check_tool(p, "run_python")
+        p.folder.setText(str(docs))
+        p.py_writable.setChecked(True)
+        with pytest.raises(ConfigError, match="writable but has no folder"):
+            p.spec_from_form()
+        p.py_folder.setText(str(data))
+        saved = p.save_agent()
+        assert saved is not None
+        stored = AgentStore(main_window.services.workspace.db).get("pyagent")
+        tools = {t.name: t for t in stored.tools}
+        assert tools["run_python"] == ToolGrant("run_python", str(data), writable=True)
+        assert tools["read_file"] == ToolGrant("read_file", str(docs))  # its own folder
+        # The user wrote the writable grant: approved on save, like write_file.
+        assert ApprovalStore(main_window.services.workspace.db).pending(stored) == []
+
+        p.new_agent()
+        assert (p.py_folder.text(), p.py_writable.isChecked()) == ("", False)
+        p.load_agent(stored)
+        assert p.py_folder.text() == str(data) and p.py_writable.isChecked()
+        assert p.folder.text() == str(docs)  # not run_python's folder
+
+        p.py_writable.setChecked(False)
+        v2 = p.save_agent()
+        assert v2 is not None and v2.version == stored.version + 1
+        py = next(t for t in v2.tools if t.name == "run_python")
+        assert py == ToolGrant("run_python", str(data)) and "writable" not in py.to_dict()
+    finally:
+        p.shutdown()

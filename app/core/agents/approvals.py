@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from app.core.agents.sandbox import GRANT_DIR
 from app.core.agents.spec import AgentSpec, McpServerConfig, ToolGrant
 from app.core.errors import NotFoundError
 from app.core.store.db import Database
@@ -97,7 +98,10 @@ class Grant:
     @classmethod
     def for_tool(cls, grant: ToolGrant) -> Grant:
         folder = str(Path(grant.folder).expanduser()) if grant.folder else None
-        return cls("tool", grant.name, {"folder": folder})
+        detail: dict[str, Any] = {"folder": folder}
+        if grant.writable:  # only when set, so read-only grants keep their digest
+            detail["writable"] = True
+        return cls("tool", grant.name, detail)
 
     def describe(self) -> str:
         """One paragraph saying exactly what approving allows."""
@@ -115,7 +119,7 @@ class Grant:
         if self.name in WRITE_TOOLS:
             return f"{self.name} may create and replace files in {folder or '(no folder granted)'}"
         if self.name == "run_python":
-            return "run_python may run Python code the model writes (in the sandbox)"
+            return "run_python " + python_access(folder, bool(d.get("writable")))
         where = f" in {folder}" if folder else ""
         return f"{self.name} (changes things){where}"
 
@@ -127,6 +131,14 @@ class Grant:
             "digest": self.digest,
             "description": self.describe(),
         }
+
+
+def python_access(folder: str | None, writable: bool) -> str:
+    """What run_python's code gets, in words (approval text and import report)."""
+    if not folder:
+        return "runs Python in a sandbox; no folder; no network"
+    mode = "writable" if writable else "read-only"
+    return f"runs Python in a sandbox; folder {folder} mounted at {GRANT_DIR}, {mode}; no network"
 
 
 def grants(spec: AgentSpec) -> list[Grant]:
@@ -156,7 +168,10 @@ def capabilities(spec: AgentSpec, db: Database | None = None) -> dict[str, Any]:
     for t in spec.tools:
         side = _side_effect(t.name)
         folder = str(Path(t.folder).expanduser()) if t.folder else None
-        access = "write" if t.name in WRITE_TOOLS else "read" if t.name in READ_TOOLS else None
+        if t.name == "run_python":
+            access = ("write" if t.writable else "read") if folder else None
+        else:
+            access = "write" if t.name in WRITE_TOOLS else "read" if t.name in READ_TOOLS else None
         if folder and access:
             folders.setdefault(folder, set()).add(access)
         tools.append({
@@ -166,6 +181,7 @@ def capabilities(spec: AgentSpec, db: Database | None = None) -> dict[str, Any]:
             "folder": folder if access else None,
             "access": access,
             "embedding_model": t.embedding_model,
+            "writable": t.writable,
         })  # fmt: skip
     models: list[dict[str, Any]] = []
     if spec.model_id or spec.model_sha256:
@@ -197,6 +213,9 @@ def describe_capabilities(caps: dict[str, Any]) -> list[str]:
     for t in caps["tools"]:
         if not t["known"]:
             what = "unknown tool (the agent will not start)"
+        elif t["name"] == "run_python":
+            what = python_access(t["folder"], t["access"] == "write")
+            what = ("CHANGES FILES: " if t["access"] == "write" else "") + what
         elif t["access"] == "write":
             what = f"CHANGES FILES: creates and replaces files in {t['folder'] or '(no folder)'}"
         elif t["access"] == "read":

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.core.agents.approvals import ApprovalStore, Grant, grants, tool_grant
-from app.core.agents.builtin_tools import ToolContext, builtin_tool
+from app.core.agents.builtin_tools import ToolContext, builtin_tool, unavailable
 from app.core.agents.runs import Run, RunStore, Step
 from app.core.agents.spec import AgentSpec, AgentStore
 from app.core.agents.tools import (
@@ -434,6 +434,31 @@ def embedding_models(spec: AgentSpec) -> list[str]:
     return sorted({t.embedding_model for t in spec.tools if t.embedding_model})
 
 
+def _split_reason(reason: str) -> tuple[str, str | None]:
+    """A reason "what is wrong. What to do..." as (message, hint), split at the first
+    sentence end outside parentheses (a probe's detail may contain full stops)."""
+    depth = 0
+    for i, ch in enumerate(reason):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "." and depth == 0 and reason[i + 1 : i + 2] == " ":
+            return reason[: i + 1], reason[i + 2 :].strip() or None
+    return reason, None
+
+
+def check_tools_available(spec: AgentSpec) -> None:
+    """ConfigError for the first granted built-in tool that cannot run on this machine."""
+    for grant in spec.tools:
+        reason = unavailable(grant.name)
+        if reason is None:
+            continue
+        message, hint = _split_reason(reason)
+        raise ConfigError(
+            f"Agent {spec.name!r} grants the tool {grant.name}, which cannot run here: {message}",
+            hint
+            or f"Remove {grant.name} from the agent's tools, or run it on a machine that has it.",
+        )
+
+
 @contextlib.contextmanager
 def agent_tools(
     spec: AgentSpec,
@@ -454,7 +479,12 @@ def agent_tools(
     tool is offered (:meth:`ApprovalStore.gate`); what it refuses stays
     inactive and is passed to ``on_inactive``. Without a gate the caller vouches
     for the spec (one it built itself); the CLI and the Agents pane always pass one.
+
+    A granted built-in tool that cannot run here (``run_python`` without a
+    working bubblewrap) stops the run before anything starts: ConfigError
+    naming the tool, with what to install.
     """
+    check_tools_available(spec)
 
     def active(grant: Grant) -> bool:
         if gate is None or gate(grant):
@@ -480,6 +510,7 @@ def agent_tools(
             embed = embedder_for(grant.embedding_model)
         ctx = ToolContext(
             folder=Path(grant.folder).expanduser() if grant.folder else None,
+            folder_writable=grant.writable,
             python_timeout_s=python_timeout_s,
             embed=embed,
             embedding_model=grant.embedding_model,

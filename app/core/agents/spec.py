@@ -36,16 +36,30 @@ class ToolGrant:
 
     ``embedding_model`` (a library model id, ``search_documents`` only) turns on
     semantic search: chunks embedded by that model, fused with keyword ranking.
+
+    ``writable`` (``run_python`` only) mounts the folder writable in the sandbox
+    (read-only otherwise); it is part of the spec, so approvals bind to it.
     """
 
     name: str
     folder: str | None = None
     embedding_model: str | None = None
+    writable: bool = False
 
     def __post_init__(self) -> None:
         if self.embedding_model is not None and self.name != "search_documents":
             raise ConfigError(
                 f"Tool {self.name!r}: only search_documents takes an embedding_model."
+            )
+        if self.writable and self.name != "run_python":
+            raise ConfigError(
+                f"Tool {self.name!r}: only run_python takes 'writable'.",
+                "Remove 'writable' from this tool (write_file writes by itself).",
+            )
+        if self.writable and not self.folder:
+            raise ConfigError(
+                "Tool 'run_python': 'writable' needs a folder.",
+                "Give run_python the folder it may write in, or remove 'writable'.",
             )
 
     @classmethod
@@ -59,13 +73,18 @@ class ToolGrant:
             emb = obj.get("embedding_model")
             if emb is not None and not isinstance(emb, str):
                 raise ConfigError(f"Tool {obj['name']!r}: embedding_model must be a model id.")
-            return cls(obj["name"], folder, emb or None)
+            writable = obj.get("writable", False)
+            if not isinstance(writable, bool):
+                raise ConfigError(f"Tool {obj['name']!r}: writable must be true or false.")
+            return cls(obj["name"], folder, emb or None, writable)
         raise ConfigError(f"A tool must be a name or {{'name': ..., 'folder': ...}}, got {obj!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "folder": self.folder}
         if self.embedding_model:
             d["embedding_model"] = self.embedding_model
+        if self.writable:  # only when set: older specs keep their hash
+            d["writable"] = True
         return d
 
 

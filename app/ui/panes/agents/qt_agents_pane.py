@@ -28,6 +28,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -263,6 +264,21 @@ class AgentsPane(QWidget):
         folder_row = QHBoxLayout()
         folder_row.addWidget(self.folder, 1)
         folder_row.addWidget(self.folder_btn)
+        # run_python gets its own folder (mounted at /data in the sandbox), read-only
+        # unless "writable" is ticked.
+        self.py_folder = QLineEdit()
+        self.py_folder.setPlaceholderText("folder run_python sees at /data (optional)")
+        self.py_folder_btn = QPushButton("Choose…")
+        self.py_folder_btn.clicked.connect(self._choose_py_folder)
+        self.py_writable = QCheckBox("writable")
+        self.py_writable.setToolTip(
+            "Unticked, the code can only read the folder. Ticked, it can create, change "
+            "and delete files there (a side effect: approved like write_file)."
+        )
+        py_row = QHBoxLayout()
+        py_row.addWidget(self.py_folder, 1)
+        py_row.addWidget(self.py_folder_btn)
+        py_row.addWidget(self.py_writable)
         self.max_steps = _spin(1, 200, Limits.max_steps, "model turns per run")
         self.max_tokens = _spin(1, 32768, Limits.max_tokens, "tokens per model reply")
         self.timeout = QDoubleSpinBox()
@@ -304,6 +320,7 @@ class AgentsPane(QWidget):
         form.addRow("System prompt", prompt_box)
         form.addRow("Tools", self.tool_list)
         form.addRow("Granted folder", folder_row)
+        form.addRow("Python folder", py_row)
         form.addRow("Document search", self.embedding_combo)
         form.addRow("Max steps", self.max_steps)
         form.addRow("Max tokens", self.max_tokens)
@@ -489,6 +506,8 @@ class AgentsPane(QWidget):
         for i in range(self.tool_list.count()):
             self.tool_list.item(i).setCheckState(Qt.CheckState.Unchecked)
         self.folder.clear()
+        self.py_folder.clear()
+        self.py_writable.setChecked(False)
         lim = Limits()
         self.max_steps.setValue(lim.max_steps)
         self.max_tokens.setValue(lim.max_tokens)
@@ -509,8 +528,11 @@ class AgentsPane(QWidget):
         self.system_prompt.setPlainText(spec.system_prompt)
         self._select_model(spec.model_id)
         granted = {t.name: t for t in spec.tools}
-        folders = [t.folder for t in spec.tools if t.folder]
+        folders = [t.folder for t in spec.tools if t.folder and t.name in FILE_TOOLS]
         self.folder.setText(folders[0] if folders else "")
+        py = granted.get("run_python")
+        self.py_folder.setText((py.folder or "") if py else "")
+        self.py_writable.setChecked(bool(py and py.writable))
         search = granted.get("search_documents")
         self._select_embedding(search.embedding_model if search else None)
         for i in range(self.tool_list.count()):
@@ -545,6 +567,9 @@ class AgentsPane(QWidget):
                     raise ConfigError(
                         f"The tool {name} needs a granted folder.", "Choose the folder it may use."
                     )
+                if name == "run_python":
+                    tools.append(self._python_grant())
+                    continue
                 emb = self.embedding_combo.currentData() if name == "search_documents" else None
                 tools.append(ToolGrant(name, folder if name in FILE_TOOLS else None, emb))
         model_id = self.model_combo.currentData()
@@ -573,6 +598,16 @@ class AgentsPane(QWidget):
             tool_mode=str(self.tool_mode.currentData()),
             template=self.template.currentData(),
         )
+
+    def _python_grant(self) -> ToolGrant:
+        folder = self.py_folder.text().strip() or None
+        writable = self.py_writable.isChecked()
+        if writable and folder is None:
+            raise ConfigError(
+                "run_python is writable but has no folder.",
+                "Choose the Python folder it may write in, or untick 'writable'.",
+            )
+        return ToolGrant("run_python", folder, writable=writable)
 
     def save_agent(self) -> AgentSpec | None:
         """Save the form as the agent's next version."""
@@ -635,6 +670,13 @@ class AgentsPane(QWidget):
         )
         if path:
             self.folder.setText(path)
+
+    def _choose_py_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(
+            self, "Folder run_python sees at /data", self.py_folder.text()
+        )
+        if path:
+            self.py_folder.setText(path)
 
     # -- runs list ----------------------------------------------------------------------
     def refresh_runs(self) -> None:
