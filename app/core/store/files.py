@@ -152,8 +152,13 @@ def temp_owner(name: str) -> Literal["alive", "dead", "unknown"]:
         return "unknown"
     pid, start = int(m.group(1)), int(m.group(2))
     now = _start_ms(pid)
+    if now is None:
+        import psutil
+
+        # A process we may not inspect (another user's) counts as alive: never guess.
+        return "alive" if psutil.pid_exists(pid) else "dead"
     # The start time tells a reused PID apart (1 s of slack for clock rounding).
-    return "alive" if now is not None and abs(now - start) <= 1000 else "dead"
+    return "alive" if abs(now - start) <= 1000 else "dead"
 
 
 @dataclass(frozen=True)
