@@ -24,6 +24,7 @@ import pytest
 from app.core.agents import AgentSpec, AgentStore, ToolGrant
 from app.core.agents.approvals import ApprovalStore, grants
 from app.core.workspace import Workspace
+from tests.support.cli import demoai
 from tests.support.scripted_server import ScriptedServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,13 +47,6 @@ MCP_SERVER = textwrap.dedent(
     """
 )
 SCRIPT = [{"tool": "fetch.shout", "arguments": {"text": "hi"}}, {"final": "done"}]
-
-
-def demoai(ws: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli.main", "--workspace", str(ws), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 def demoai_on_terminal(ws: Path, *args: str, answer: str, timeout: float = 120) -> tuple[int, str]:

@@ -28,20 +28,15 @@ import pytest
 from app.core.jobs.events import EventReader
 from app.core.jobs.store import Job, JobService, JobState
 from app.workers.supervisor import Supervisor
+from tests.support.training import WORDS, one_train_thread  # noqa: F401  (autouse)
 
 REPO = Path(__file__).resolve().parents[2]
 HEADROOM_MB = 220
 BATCH = 8
-WORDS = ("apple", "bridge", "candle", "desert", "engine", "feather", "guitar", "harvest")
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="RLIMIT_DATA caps heap and mmap on Linux only"
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEMOAI_TRAIN_THREADS", "1")
 
 
 def write_long_data(path: Path) -> Path:
