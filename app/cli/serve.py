@@ -28,7 +28,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--api-key-file", help="read the bearer token from the first line of this file")
     p.add_argument(
-        "--allow-remote", action="store_true", help="allow a non-loopback --host (needs --api-key)"
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host (needs a key you chose: $DEMOAI_HOST_API_KEY, --api-key-file or --api-key)",
     )
     p.add_argument(
         "--template",

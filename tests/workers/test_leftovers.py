@@ -13,18 +13,9 @@ from pathlib import Path
 
 import psutil
 
+from tests.support.cli import demoai
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def demoai(ws: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app", "--workspace", str(ws), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ),
-        cwd=ROOT,
-    )
 
 
 def _big_jsonl(path: Path, rows: int = 400_000) -> Path:
