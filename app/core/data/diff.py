@@ -9,7 +9,7 @@ and a matched row whose other shared columns differ counts as changed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +17,9 @@ import pyarrow as pa
 from app.core.data.ops import Rows, row_digests
 from app.core.data.store import DatasetStore
 from app.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from app.core.workspace.workspace import Workspace
 
 SAMPLE = 20
 
@@ -117,7 +120,7 @@ def diff_tables(old: pa.Table | Rows, new: pa.Table | Rows, key: str | None = No
 
 
 def diff_versions(
-    workspace: Any, dataset: str, v1: str, v2: str, key: str | None = None
+    workspace: Workspace, dataset: str, v1: str, v2: str, key: str | None = None
 ) -> VersionDiff:
     """Diff two versions of ``dataset`` (hashes or unique prefixes)."""
     store = DatasetStore(workspace)

@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -18,6 +18,9 @@ import pyarrow.csv as pacsv
 from app.core.data.store import CHUNK_ROWS, DatasetStore
 from app.core.errors import ConfigError
 from app.core.store.files import atomic_open, owned_temp_name
+
+if TYPE_CHECKING:
+    from app.core.workspace.workspace import Workspace
 
 EXPORT_FORMATS: tuple[str, ...] = ("jsonl", "csv", "parquet", "hf")
 
@@ -40,7 +43,7 @@ def _nested_to_json(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 
 def export_version(
-    workspace: Any,
+    workspace: Workspace,
     ref: str,
     fmt: str,
     out: str | os.PathLike[str],

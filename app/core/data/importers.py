@@ -34,7 +34,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +45,10 @@ import pyarrow.parquet as pq
 from app.core.data.store import CHUNK_ROWS, DatasetStore, VersionRecord
 from app.core.errors import ConfigError, DemoAIError, NotFoundError
 from app.core.store.files import make_owned_temp_dir
+
+if TYPE_CHECKING:
+    from app.core.jobs.context import JobContext
+    from app.core.workspace.workspace import Workspace
 
 FORMATS: tuple[str, ...] = ("csv", "tsv", "json", "jsonl", "parquet", "hf", "text", "paragraphs")
 OnBad = Literal["error", "skip"]
@@ -1180,7 +1184,7 @@ def _noop_progress(fraction: float | None, message: str = "") -> None:
 
 
 def import_dataset(
-    workspace: Any,
+    workspace: Workspace,
     path: str | os.PathLike[str],
     *,
     name: str | None = None,
@@ -1320,7 +1324,7 @@ def _batches(
 
 
 def import_job(
-    ctx: Any,
+    ctx: JobContext,
     path: str,
     name: str | None = None,
     format: str | None = None,

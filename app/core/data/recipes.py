@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -21,6 +21,10 @@ from app.core.data.ops import OpContext, Rows, get_op
 from app.core.data.store import DatasetStore, VersionRecord
 from app.core.errors import ConfigError
 from app.core.store.files import atomic_write_json
+
+if TYPE_CHECKING:
+    from app.core.jobs.context import JobContext
+    from app.core.workspace.workspace import Workspace
 
 ProgressFn = Callable[[float | None, str], None]
 RECIPE_FORMAT = 1
@@ -88,7 +92,7 @@ def _noop(fraction: float | None, message: str = "") -> None:
 
 
 def apply_op(
-    workspace: Any,
+    workspace: Workspace,
     ref: str,
     op: str,
     params: dict[str, Any] | None = None,
@@ -142,7 +146,7 @@ def apply_op(
 
 
 def apply_recipe(
-    workspace: Any,
+    workspace: Workspace,
     ref: str,
     recipe: Recipe,
     *,
@@ -173,7 +177,7 @@ def apply_recipe(
     return out
 
 
-def recipe_of(workspace: Any, ref: str) -> Recipe:
+def recipe_of(workspace: Workspace, ref: str) -> Recipe:
     """The steps that made version ``ref`` from its import (following parents)."""
     store = DatasetStore(workspace)
     v: VersionRecord | None = store.resolve(ref)
@@ -188,7 +192,7 @@ def recipe_of(workspace: Any, ref: str) -> Recipe:
 
 
 def apply_job(
-    ctx: Any,
+    ctx: JobContext,
     dataset: str,
     steps: list[dict[str, Any]],
 ) -> dict[str, Any]:
@@ -211,6 +215,6 @@ def apply_job(
     return result
 
 
-def table_of(workspace: Any, ref: str) -> pa.Table:
+def table_of(workspace: Workspace, ref: str) -> pa.Table:
     """Convenience: the whole table of a version."""
     return DatasetStore(workspace).read_table(ref)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from app.core.data.importers import import_dataset
 from app.core.data.store import DatasetStore, VersionRecord
+
+if TYPE_CHECKING:
+    from app.core.workspace.workspace import Workspace
 
 SAMPLES_DIR = Path(__file__).resolve().parents[3] / "resources" / "samples"
 SAMPLE_FILE = "instructions.jsonl"
@@ -14,7 +17,7 @@ SAMPLE_NAME = "sample-instructions"
 SAMPLE_SOURCE = "sample:instructions.jsonl"
 
 
-def ensure_sample_dataset(workspace: Any) -> VersionRecord | None:
+def ensure_sample_dataset(workspace: Workspace) -> VersionRecord | None:
     """Import the sample dataset once (idempotent); None when the sample file is missing."""
     store = DatasetStore(workspace)
     row = workspace.db.query_one("SELECT id FROM datasets WHERE source = ?", (SAMPLE_SOURCE,))

@@ -28,13 +28,16 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
 from app.core.data.minhash import near_duplicates
 from app.core.data.store import DatasetStore, VersionRecord
 from app.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from app.core.workspace.workspace import Workspace
 
 #: Provenance columns of generated rows (null on original rows).
 PROVENANCE: dict[str, pa.DataType] = {
@@ -309,7 +312,7 @@ def _str(v: Any) -> str:
 
 # -- self-instruct ---------------------------------------------------------------------------
 def self_instruct(
-    workspace: Any,
+    workspace: Workspace,
     dataset: str,
     complete: Completer,
     model: ModelInfo,
@@ -469,7 +472,7 @@ def self_instruct(
 
 # -- augmentation ----------------------------------------------------------------------------
 def augment(
-    workspace: Any,
+    workspace: Workspace,
     dataset: str,
     complete: Completer,
     model: ModelInfo,

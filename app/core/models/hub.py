@@ -14,10 +14,14 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.core.errors import ConfigError, DemoAIError
 from app.core.store.files import sha256_file
+
+if TYPE_CHECKING:
+    from app.core.jobs.context import JobContext
+    from app.core.workspace.workspace import Workspace
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}/[\w.\-]{1,96}$")
 _REV_RE = re.compile(r"^[\w.\-/]{1,128}$")
@@ -41,7 +45,7 @@ class RepoFile:
         return asdict(self)
 
 
-def require_online(ws: Any) -> None:
+def require_online(ws: Workspace) -> None:
     """Raise OfflineError unless the user turned network on for this workspace."""
     if getattr(ws.settings, "offline", True):
         raise OfflineError(
@@ -53,7 +57,7 @@ def require_online(ws: Any) -> None:
         )
 
 
-def _hub_online(ws: Any) -> None:
+def _hub_online(ws: Workspace) -> None:
     """Refuse when offline; otherwise let ``huggingface_hub`` make calls in this process.
 
     ``huggingface_hub`` reads ``HF_HUB_OFFLINE`` once, at import. When it was imported while
@@ -91,7 +95,7 @@ def validate_pull_params(
     return sorted(set(cleaned))
 
 
-def search(ws: Any, query: str, limit: int = 20) -> list[dict[str, Any]]:
+def search(ws: Workspace, query: str, limit: int = 20) -> list[dict[str, Any]]:
     """Models on the Hub matching ``query`` (id, downloads, likes, tags)."""
     _hub_online(ws)
     from huggingface_hub import HfApi
@@ -113,7 +117,7 @@ def search(ws: Any, query: str, limit: int = 20) -> list[dict[str, Any]]:
 
 
 def list_repo_files(
-    ws: Any, repo_id: str, revision: str | None = None
+    ws: Workspace, repo_id: str, revision: str | None = None
 ) -> tuple[str, list[RepoFile]]:
     """The commit sha a revision resolves to, and the repo's files with sizes and LFS sha256."""
     _hub_online(ws)
@@ -183,7 +187,7 @@ def _pick_files(files: list[RepoFile], wanted: list[str] | None) -> list[RepoFil
 
 
 def pull_model(
-    ctx: Any,
+    ctx: JobContext,
     repo_id: str,
     files: list[str] | None = None,
     revision: str | None = None,
@@ -242,7 +246,14 @@ def _matches(local: Path, f: RepoFile) -> bool:
 
 
 def _download_file(
-    ctx: Any, repo_id: str, commit: str, f: RepoFile, part: Path, dest: Path, done: int, total: int
+    ctx: JobContext,
+    repo_id: str,
+    commit: str,
+    f: RepoFile,
+    part: Path,
+    dest: Path,
+    done: int,
+    total: int,
 ) -> None:
     """Download one file into ``part`` (resuming what is there), verify it, move it to ``dest``.
 
@@ -310,7 +321,7 @@ _RETRIES = 5  # dropped connections in a row (no new bytes) before the job fails
 
 
 def _stream_to_part(
-    ctx: Any,
+    ctx: JobContext,
     url: str,
     headers: dict[str, str],
     part: Path,
@@ -382,7 +393,7 @@ def _stream_to_part(
 class _ByteProgress:
     """Turns bytes written into ``ctx.progress`` (at most twice a second) and checks for cancel."""
 
-    def __init__(self, ctx: Any, done_before: int, total: int) -> None:
+    def __init__(self, ctx: JobContext, done_before: int, total: int) -> None:
         self._ctx = ctx
         self._done_before = done_before
         self._total = total
