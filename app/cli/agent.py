@@ -209,37 +209,33 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ask_terminal(what: str, question: str) -> str:
+    """Show ``what`` on the terminal and ask ``question`` until the answer is once/always/deny."""
+    sys.stderr.write(what)
+    while True:
+        sys.stderr.write(f"{question} [o]nce / [a]lways for this agent version / [d]eny: ")
+        sys.stderr.flush()
+        answer = sys.stdin.readline().strip().lower()
+        if answer in ("o", "once"):
+            return "once"
+        if answer in ("a", "always"):
+            return "always"
+        if answer in ("d", "deny", "n", "no", ""):
+            return "deny"
+
+
 def _ask(call: Any) -> str:
     """Ask on the terminal whether a side-effecting call may run."""
     args = json.dumps(call.arguments, ensure_ascii=False)
     if len(args) > 500:
         args = args[:500] + "…"
-    sys.stderr.write(f"\nThe agent wants to run {call.tool} with {args}\n")
-    while True:
-        sys.stderr.write("Allow? [o]nce / [a]lways for this agent version / [d]eny: ")
-        sys.stderr.flush()
-        answer = sys.stdin.readline().strip().lower()
-        if answer in ("o", "once"):
-            return "once"
-        if answer in ("a", "always"):
-            return "always"
-        if answer in ("d", "deny", "n", "no", ""):
-            return "deny"
+    return _ask_terminal(f"\nThe agent wants to run {call.tool} with {args}\n", "Allow?")
 
 
 def _ask_grant(grant: Any) -> str:
     """Ask on the terminal whether an MCP server may start / a side-effecting tool be offered."""
-    sys.stderr.write(f"\nThis agent version needs your approval:\n  {grant.describe()}\n")
-    while True:
-        sys.stderr.write("Allow? [o]nce / [a]lways for this version / [d]eny: ")
-        sys.stderr.flush()
-        answer = sys.stdin.readline().strip().lower()
-        if answer in ("o", "once"):
-            return "once"
-        if answer in ("a", "always"):
-            return "always"
-        if answer in ("d", "deny", "n", "no", ""):
-            return "deny"
+    what = f"\nThis agent version needs your approval:\n  {grant.describe()}\n"
+    return _ask_terminal(what, "Allow?")
 
 
 def _inactive(agent: str) -> Any:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,25 +17,8 @@ from PySide6.QtCore import Qt
 
 from app.core.agents import OpenAIChatClient
 from app.core.export.checksums import write_sums
+from tests.support.mcp_marker import MCP_SERVER
 from tests.support.scripted_server import ScriptedServer
-
-MCP_SERVER = textwrap.dedent(
-    """
-    import pathlib, sys
-    pathlib.Path(sys.argv[1]).write_text("started")
-    from mcp.server.mcpserver import MCPServer
-    from mcp.types import ToolAnnotations
-
-    app = MCPServer("fetcher")
-
-    @app.tool(annotations=ToolAnnotations(readOnlyHint=True))
-    def shout(text: str) -> str:
-        "Upper-case a text."
-        return text.upper() + "!"
-
-    app.run()
-    """
-)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import os
 import select
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,27 +24,11 @@ from app.core.agents import AgentSpec, AgentStore, ToolGrant
 from app.core.agents.approvals import ApprovalStore, grants
 from app.core.workspace import Workspace
 from tests.support.cli import demoai
+from tests.support.mcp_marker import MCP_SERVER
 from tests.support.scripted_server import ScriptedServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
-MCP_SERVER = textwrap.dedent(
-    """
-    import pathlib, sys
-    pathlib.Path(sys.argv[1]).write_text("started")
-    from mcp.server.mcpserver import MCPServer
-    from mcp.types import ToolAnnotations
-
-    app = MCPServer("fetcher")
-
-    @app.tool(annotations=ToolAnnotations(readOnlyHint=True))
-    def shout(text: str) -> str:
-        "Upper-case a text."
-        return text.upper() + "!"
-
-    app.run()
-    """
-)
 SCRIPT = [{"tool": "fetch.shout", "arguments": {"text": "hi"}}, {"final": "done"}]
 
 
