@@ -283,3 +283,47 @@ def test_the_fast_cell_delegate_paints_what_qt_would(qtbot, main_window, workspa
     assert option(2).font.italic() and not option(2).font.styleStrategy() & no_shaping
     assert model.setData(model.index(0, 0), "edited")
     assert option(0).font.italic() and option(0).font.styleStrategy() & no_shaping
+
+
+def test_prepare_preview_of_a_training_format_replaces_an_earlier_error(
+    qtbot, main_window, workspace
+) -> None:
+    """Preview of "Map to a training format" shows the mapped rows (it once crashed on a list)
+    and a successful preview clears the red error of an earlier bad attempt."""
+    from app.ui.panes.datasets.qt_datasets_pane import PrepareDialog
+
+    table = pa.table(
+        {
+            "instruction": ["Say hi", "Add 2 and 3"],
+            "input": ["", ""],
+            "output": ["hi", "5"],
+        }
+    )
+    ds = DatasetStore(workspace).create_dataset("sft", table).dataset_id
+    pane = main_window.pane("datasets")
+    pane.refresh_datasets(select=ds)
+    pane.open_dataset(ds)
+    dlg = PrepareDialog(pane)
+    qtbot.addWidget(dlg)
+    dlg.op.setCurrentIndex(dlg.op.findData("map_template"))
+    good = dlg.params.toPlainText()
+    dlg.params.setPlainText("{not json")
+    dlg.preview()
+    assert "not valid JSON" in dlg.preview_view.toPlainText()
+    assert "#c0392b" in dlg.preview_view.toHtml().lower()
+    dlg.params.setPlainText(good)
+    dlg.preview()
+    text = dlg.preview_view.toPlainText()
+    assert "2 rows in, 2 rows out" in text
+    assert "messages" in text and "Add 2 and 3" in text
+    assert "not valid JSON" not in text and "#c0392b" not in dlg.preview_view.toHtml().lower()
+    # a row-wise filter: the count out is the real one, not the number shown
+    dlg.op.setCurrentIndex(dlg.op.findData("regex_filter"))
+    dlg.params.setPlainText(json.dumps({"column": "output", "pattern": "^5$"}))
+    dlg.preview()
+    assert "2 rows in, 1 rows out" in dlg.preview_view.toPlainText()
+    dlg.resize(820, 600)
+    dlg.show()
+    qtbot.waitExposed(dlg)
+    dlg.grab().save("/tmp/I-prepare-preview.png")
+    dlg.close()

@@ -134,6 +134,7 @@ class PrepareDialog(QDialog):
     def preview(self) -> None:
         from app.core.data import count_pii, preview
 
+        self.preview_view.clear()  # never leave an earlier error under a new result
         try:
             step = self.step()
             table = self.pane.store.parquet_file(self.pane.ref()).read_row_group(0)
@@ -146,29 +147,36 @@ class PrepareDialog(QDialog):
                 parts.append(
                     f"<p><b>PII found in the first {table.num_rows} rows:</b> {html.escape(str(counts))}</p>"
                 )
-            out = preview(table, step["name"], step["params"], 10)
-            parts.append(
-                f"<p>{table.num_rows} rows in, {out.num_rows} rows out (first 10 shown).</p>"
-            )
+            # every sampled row goes through the step, so filters show their real rows-out count
+            out = preview(table, step["name"], step["params"], table.num_rows)
+            parts.append(f"<p>{table.num_rows} rows in, {len(out)} rows out (first 10 shown).</p>")
+            names = list(dict.fromkeys(k for row in out[:10] for k in row))
             parts.append("<table border=1 cellspacing=0 cellpadding=3><tr>")
-            parts += [f"<th>{html.escape(n)}</th>" for n in out.column_names]
+            parts += [f"<th>{html.escape(n)}</th>" for n in names]
             parts.append("</tr>")
-            for row in out.slice(0, 10).to_pylist():
+            for row in out[:10]:
                 parts.append(
                     "<tr>"
-                    + "".join(f"<td>{html.escape(str(v))[:200]}</td>" for v in row.values())
+                    + "".join(f"<td>{html.escape(str(row.get(n))[:200])}</td>" for n in names)
                     + "</tr>"
                 )
             parts.append("</table>")
             self.preview_view.setHtml("".join(parts))
         except DemoAIError as exc:
-            self.preview_view.setHtml(f"<p style='color:#c0392b'>{html.escape(str(exc))}</p>")
+            self._show_error(str(exc))
+        except Exception as exc:  # a step that fails on this data: shown here, never a crash
+            self._show_error(
+                f"The preview failed: {type(exc).__name__}: {exc}. Check the parameters."
+            )
+
+    def _show_error(self, text: str) -> None:
+        self.preview_view.setHtml(f"<p style='color:#c0392b'>{html.escape(text)}</p>")
 
     def accept(self) -> None:
         try:
             self.chosen = self.step()
         except DemoAIError as exc:
-            self.preview_view.setHtml(f"<p style='color:#c0392b'>{html.escape(str(exc))}</p>")
+            self._show_error(str(exc))
             return
         super().accept()
 
