@@ -305,6 +305,7 @@ def _client(ws: Any, spec: Any, args: argparse.Namespace) -> Iterator[tuple[Any,
 def cmd_run(args: argparse.Namespace) -> int:
     from app.cli.common import open_workspace
     from app.core.agents import AgentStore, RunStore, agent_tools, run_agent
+    from app.core.agents.runs import STOPPED_STATES
 
     tty = sys.stdin.isatty() and sys.stderr.isatty()
     if not tty and not args.approve_all_read_only:
@@ -358,6 +359,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print_json({"run": result.run.to_dict(), "steps": [s.to_dict() for s in result.steps]})
     elif result.final is not None:
         print(result.final)
+    if result.status in STOPPED_STATES:
+        # Not an error: the agent used the turns its spec allows without a final answer.
+        print(
+            f"demoai: agent run {result.run.id} stopped: {result.error}. "
+            "To give it more turns, raise limits.max_steps in the agent's spec and run it again.",
+            file=sys.stderr,
+        )
+        return 1
     if result.status != "succeeded":
         print(f"demoai: agent run {result.run.id} {result.status}: {result.error}", file=sys.stderr)
         return 1

@@ -444,3 +444,32 @@ def test_python_folder_and_writable_round_trip_into_the_saved_spec(
         assert py == ToolGrant("run_python", str(data)) and "writable" not in py.to_dict()
     finally:
         p.shutdown()
+
+
+def test_run_stopped_at_its_step_limit_is_shown_as_stopped_not_error(
+    qtbot: Any, pane: Any, tmp_path: Path
+) -> None:
+    from app.ui.panes.agents.qt_agents_pane import ERROR_COLOR
+
+    granted = tmp_path / "g"
+    granted.mkdir()
+    (granted / "notes.txt").write_text("hello\n")
+    pane.new_agent()
+    pane.name.setText("short")
+    _check_tool(pane, "read_file")
+    pane.folder.setText(str(granted))
+    pane.max_steps.setValue(1)  # the script's first turn reads a file; no turn is left after
+    pane.input.setPlainText("Read the notes")
+    pane.run()
+    qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
+    run = RunStore(pane.services.workspace.db).get(pane.run_id)
+    assert run.status == "stopped" and run.error == "reached its step limit of 1"
+    last = _items(pane)[-1]
+    assert last.text(0) == "stopped" and "reached its step limit of 1" in last.text(1)
+    assert "error" not in _labels(pane)
+    assert last.foreground(0).color().name() != ERROR_COLOR
+    assert pane.final_label.text() == "Run stopped: reached its step limit of 1."
+    assert ERROR_COLOR not in pane.final_label.styleSheet()
+    assert f"Run {run.id}: stopped." == pane.status.text()
+    pane.resize(1400, 700)
+    pane.grab().save("/tmp/G-stopped.png")

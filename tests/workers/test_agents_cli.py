@@ -58,3 +58,19 @@ def test_agent_cli(tmp_path: Path) -> None:
     imp = demoai(other, "agent", "import", str(bundle), "--json")
     assert imp.returncode == 0, imp.stderr
     assert json.loads(imp.stdout)["imported"] == ["agent reader v1"]
+
+
+def test_agent_run_stopped_at_its_step_limit_is_not_an_error(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    spec = tmp_path / "agent.yaml"
+    spec.write_text("name: counter\ntools: [calculator]\nlimits: {max_steps: 2}\n")
+    assert demoai(ws, "agent", "create", str(spec)).returncode == 0
+    script = [{"tool": "calculator", "arguments": {"expression": f"{n}+1"}} for n in range(4)]
+    with ScriptedServer(script) as srv:
+        r = demoai(ws, "agent", "run", "counter", "--input", "count", "--approve-all-read-only",
+                   "--base-url", srv.base_url, "--api-key", srv.token)  # fmt: skip
+    assert r.returncode == 1
+    assert "stopped: reached its step limit of 2" in r.stderr, r.stderr
+    assert "error" not in r.stderr.lower() and "max_steps:" not in r.stderr
+    runs = json.loads(demoai(ws, "agent", "runs", "--json").stdout)
+    assert [x["status"] for x in runs] == ["stopped"]

@@ -66,14 +66,15 @@ def test_agent_loop_with_gemma(workspace: Any, gemma_host: HostProcess) -> None:
         )
     assert res.steps[0].data["tool_mode"] == "json"  # Gemma's template has no tool format
     kinds = [s.kind for s in res.steps]
-    assert kinds == ["system", "user", "model", "tool_result", "error"], kinds
+    assert kinds == ["system", "user", "model", "tool_result", "stop"], kinds
     model = res.steps[2]
     assert model.content.lstrip().startswith("{") and "problem" not in model.data
     call = model.data["reply"]
     assert call["tool"] == "calculator", call
     assert call["arguments"]["expression"].replace(" ", "") == "6*7", call
     assert res.steps[3].content == "42" and not res.steps[3].data["error"]
-    assert res.status == "max_steps"  # one model turn allowed
+    assert res.status == "stopped"  # one model turn allowed
+    assert res.error == "reached its step limit of 1"
 
 
 def test_schema_the_server_cannot_use_falls_back_to_json_object(gemma_host: HostProcess) -> None:

@@ -202,8 +202,13 @@ def test_max_steps(workspace: Any, granted: Path, servers: list[ScriptedServer])
     spec = AgentSpec.from_dict(
         {**spec_for(granted, "calculator").to_dict(), "limits": {"max_steps": 2}}
     )
-    res = go(workspace, servers, spec, [call("calculator", expression="1+1")] * 5)
-    assert res.status == "max_steps"
+    res = go(workspace, servers, spec, [call("calculator", expression=f"{n}+1") for n in range(5)])
+    # Reaching the step limit is a stop, not an error: its own status, step kind and reason.
+    assert res.status == "stopped" and res.error == "reached its step limit of 2"
+    assert [s.kind for s in res.steps][-2:] == ["tool_result", "stop"]
+    assert "error" not in [s.kind for s in res.steps]
+    assert res.steps[-1].content.startswith("Stopped: reached its step limit of 2")
+    assert RunStore(workspace.db).get(res.run.id).status == "stopped"
 
 
 def test_model_server_errors_are_recorded(workspace: Any, granted: Path) -> None:

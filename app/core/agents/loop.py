@@ -537,6 +537,11 @@ def _default_executor(call: ToolCall, tool: Tool) -> str:
 # --------------------------------------------------------------------------- loop
 
 
+def step_limit_reason(max_steps: int) -> str:
+    """Why a run that used all its model turns stopped (the run's recorded reason)."""
+    return f"reached its step limit of {max_steps}"
+
+
 @dataclass
 class RunResult:
     run: Run
@@ -663,9 +668,10 @@ class _Loop:
                     path = [*path, leaf]
                 continue
             if self.model_turns(path) >= self.spec.limits.max_steps:
-                msg = f"Stopped after {self.spec.limits.max_steps} model turns (limits.max_steps)."
-                self.add(leaf, "error", msg)
-                return self.finish("max_steps", error=msg)
+                reason = step_limit_reason(self.spec.limits.max_steps)
+                self.add(leaf, "stop", f"Stopped: {reason} (model turns, limits.max_steps).",
+                         data={"limit": "max_steps", "value": self.spec.limits.max_steps})  # fmt: skip
+                return self.finish("stopped", error=reason)
             if time.monotonic() > self.deadline:
                 msg = f"Stopped: the run took longer than {self.spec.limits.timeout_s:g} s."
                 self.add(leaf, "error", msg)

@@ -5,7 +5,9 @@ descriptions the model saw) and a ``user`` step. Then, per turn: a ``model``
 step (the raw reply, its parsed decision, the seed), optionally a
 ``correction`` (our request to fix an unparseable reply), an ``approval`` (for
 side-effecting tools: once / always / deny, and who decided), a
-``tool_result`` (marked untrusted when shown to the model), or an ``error``.
+``tool_result`` (marked untrusted when shown to the model), an ``error``, or a
+``stop`` (the run reached one of its limits: not an error, the run is ``stopped``
+and its ``error`` field holds the reason).
 Forking adds a sibling branch; ``leaf_id`` is the branch shown.
 """
 
@@ -23,8 +25,12 @@ from app.core.agents.spec import AgentSpec
 from app.core.errors import ConfigError, NotFoundError
 from app.core.store.db import Database
 
-STEP_KINDS = ("system", "user", "model", "correction", "approval", "tool_result", "error")
-RUN_STATES = ("running", "succeeded", "failed", "max_steps", "timeout", "diverged")
+STEP_KINDS = (
+    "system", "user", "model", "correction", "approval", "tool_result", "error", "stop",
+)  # fmt: skip
+# "max_steps" is how runs recorded before 2026-12 say "stopped at the step limit".
+RUN_STATES = ("running", "succeeded", "failed", "stopped", "max_steps", "timeout", "diverged")
+STOPPED_STATES = ("stopped", "max_steps")
 
 
 @dataclass(frozen=True)

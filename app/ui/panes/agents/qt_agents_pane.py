@@ -73,6 +73,7 @@ from app.core.agents.approvals import ApprovalStore, Grant
 from app.core.agents.builtin_tools import BUILTIN_TOOLS, ToolContext, builtin_tool, unavailable
 from app.core.agents.docindex import OpenAIEmbedder
 from app.core.agents.loop import embedding_models
+from app.core.agents.runs import STOPPED_STATES
 from app.core.errors import ConfigError, DemoAIError
 from app.core.infer.templates import TEMPLATE_CHOICES
 from app.core.models.registry import ModelRegistry
@@ -86,6 +87,8 @@ from app.ui.services import Services
 FILE_TOOLS = {"read_file", "list_files", "search_files", "search_documents", "write_file"}
 STEP_ROLE = Qt.ItemDataRole.UserRole
 EDITABLE_KINDS = ("user", "model", "tool_result")
+ERROR_COLOR = "#b00020"
+STOP_COLOR = "#44546a"  # a run that reached a limit: neutral, not the error red
 
 
 def format_call(tool: str, arguments: dict[str, Any] | None, width: int = 80) -> str:
@@ -122,6 +125,8 @@ def describe_step(step: Step) -> tuple[str, str]:
     if step.kind == "tool_result":
         flag = " · error" if step.data.get("error") else ""
         return f"tool result · UNTRUSTED{flag}", f"[{step.tool}] {first}"
+    if step.kind == "stop":
+        return "stopped", first
     return step.kind, first
 
 
@@ -725,7 +730,9 @@ class AgentsPane(QWidget):
                     for col in (0, 1):
                         item.setForeground(col, QBrush(QColor("#a15c00")))
                 elif cur.kind == "error":
-                    item.setForeground(0, QBrush(QColor("#b00020")))
+                    item.setForeground(0, QBrush(QColor(ERROR_COLOR)))
+                elif cur.kind == "stop":  # a limit reached, not a failure
+                    item.setForeground(0, QBrush(QColor(STOP_COLOR)))
                 if parent is None:
                     self.tree.addTopLevelItem(item)
                 else:
@@ -755,12 +762,17 @@ class AgentsPane(QWidget):
         self._show_outcome(run.status, run.final, run.error)
 
     def _show_outcome(self, status: str, final: str | None, error: str | None) -> None:
+        self.final_label.setStyleSheet("")
         if status == "running":
             self.final_label.setText("Running…")
         elif final is not None:
             self.final_label.setText(f"Final answer: {final}")
+        elif status in STOPPED_STATES:
+            self.final_label.setText(f"Run stopped: {error or 'it reached a limit'}.")
+            self.final_label.setStyleSheet(f"color: {STOP_COLOR}")
         else:
             self.final_label.setText(f"Run {status}: {error or ''}")
+            self.final_label.setStyleSheet(f"color: {ERROR_COLOR}")
 
     def selected_step(self) -> Step | None:
         item = self.tree.currentItem()
