@@ -14,6 +14,7 @@ A config that cannot run fails here, before any job exists (exit code 2).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 from app.cli.common import add_job_options, open_workspace, run_job
 from app.core.errors import ConfigError
-from app.core.train.config import TrainConfig, validate_against_model
+from app.core.train.config import TrainConfig, fit_to_model, validate_against_model
 
 KIND = "train.lora"
 
@@ -202,8 +203,21 @@ def _from_library(args: argparse.Namespace) -> TrainConfig | None:
         ws.close()
 
 
+def _explicit_fields(args: argparse.Namespace) -> set[str]:
+    """The config fields the user set: options, --set, a config file's keys, a whole manifest."""
+    if args.from_manifest:
+        return {f.name for f in dataclasses.fields(TrainConfig)}
+    explicit = set(_overrides(args))
+    if args.config:
+        explicit |= set(TrainConfig.json_fields(args.config))
+    return explicit
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _from_library(args) or build_config(args)
+    cfg, notes = fit_to_model(cfg, explicit=_explicit_fields(args))
+    for note in notes:
+        print(f"Note: {note}.", file=sys.stderr)
     problems = validate_against_model(cfg)
     if problems:
         raise ConfigError("Cannot start training: " + "; ".join(problems) + ".")

@@ -187,7 +187,7 @@ def test_cli_bad_configs_fail_before_a_job_exists(
     ws = str(workspace.root)
     base = ["--workspace", ws, "train", "--base", str(tiny_llama_dir), "--data", str(data)]
     cases = {
-        "beyond the model's context": [],  # default max_seq_len 1024 > 512
+        "beyond the model's context": ["--max-seq-len", "1024"],  # explicit, > 512 (a default fits)
         "unknown target module(s) attn": ["--max-seq-len", "128", "--set", 'target_modules=["attn"]'],
         "lacks column(s) prompt, completion": [
             "--max-seq-len", "128", "--format", "prompt_completion",

@@ -273,6 +273,11 @@ class TrainConfig:
     @classmethod
     def from_json(cls, source: str | os.PathLike[str]) -> TrainConfig:
         """Read a config file (or JSON text): a plain config, a job's config.json or a manifest."""
+        return cls.from_dict(cls.json_fields(source))
+
+    @staticmethod
+    def json_fields(source: str | os.PathLike[str]) -> dict[str, Any]:
+        """The fields a config file (or JSON text) spells out, not yet checked."""
         text = str(source)
         if not text.lstrip().startswith("{"):
             path = Path(source)
@@ -291,7 +296,7 @@ class TrainConfig:
         elif isinstance(data.get("config"), dict) and not isinstance(data.get("base_model"), str):
             # a manifest (its "base_model" is a dict of path, id and weight hashes)
             data = data["config"]
-        return cls.from_dict(data)
+        return dict(data)
 
     @classmethod
     def preset(cls, preset_name: str, /, **overrides: Any) -> TrainConfig:
@@ -450,6 +455,37 @@ def resolve_target_modules(config: TrainConfig, model_dir: Path) -> list[str]:
     if config.target_modules is not None:
         return list(config.target_modules)
     return sorted(linear_modules(safetensors_shapes(model_dir)))
+
+
+def model_context_length(model_dir: Path) -> int | None:
+    """The longest sequence the model was built for (config.json), None when unknown."""
+    try:
+        mc = read_model_config(model_dir)
+    except (OSError, ValueError):
+        return None
+    ctx = mc.get("max_position_embeddings") or mc.get("n_positions") or mc.get("seq_length")
+    return ctx if isinstance(ctx, int) and not isinstance(ctx, bool) and ctx > 0 else None
+
+
+def fit_to_model(
+    config: TrainConfig, *, explicit: set[str] | frozenset[str] = frozenset()
+) -> tuple[TrainConfig, list[str]]:
+    """The config with defaults the base model cannot take lowered to fit, and a note on each.
+
+    Only fields the user did not set (not in ``explicit``) change: a default
+    ``max_seq_len`` beyond the model's context becomes the context. An explicit
+    value stays, and :func:`validate_against_model` refuses it with the limit.
+    """
+    notes: list[str] = []
+    if "max_seq_len" not in explicit:
+        ctx = model_context_length(Path(config.base_model).expanduser())
+        if ctx is not None and 8 <= ctx < config.max_seq_len:
+            notes.append(
+                f"max_seq_len set to {ctx}, the model's context (the default "
+                f"{config.max_seq_len} is beyond it)"
+            )
+            config = config.with_changes(max_seq_len=ctx)
+    return config, notes
 
 
 def validate_against_model(config: TrainConfig) -> list[str]:
