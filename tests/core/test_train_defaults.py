@@ -80,3 +80,27 @@ def test_cli_fits_the_default_and_refuses_an_explicit_value(
         _cli("--workspace", str(workspace.root), "train", "--config", str(cfg), "--estimate") == 0
     )
     assert f"max_seq_len set to {ctx}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("seconds", "reads"),
+    [(0.4, "about 0.4 s"), (12.0, "about 12 s"), (45.6, "about 45 s"), (150, "about 2 min 30 s")],
+)
+def test_estimate_summary_reads_seconds_under_a_minute(seconds: float, reads: str) -> None:
+    from app.core.train.estimate import Estimate
+
+    text = Estimate(474_600_000, seconds=seconds).summary()
+    assert text == f"Needs about 474.6 MB of memory, {reads}."
+    assert "0 min" not in text
+
+
+def test_estimate_summary_without_a_time_and_for_a_short_run(
+    tiny_llama_dir: Path, data: Path
+) -> None:
+    from app.core.train.estimate import Estimate, estimate_run
+
+    assert Estimate(2_000_000).summary() == "Needs about 2.0 MB of memory."
+    cfg = TrainConfig(base_model=str(tiny_llama_dir), data_path=str(data), max_seq_len=128)
+    est = estimate_run(cfg.with_changes(device="cpu"))
+    assert est.seconds is not None and est.seconds < 60  # eight short records on a tiny model
+    assert est.summary().endswith(" s.") and "min" not in est.summary()

@@ -42,6 +42,13 @@ class Estimate:
     tokens_per_s: float | None = None
     explanation: str = ""
 
+    def summary(self) -> str:
+        """One sentence for the user: the memory and, when known, the time (never "0 min")."""
+        text = f"Needs about {human_size(self.total_bytes)} of memory"
+        if self.seconds is not None:
+            text += f", about {human_duration(self.seconds)}"
+        return text + "."
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "total_bytes": self.total_bytes,
