@@ -326,7 +326,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         def show(step: Any) -> None:
             if args.json or step.kind in ("system", "user"):
                 return
-            label = f"{step.kind}" + (f" {step.tool}" if step.tool else "")
+            kind = "repeated call, not run" if step.data.get("repeated") else step.kind
+            label = kind + (f" {step.tool}" if step.tool else "")
             text = step.content if len(step.content) <= 400 else step.content[:400] + "…"
             print(f"[{label}] {text}", file=sys.stderr)
 

@@ -473,3 +473,37 @@ def test_run_stopped_at_its_step_limit_is_shown_as_stopped_not_error(
     assert f"Run {run.id}: stopped." == pane.status.text()
     pane.resize(1400, 700)
     pane.grab().save("/tmp/G-stopped.png")
+
+
+def test_run_view_shows_a_repeated_call_that_was_not_run(
+    qtbot: Any, main_window: Any, tmp_path: Path
+) -> None:
+    from app.ui.panes.agents.qt_agents_pane import AgentsPane
+
+    granted = tmp_path / "g"
+    granted.mkdir()
+    (granted / "notes.txt").write_text("hello\n")
+    script = [{"tool": "read_file", "arguments": {"path": "notes.txt"}}] * 3 + [{"final": "hello"}]
+    with ScriptedServer(script) as srv:
+        p = AgentsPane(main_window.services)
+        qtbot.addWidget(p)
+        p.client_factory = lambda spec: OpenAIChatClient(srv.base_url, srv.token)
+        p.show()
+        try:
+            p.new_agent()
+            p.name.setText("looper")
+            _check_tool(p, "read_file")
+            p.folder.setText(str(granted))
+            p.input.setPlainText("Read the notes")
+            p.run()
+            qtbot.waitUntil(lambda: not p.busy, timeout=30_000)
+            labels = _labels(p)
+            assert labels.count("tool result · UNTRUSTED") == 2
+            assert labels.count("repeated call #3 · not run") == 1
+            item = next(it for it in _items(p) if it.text(0).startswith("repeated call"))
+            assert item.text(1).startswith("[read_file] Not run again: this is call number 3")
+            assert p.final_label.text() == "Final answer: hello"
+            p.resize(1400, 700)
+            p.grab().save("/tmp/G-repeated.png")
+        finally:
+            p.shutdown()

@@ -392,3 +392,43 @@ def test_host_maps_response_format_to_a_grammar() -> None:
     for bad in ({"type": "xml"}, {"type": "json_schema"}, "json"):
         with pytest.raises(HostError):
             response_format_grammar(bad)
+
+
+def test_repeated_identical_calls_are_not_run_again_and_replay_the_same(
+    workspace: Any, granted: Path, servers: list[ScriptedServer]
+) -> None:
+    from app.core.agents.loop import REPEAT_LIMIT
+
+    script = [call("read_file", path="notes.txt")] * 5 + [
+        call("read_file", path="./notes.txt"),  # other arguments: a new call
+        {"final": "It is 42."},
+    ]
+    srv, client = start(script)
+    servers.append(srv)
+    spec = AgentStore(workspace.db).save(spec_for(granted, "read_file"))
+    ran: list[dict[str, Any]] = []
+
+    def executor(c: ToolCall, tool: Any) -> str:
+        ran.append(dict(c.arguments))
+        return str(tool.fn(dict(c.arguments)))
+
+    runs = RunStore(workspace.db)
+    with agent_tools(spec) as tools:
+        res = run_agent(spec, "What is the answer?", client=client, runs=runs, tools=tools,
+                        executor=executor)  # fmt: skip
+    assert res.status == "succeeded" and res.final == "It is 42."
+    # The tool ran twice for the same arguments, then once for the new ones.
+    assert ran == [{"path": "notes.txt"}] * REPEAT_LIMIT + [{"path": "./notes.txt"}]
+    results = [s for s in res.steps if s.kind == "tool_result"]
+    assert [s.data.get("repeated") for s in results] == [None, None, 3, 4, 5, None]
+    assert results[2].content.startswith("Not run again: this is call number 3 of read_file")
+    assert "elapsed_s" not in results[2].data
+    # The model reads the note as ours (not wrapped as an untrusted tool result).
+    seen = srv.requests()[3]["messages"][-1]
+    assert seen["role"] == "user" and seen["content"] == results[2].content
+    assert srv.requests()[2]["messages"][-1]["content"].startswith("UNTRUSTED TOOL RESULT")
+    # A replay takes the same path: the same calls are held back, recorded results match.
+    report = replay_run(res.run.id, client=OpenAIChatClient(srv.base_url, srv.token), runs=runs)
+    assert report.identical, report.divergence and report.divergence.describe()
+    replayed = [s for s in runs.path(report.replay.id) if s.kind == "tool_result"]
+    assert [s.data.get("repeated") for s in replayed] == [None, None, 3, 4, 5, None]

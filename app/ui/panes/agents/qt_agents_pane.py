@@ -123,6 +123,9 @@ def describe_step(step: Step) -> tuple[str, str]:
             f"{format_call(step.tool or '?', step.arguments)} ({who})",
         )
     if step.kind == "tool_result":
+        if step.data.get("repeated"):
+            n = step.data["repeated"]
+            return f"repeated call #{n} · not run", f"[{step.tool}] {first}"
         flag = " · error" if step.data.get("error") else ""
         return f"tool result · UNTRUSTED{flag}", f"[{step.tool}] {first}"
     if step.kind == "stop":
@@ -726,12 +729,12 @@ class AgentsPane(QWidget):
                 item = QTreeWidgetItem([label, text])
                 item.setData(0, STEP_ROLE, cur.id)
                 item.setToolTip(1, cur.content[:2000])
-                if cur.kind == "tool_result":
+                if cur.kind == "tool_result" and not cur.data.get("repeated"):
                     for col in (0, 1):
                         item.setForeground(col, QBrush(QColor("#a15c00")))
                 elif cur.kind == "error":
                     item.setForeground(0, QBrush(QColor(ERROR_COLOR)))
-                elif cur.kind == "stop":  # a limit reached, not a failure
+                elif cur.kind in ("stop", "tool_result"):  # a limit reached, a loop noticed
                     item.setForeground(0, QBrush(QColor(STOP_COLOR)))
                 if parent is None:
                     self.tree.addTopLevelItem(item)
