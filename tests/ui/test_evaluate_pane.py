@@ -203,3 +203,60 @@ def test_cancel_keeps_the_samples_done(qtbot, main_window, pane, gemma_gguf) -> 
     run = tab.store.get_run(job.id)
     assert run.state == "interrupted"
     assert 1 <= len(tab.store.samples(run.id)) < 20
+
+
+def test_setup_error_is_shown_in_view_next_to_run(qtbot, main_window, pane) -> None:
+    """A setup error is drawn where it is seen: fully inside the visible part of the window,
+    next to Run, even when the form scrolls (it once sat at y=703 in a 691 px viewport)."""
+    from PySide6.QtWidgets import QScrollArea
+
+    from app.ui.panes.evaluate.qt_eval_tab import checkable
+
+    ws = main_window.services.workspace
+    ds = DatasetStore(ws).create_dataset("q-only", pa.table({"question": ["Hi"]})).dataset_id
+    tab = pane.eval_tab
+    checkable(tab.models, "some model", "model-id", True)  # config() checks the id later
+    tab.select_dataset(ds)
+    tab.select_metrics(["exact_match", "f1"])
+    pane.resize(1100, 600)  # shorter than the form: the form scrolls
+    qtbot.wait(50)
+    scroll = tab.findChild(QScrollArea)
+    assert scroll.verticalScrollBar().maximum() > 0
+    assert tab.start_run() is None
+    qtbot.wait(50)
+    assert "need a reference column" in tab.error.text()
+    for w in (tab.error, tab.run_btn):
+        assert w.isVisible()
+        assert w.visibleRegion().boundingRect() == w.rect(), w.objectName()  # not clipped
+        top_left = w.mapTo(pane, w.rect().topLeft())
+        bottom = w.mapTo(pane, w.rect().bottomLeft()).y()
+        assert top_left.y() >= 0 and bottom < pane.height()
+    # right by Run: the error sits directly above the button
+    gap = tab.run_btn.mapTo(pane, tab.run_btn.rect().topLeft()).y() - (
+        tab.error.mapTo(pane, tab.error.rect().bottomLeft()).y()
+    )
+    assert 0 <= gap < 40
+    pane.grab().save("/tmp/I-eval-error.png")
+
+
+@pytest.mark.parametrize(
+    ("columns", "reference"),
+    [
+        (["prompt", "completion"], "completion"),
+        (["question", "Answer"], "Answer"),
+        (["input", "expected_output"], "expected_output"),
+        (["instruction", "output"], "output"),
+        (["text", "target"], "target"),
+        (["question"], "(none)"),
+    ],
+)
+def test_reference_column_is_proposed_from_the_dataset(
+    qtbot, main_window, pane, columns, reference
+) -> None:
+    ws = main_window.services.workspace
+    table = pa.table({c: ["x"] for c in columns})
+    ds = DatasetStore(ws).create_dataset("guess", table).dataset_id
+    tab = pane.eval_tab
+    tab.select_dataset(ds)
+    assert tab.input_col.currentText() == columns[0]
+    assert tab.ref_col.currentText() == reference

@@ -51,7 +51,26 @@ KIND = "eval.run"
 NONE = "(none)"
 DEFAULT_METRICS = ("exact_match", "f1")
 _INPUT_GUESS = ("input", "question", "prompt", "instruction", "text")
-_REF_GUESS = ("reference", "answer", "output", "target", "label", "response")
+_REF_GUESS = (
+    "reference", "answer", "output", "target", "label", "completion", "response",
+    "expected", "gold", "ground_truth", "solution", "truth", "chosen",
+)  # fmt: skip
+
+
+def guess_column(columns: list[str], names: tuple[str, ...], avoid: str = "") -> str | None:
+    """The column a user most likely means: an exact name first (case-insensitive, in the
+    order of ``names``), then a column whose name contains one (``expected_answer``)."""
+    low = {c.lower(): c for c in columns if c != avoid}
+    for name in names:
+        if name in low:
+            return low[name]
+    for name in names:
+        for key, col in low.items():
+            if name in key:
+                return col
+    return None
+
+
 _TERMINAL = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED)
 
 
@@ -276,18 +295,24 @@ class EvalTab(QWidget):
         setup = QWidget()
         sl = QVBoxLayout(setup)
         sl.addLayout(form)
-        sl.addWidget(self.error)
+        sl.addStretch(1)
+        self.setup_scroll = QScrollArea()
+        self.setup_scroll.setWidgetResizable(True)
+        self.setup_scroll.setWidget(setup)
+        # Run, its error and the progress stay under the scrolling form, always in view:
+        # an error drawn below the fold made Run look as if it did nothing.
+        setup_col = QWidget()
+        setup_col.setMinimumWidth(300)
+        scl = QVBoxLayout(setup_col)
+        scl.setContentsMargins(0, 0, 0, 0)
+        scl.addWidget(self.setup_scroll, 1)
+        scl.addWidget(self.error)
         brow = QHBoxLayout()
         brow.addWidget(self.run_btn)
         brow.addWidget(self.cancel_btn)
-        sl.addLayout(brow)
-        sl.addWidget(self.progress)
-        sl.addWidget(self.status)
-        sl.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(setup)
-        scroll.setMinimumWidth(300)
+        scl.addLayout(brow)
+        scl.addWidget(self.progress)
+        scl.addWidget(self.status)
 
         # -- runs and results
         self.runs = table(["Run", "State", "Dataset", "Models", "Metrics"], "evalRuns")
@@ -357,7 +382,7 @@ class EvalTab(QWidget):
         right.setSizes([200, 500])
 
         split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(scroll)
+        split.addWidget(setup_col)
         split.addWidget(right)
         split.setSizes([340, 800])
         QVBoxLayout(self).addWidget(split)
@@ -442,11 +467,9 @@ class EvalTab(QWidget):
         self.ref_col.clear()
         self.ref_col.addItem(NONE)
         self.ref_col.addItems(cols)
-        low = [c.lower() for c in cols]
-        inp = next((cols[low.index(g)] for g in _INPUT_GUESS if g in low), cols[0] if cols else "")
-        ref = next((cols[low.index(g)] for g in _REF_GUESS if g in low), NONE)
+        inp = guess_column(cols, _INPUT_GUESS) or (cols[0] if cols else "")
         self.input_col.setCurrentText(inp)
-        self.ref_col.setCurrentText(ref)
+        self.ref_col.setCurrentText(guess_column(cols, _REF_GUESS, avoid=inp) or NONE)
 
     def select_models(self, model_ids: list[str]) -> None:
         set_checked(self.models, model_ids)
