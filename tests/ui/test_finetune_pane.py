@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import pytest
 
@@ -98,3 +100,29 @@ def test_auto_reduce_batch_option_and_run_warnings(qtbot, pane) -> None:
     pane.refresh_runs(select=job.id)
     qtbot.waitUntil(lambda: "Warnings" in pane.run_info.text(), timeout=5000)
     assert "2 record(s) had nothing to learn after cutting; skipped" in pane.run_info.text()
+
+
+def test_check_result_is_in_view_and_names_the_fitted_default(qtbot, pane) -> None:
+    """Check scrolls its result into view, wrapped; a default beyond the context is fitted."""
+    main = pane.window()
+    main.resize(1200, 700)
+    scroll = pane.form_scroll
+    scroll.verticalScrollBar().setValue(0)
+    assert pane._fields["max_seq_len"].value() == 1024  # the default; the tiny model has 512
+    assert pane.check() is not None
+    view = scroll.viewport()
+
+    def report_in_view() -> bool:
+        top_left = pane.report.mapTo(view, pane.report.rect().topLeft())
+        bottom_right = pane.report.mapTo(view, pane.report.rect().bottomRight())
+        return view.rect().contains(top_left) and view.rect().contains(bottom_right)
+
+    qtbot.waitUntil(report_in_view, timeout=2000)
+    assert pane.report.isVisible() and pane.report.height() > 40
+    assert scroll.verticalScrollBar().value() > 0  # it was below the fold: scrolled down
+    assert pane.report.wordWrap()
+    text = pane.report.text()
+    assert "Ready" in text and "max_seq_len set to 512" in text
+    # a short run's time reads in seconds, not "about 0 min"
+    assert "0 min" not in text and re.search(r"memory, about [\d.]+ s\.", text), text
+    pane.window().grab().save("/tmp/h-finetune-check.png")

@@ -6,7 +6,7 @@ import dataclasses
 import html
 from typing import Any
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -26,7 +26,6 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.errors import DemoAIError
-from app.core.format import human_size
 from app.core.jobs.store import Job, JobState
 from app.core.models.registry import ModelRegistry
 from app.core.train.config import PRESETS, TrainConfig
@@ -81,6 +80,10 @@ class FinetunePane(QWidget):
         self._defaults: dict[str, Any] = {
             f.name: f.default for f in dataclasses.fields(TrainConfig)
         }
+        #: Fields the user changed (a preset resets them): only those are kept when a
+        #: default does not fit the model (e.g. max_seq_len beyond its context).
+        self._user_set: set[str] = set()
+        self._filling = False
 
         # -- config form
         self.base = QComboBox()
@@ -102,6 +105,7 @@ class FinetunePane(QWidget):
         for fname in FORM_FIELDS:
             w = self._make_field(fname)
             w.setToolTip(self._help.get(fname, ""))
+            self._track_user_change(fname, w)
             self._fields[fname] = w
             form.addRow(fname.replace("_", " ").capitalize(), w)
         self.check_btn = QPushButton("Check")
@@ -124,6 +128,11 @@ class FinetunePane(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(form_box)
+        self.form_scroll = scroll
+        self._follow_report = False
+        bar = scroll.verticalScrollBar()
+        bar.rangeChanged.connect(self._scroll_to_report)
+        bar.actionTriggered.connect(self._stop_following_report)  # the user scrolled
 
         # -- runs + curves
         self.runs = QListWidget()
@@ -182,6 +191,8 @@ class FinetunePane(QWidget):
         self._ckpt_of: dict[str, str] = {}
         #: training job id -> its warnings (e.g. a micro-batch halved after out-of-memory)
         self._warnings: dict[str, list[str]] = {}
+        #: What build_config fitted to the model, a sentence each (shown by Check).
+        self.fit_notes: list[str] = []
         self.refresh_inputs()
         self.refresh_runs()
 
@@ -210,6 +221,18 @@ class FinetunePane(QWidget):
         d.setValue(float(default or 0.0))
         return d
 
+    def _track_user_change(self, fname: str, w: QWidget) -> None:
+        def changed(*_: object) -> None:
+            if not self._filling:
+                self._user_set.add(fname)
+
+        if isinstance(w, QComboBox):
+            w.currentTextChanged.connect(changed)
+        elif isinstance(w, QCheckBox):
+            w.toggled.connect(changed)
+        elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
+            w.valueChanged.connect(changed)
+
     def _set_field(self, fname: str, value: Any) -> None:
         w = self._fields.get(fname)
         if isinstance(w, QComboBox):
@@ -226,8 +249,13 @@ class FinetunePane(QWidget):
         if name is None:
             return
         values = {**{k: self._defaults[k] for k in FORM_FIELDS}, **PRESETS[name]}
-        for k, v in values.items():
-            self._set_field(k, v)
+        self._filling = True
+        try:
+            for k, v in values.items():
+                self._set_field(k, v)
+        finally:
+            self._filling = False
+        self._user_set.clear()
 
     def form_values(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -288,16 +316,20 @@ class FinetunePane(QWidget):
 
     # -- checking and starting ----------------------------------------------------------------
     def build_config(self) -> TrainConfig:
+        """The form's config; defaults the model cannot take are fitted (see :attr:`fit_notes`)."""
+        from app.core.train.config import fit_to_model
         from app.core.train.library import config_from_library
 
         if self.base.currentData() is None or self.dataset.currentData() is None:
             raise DemoAIError("Choose a base model and a dataset.")
-        return config_from_library(
+        cfg = config_from_library(
             self.services.workspace,
             self.base.currentData(),
             self.dataset.currentData(),
             **self.form_values(),
         )
+        cfg, self.fit_notes = fit_to_model(cfg, explicit=self._user_set)
+        return cfg
 
     def check(self) -> TrainConfig | None:
         """Validate the whole config and show the memory and time estimate."""
@@ -308,19 +340,34 @@ class FinetunePane(QWidget):
             cfg = self.build_config()
             problems = validate_against_model(cfg)
         except DemoAIError as exc:
-            self.report.setText(f"<span style='color:#c0392b'>{html.escape(str(exc))}</span>")
+            self._show_report(f"<span style='color:#c0392b'>{html.escape(str(exc))}</span>")
             return None
         if problems:
             items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
-            self.report.setText(f"<span style='color:#c0392b'>Cannot start:</span><ul>{items}</ul>")
+            self._show_report(f"<span style='color:#c0392b'>Cannot start:</span><ul>{items}</ul>")
             return None
         est = estimate_run(cfg)
-        self.report.setText(
-            f"<b>Ready.</b> Needs about {human_size(est.total_bytes)} of memory"
-            + (f", about {est.seconds / 60:.0f} min" if est.seconds else "")
-            + f".<br><small>{html.escape(est.explanation)}</small>"
+        notes = "".join(f"<br>Note: {html.escape(n)}." for n in self.fit_notes)
+        explanation = html.escape(est.explanation).replace("\n", "<br>")
+        self._show_report(
+            f"<b>Ready.</b> {html.escape(est.summary())}{notes}<br><small>{explanation}</small>"
         )
         return cfg
+
+    def _show_report(self, text: str) -> None:
+        """Show Check's result and scroll the form so that all of it is in view."""
+        self.report.setText(text)
+        # The form takes the label's new height over a few posted layout passes: keep the
+        # report in view as the scroll range grows, until the user scrolls themselves.
+        self._follow_report = True
+        QTimer.singleShot(0, self, self._scroll_to_report)
+
+    def _scroll_to_report(self, *_: object) -> None:
+        if self._follow_report:
+            self.form_scroll.ensureWidgetVisible(self.report, 0, 0)
+
+    def _stop_following_report(self, *_: object) -> None:
+        self._follow_report = False
 
     def start(self) -> Job | None:
         cfg = self.check()
