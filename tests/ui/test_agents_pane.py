@@ -507,3 +507,38 @@ def test_run_view_shows_a_repeated_call_that_was_not_run(
             p.grab().save("/tmp/G-repeated.png")
         finally:
             p.shutdown()
+
+
+def test_approval_bar_shows_arguments_once_and_what_write_file_does(
+    qtbot: Any, pane: Any, tmp_path: Path
+) -> None:
+    granted = tmp_path / "g"
+    granted.mkdir()
+    (granted / "notes.txt").write_text("hello\n")
+    (granted / "out.txt").write_text("precious data\n")  # 14 bytes, about to be replaced
+    pane.new_agent()
+    pane.name.setText("writer")
+    _check_tool(pane, "read_file")
+    _check_tool(pane, "write_file")
+    pane.folder.setText(str(granted))
+    pane.input.setPlainText("Copy")
+    pane.run()
+    qtbot.waitUntil(lambda: not pane.approval_bar.isHidden(), timeout=30_000)
+    text = pane.approval_text.text()
+    assert text.count("'copied'") == 1 and text.count("out.txt") == 2, text
+    assert f"This OVERWRITES existing out.txt (14 bytes) in {granted}." in text
+    pane.resize(1400, 700)
+    pane.grab().save("/tmp/G-approval-overwrite.png")
+    qtbot.mouseClick(pane.deny_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
+    assert (granted / "out.txt").read_text() == "precious data\n"
+
+    (granted / "out.txt").unlink()
+    pane.run()
+    qtbot.waitUntil(lambda: not pane.approval_bar.isHidden(), timeout=30_000)
+    text = pane.approval_text.text()
+    assert f"This creates out.txt in {granted}." in text and "OVERWRITES" not in text
+    assert text.count("'copied'") == 1
+    pane.grab().save("/tmp/G-approval-create.png")
+    qtbot.mouseClick(pane.deny_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)

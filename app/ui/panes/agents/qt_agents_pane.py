@@ -19,7 +19,6 @@ process (like ``demoai agent run``); tests set :attr:`AgentsPane.client_factory`
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -70,10 +69,17 @@ from app.core.agents import (
     run_agent,
 )
 from app.core.agents.approvals import ApprovalStore, Grant
-from app.core.agents.builtin_tools import BUILTIN_TOOLS, ToolContext, builtin_tool, unavailable
+from app.core.agents.builtin_tools import (
+    BUILTIN_TOOLS,
+    ToolContext,
+    builtin_tool,
+    resolve_inside,
+    unavailable,
+)
 from app.core.agents.docindex import OpenAIEmbedder
 from app.core.agents.loop import embedding_models
 from app.core.agents.runs import STOPPED_STATES
+from app.core.agents.tools import ToolError
 from app.core.errors import ConfigError, DemoAIError
 from app.core.infer.templates import TEMPLATE_CHOICES
 from app.core.models.registry import ModelRegistry
@@ -131,6 +137,32 @@ def describe_step(step: Step) -> tuple[str, str]:
     if step.kind == "stop":
         return "stopped", first
     return step.kind, first
+
+
+def call_effect(spec: AgentSpec, call: ToolCall) -> str | None:
+    """What a side-effecting call will do, for the approval bar; None when we cannot tell.
+
+    For ``write_file``: "creates X" or "OVERWRITES existing X (N bytes)", X resolved in
+    the agent's granted folder as the tool resolves it.
+    """
+    if call.tool != "write_file":
+        return None
+    grant = next((t for t in spec.tools if t.name == "write_file"), None)
+    rel = call.arguments.get("path")
+    if grant is None or not grant.folder or not isinstance(rel, str):
+        return None
+    root = Path(grant.folder).expanduser()
+    try:
+        target = resolve_inside(root, rel)
+    except ToolError as exc:
+        return f"call will be refused: {exc.message}"
+    shown = target.relative_to(root.resolve()).as_posix()
+    if target.is_dir():
+        return f"call will fail: {shown} is a folder"
+    if target.exists():
+        size = target.stat().st_size
+        return f"OVERWRITES existing {shown} ({size} bytes) in {root}"
+    return f"creates {shown} in {root}"
 
 
 class _Bridge(QObject):
@@ -1002,13 +1034,14 @@ class AgentsPane(QWidget):
             self.status.setText(f"Waiting for your approval of the {what} {call.name}…")
             self.approve_once_btn.setFocus()
             return
-        agent = self.runs.get(self.run_id).agent if self.run_id else "The agent"
-        args = json.dumps(call.arguments, ensure_ascii=False)
-        self.approval_text.setText(
-            f"Agent {agent} wants to call {format_call(call.tool, call.arguments)}\n"
-            f"This tool changes things outside the conversation. Arguments: "
-            f"{args if len(args) <= 600 else args[:600] + '…'}"
-        )
+        run = self.runs.get(self.run_id) if self.run_id else None
+        agent = run.agent if run is not None else "The agent"
+        effect = call_effect(run.agent_spec(), call) if run is not None else None
+        lines = [f"Agent {agent} wants to call {format_call(call.tool, call.arguments, 400)}"]
+        if effect:
+            lines.append(f"This {effect}.")
+        lines.append("This tool changes things outside the conversation.")
+        self.approval_text.setText("\n".join(lines))
         self.approval_bar.show()
         self.status.setText(f"Waiting for your approval of {call.tool}…")
         self.approve_once_btn.setFocus()
