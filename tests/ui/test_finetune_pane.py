@@ -126,3 +126,48 @@ def test_check_result_is_in_view_and_names_the_fitted_default(qtbot, pane) -> No
     # a short run's time reads in seconds, not "about 0 min"
     assert "0 min" not in text and re.search(r"memory, about [\d.]+ s\.", text), text
     pane.window().grab().save("/tmp/h-finetune-check.png")
+
+
+def _lr_events(values: list[float]) -> list[dict[str, object]]:
+    return [
+        {"type": "metric", "name": "learning_rate", "step": i + 1, "value": v}
+        for i, v in enumerate(values)
+    ]
+
+
+def test_learning_rate_axis_fits_a_constant_and_a_schedule(qtbot) -> None:
+    """A constant lr of 3e-4 is drawn inside a y range near 3e-4, not on a -0.5..0.5 axis."""
+    import math
+
+    from app.ui.panes.finetune.qt_curves import CurvesWidget
+
+    curves = CurvesWidget()
+    qtbot.addWidget(curves)
+    curves.resize(900, 500)
+    curves.show()
+    qtbot.waitExposed(curves)
+    curves.set_runs({"a": "run a"})
+    curves.add_events("a", _lr_events([3e-4] * 30))
+    vb = curves.plots["learning_rate"].getViewBox()
+
+    def y_range() -> tuple[float, float]:
+        lo, hi = vb.viewRange()[1]
+        return float(lo), float(hi)
+
+    qtbot.waitUntil(lambda: y_range()[0] < 3e-4 < y_range()[1], timeout=2000)
+    lo, hi = y_range()
+    assert hi - lo <= 10 * 3e-4, (lo, hi)  # the line is not squashed onto an axis 1000x wider
+    qtbot.wait(100)  # let the axis widen to its labels before the picture
+    curves.grab().save("/tmp/h-lr-constant.png")
+
+    # a cosine schedule from 3e-4 down to 0 gets a range fitted to its values again
+    cosine = [1.5e-4 * (1 + math.cos(math.pi * i / 29)) for i in range(30)]
+    curves.add_events("a", _lr_events(cosine))
+
+    def fits_cosine() -> bool:
+        lo, hi = y_range()
+        return lo <= 0.0 and hi >= 3e-4 and hi - lo <= 10 * 3e-4
+
+    qtbot.waitUntil(fits_cosine, timeout=2000)
+    curves.grab().save("/tmp/h-lr-cosine.png")
+    curves.close()

@@ -51,11 +51,15 @@ class CurvesWidget(QWidget):
 
     def set_runs(self, runs: dict[str, str]) -> None:
         """Show exactly these runs (job id -> label); others are removed."""
+        emptied = set()
         for key in [k for k in self.lines if k[0] not in runs]:
             line = self.lines.pop(key)
             line.getViewBox() and self.plots[self._metric_plot[key[1]]].removeItem(line)
             self.points.pop(key, None)
+            emptied.add(self._metric_plot[key[1]])
         self._labels = dict(runs)
+        for plot_key in emptied:
+            self._fit_y(plot_key)
         for job_id in runs:
             self._run_color.setdefault(job_id, COLORS[len(self._run_color) % len(COLORS)])
 
@@ -109,6 +113,32 @@ class CurvesWidget(QWidget):
             self.lines[key] = line
         else:
             line.setData(steps, values)
+        self._fit_y(self._metric_plot[key[1]])
+
+    def _fit_y(self, plot_key: str) -> None:
+        """Give a flat series a y range around its value.
+
+        pyqtgraph's auto range pads a zero-height range by +-0.5, which squashes a
+        constant learning rate of 3e-4 onto the zero line. A series with some spread
+        is left to auto range (which fits it).
+        """
+        ys = [
+            v
+            for (job, metric), pts in self.points.items()
+            for v in pts.values()
+            if job in self._labels and self._metric_plot.get(metric) == plot_key
+        ]
+        vb = self.plots[plot_key].getViewBox()
+        if not ys:
+            vb.enableAutoRange(axis="y")
+            return
+        lo, hi = min(ys), max(ys)
+        size = max(abs(lo), abs(hi))
+        if hi - lo > 1e-6 * size:
+            vb.enableAutoRange(axis="y")
+            return
+        pad = 0.1 * size if size > 0 else 1.0
+        vb.setYRange(lo - pad, hi + pad, padding=0)
 
     def series(self, job_id: str, metric: str) -> dict[int, float]:
         """The points shown for one run and metric (step -> value)."""
