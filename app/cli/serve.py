@@ -42,16 +42,18 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def _resolve_model(ws: Any, spec: str) -> str:
-    """A library model id or name becomes ``ID=PATH:FORMAT``; paths pass through."""
+def _resolve_model(ws: Any, spec: str) -> tuple[str, str | None]:
+    """A library model id or name becomes ``ID=PATH:FORMAT`` with its name as an alias
+    (clients may ask for ``gemma`` as for ``gemma-a5fd3b62``); paths pass through."""
     import os
 
     if "=" in spec or os.path.exists(spec.rsplit(":", 1)[0]) or os.path.exists(spec):
-        return spec
+        return spec, None
     from app.core.models.registry import ModelRegistry
 
     rec = ModelRegistry(ws).get(spec)  # NotFoundError names what to do
-    return f"{rec.id}={rec.path}:{rec.format}"
+    alias = rec.name if rec.name and rec.name != rec.id else None
+    return f"{rec.id}={rec.path}:{rec.format}", (f"{alias}={rec.id}" if alias else None)
 
 
 def _api_key(args: argparse.Namespace) -> tuple[str, str]:
@@ -82,7 +84,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     ws = open_workspace(args)
     threads = args.threads if args.threads is not None else ws.settings.threads
-    specs = [_resolve_model(ws, spec) for spec in args.model]
+    resolved = [_resolve_model(ws, spec) for spec in args.model]
+    specs = [spec for spec, _ in resolved]
     if args.request_log is None:
         args.request_log = str(ws.root / "logs" / "requests.jsonl")
     ws.close()
@@ -91,6 +94,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     argv = ["--host", args.host, "--port", str(args.port), "--threads", str(threads)]
     for spec in specs:
         argv += ["--model", spec]
+    for _, alias in resolved:
+        if alias is not None:
+            argv += ["--alias", alias]
     for flag, value in (
         ("--template", args.template),
         ("--n-ctx", args.n_ctx),
@@ -112,7 +118,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         url = f"http://{shown_host}:{server.port}/v1"
         first = next(iter(config.models))
         print(f"DemoAI model host listening on {url}")
-        print(f"Models:  {', '.join(config.models)} (loaded on first request)")
+        names = [
+            s.name + (f" (also {', '.join(s.aliases)})" if s.aliases else "")
+            for s in config.models.values()
+        ]
+        print(f"Models:  {', '.join(names)} (loaded on first request)")
         # A key from the environment or a file is not echoed into terminals and logs.
         shown_key = api_key if source in ("generated", "--api-key") else "$" + host.API_KEY_ENV
         if source == "--api-key-file":

@@ -112,6 +112,34 @@ def parse_model_spec(spec: str) -> tuple[str, Path, str | None]:
     return name, path, fmt
 
 
+def resolve_slot(models: Mapping[str, ModelSlot], name: Any) -> ModelSlot:
+    """The served model a request's ``model`` names: its id, else one model's alias.
+
+    An alias that several models share is a 400 naming them (the client must pick an
+    id); an unknown name is a 404 naming what is served.
+    """
+    if isinstance(name, str) and name in models:
+        return models[name]
+    matches = [s for s in models.values() if isinstance(name, str) and name in s.aliases]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        ids = ", ".join(sorted(s.name for s in matches))
+        raise HostError(
+            400,
+            f"The model name {name!r} is ambiguous: it names {ids}. Use one of these ids.",
+            code="model_ambiguous",
+        )
+    served = ", ".join(
+        s.name + (f" (also {', '.join(s.aliases)})" if s.aliases else "")
+        for s in sorted(models.values(), key=lambda s: s.name)
+    )
+    shown = repr(name)[:200]
+    raise HostError(
+        404, f"The model {shown} does not exist. Served: {served}.", code="model_not_found"
+    )
+
+
 @dataclass
 class ModelSlot:
     """One served model: loaded on first use, one request at a time."""
@@ -120,6 +148,8 @@ class ModelSlot:
     path: Path
     fmt: str | None
     options: Any
+    #: Other names clients may use for it (a library model's name beside its id).
+    aliases: tuple[str, ...] = ()
     engine: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: Held while the engine is used outside ``lock`` (counting a prompt's tokens);
@@ -435,13 +465,7 @@ class Handler(BaseHTTPRequestHandler):
         name = body.get("model")
         if name is None and len(models) == 1:
             return next(iter(models.values()))
-        if not isinstance(name, str) or name not in models:
-            raise HostError(
-                404,
-                f"The model {name!r} does not exist. Served: {', '.join(sorted(models))}.",
-                code="model_not_found",
-            )
-        return models[name]
+        return resolve_slot(models, name)
 
     # -- routing -----------------------------------------------------------------
     def do_GET(self) -> None:
@@ -525,6 +549,7 @@ class Handler(BaseHTTPRequestHandler):
                 "created": s.created,
                 "owned_by": "demoai",
                 "loaded": s.engine is not None,
+                "aliases": list(s.aliases),
             }
             for s in self.server.config.models.values()
         ]
@@ -1095,6 +1120,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", action="append", required=True, metavar="NAME=PATH[:FORMAT]",
         help="a model to serve (FORMAT: hf, gguf or lora; detected when left out); repeatable",
     )  # fmt: skip
+    p.add_argument(
+        "--alias", action="append", default=[], metavar="ALIAS=NAME",
+        help="another name for the served model NAME (e.g. its library name); repeatable",
+    )  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one")
     p.add_argument(
@@ -1192,6 +1221,19 @@ def config_from_args(
         if not path.exists():
             raise ConfigError(f"There is no model at {path}.")
         models[name] = ModelSlot(name, path.absolute(), fmt, options)
+    for spec in getattr(args, "alias", None) or []:
+        alias, sep, target = spec.partition("=")
+        alias, target = alias.strip(), target.strip()
+        if not sep or not alias or target not in models:
+            raise ConfigError(
+                f"Bad alias {spec!r}: it must be ALIAS=NAME with NAME a served model.",
+                f"Served: {', '.join(models)}.",
+            )
+        if alias in models:  # a served model's own name always means that model
+            continue
+        slot = models[target]
+        if alias not in slot.aliases:
+            slot.aliases = (*slot.aliases, alias)
     return HostConfig(
         models=models,
         api_key=explicit_key,
