@@ -8,12 +8,14 @@ import json
 from typing import Any
 
 from PySide6.QtCore import QByteArray, QObject, QRunnable, Qt, QThreadPool, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence, QShowEvent
 from PySide6.QtWidgets import (
+    QFrame,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QMainWindow,
+    QScrollArea,
     QSplitter,
     QStackedWidget,
     QWidget,
@@ -42,6 +44,29 @@ class _HardwareProbe(QObject, QRunnable):
 
         hw = detect_hardware()
         self.found.emit(hw.summary(), hw.gpu_note)
+
+
+def fit_to_screen(window: QWidget) -> None:
+    """Shrink and move ``window`` so that it, frame included, lies on the available part of
+    its screen (a size saved on a larger monitor must not open off a laptop screen)."""
+    if window.isMaximized() or window.isFullScreen():
+        return
+    geo, frame = window.geometry(), window.frameGeometry()
+    screen = QGuiApplication.screenAt(geo.center()) or window.screen()
+    screen = screen or QGuiApplication.primaryScreen()
+    if screen is None:
+        return
+    avail = screen.availableGeometry()
+    dw, dh = frame.width() - geo.width(), frame.height() - geo.height()
+    w = max(1, min(geo.width(), avail.width() - dw))
+    h = max(1, min(geo.height(), avail.height() - dh))
+    if (w, h) != (geo.width(), geo.height()):
+        window.resize(w, h)
+    fw, fh = w + dw, h + dh
+    x = min(max(frame.x(), avail.left()), avail.left() + avail.width() - fw)
+    y = min(max(frame.y(), avail.top()), avail.top() + avail.height() - fh)
+    if (x, y) != (frame.x(), frame.y()):
+        window.move(x, y)
 
 
 class MainWindow(QMainWindow):
@@ -88,7 +113,9 @@ class MainWindow(QMainWindow):
         services.bus.chat_with_model.connect(self._chat_with)
 
         self._build_menu()
+        self._fitted = False
         self._restore_state()
+        fit_to_screen(self)
         self._probe = _HardwareProbe()
         self._probe.found.connect(self._hardware_found)
         QThreadPool.globalInstance().start(self._probe)
@@ -115,7 +142,15 @@ class MainWindow(QMainWindow):
             if old is not None:
                 self.stack.removeWidget(old)
                 old.deleteLater()
-            self.stack.insertWidget(row, widget)
+            # A pane wider or taller than the window scrolls; without this holder the stack
+            # took the largest pane's minimum size and the window widened itself past the
+            # screen (1,529 px on opening Datasets) and kept that size.
+            holder = QScrollArea()
+            holder.setObjectName(f"paneHolder_{spec.key}")
+            holder.setFrameShape(QFrame.Shape.NoFrame)
+            holder.setWidgetResizable(True)
+            holder.setWidget(widget)
+            self.stack.insertWidget(row, holder)
             self._panes[spec.key] = widget
         self.stack.setCurrentIndex(row)
 
@@ -206,6 +241,12 @@ class MainWindow(QMainWindow):
             atomic_write_json(self._state_path(), state)
         except OSError:
             pass  # a read-only workspace must not stop the window from closing
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        if not self._fitted:  # the frame is known once shown: fit once more, frame included
+            self._fitted = True
+            fit_to_screen(self)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_state()

@@ -192,3 +192,105 @@ def test_event_loop_stays_responsive_while_a_job_runs(qtbot, main_window) -> Non
     p95 = gaps[int(len(gaps) * 0.95)]
     assert len(gaps) > 50
     assert p95 <= 100, f"event loop p95 gap {p95} ms"
+
+
+LAPTOP_PROBE = r"""
+import json, sys
+from PySide6.QtWidgets import QApplication
+app = QApplication(sys.argv)
+from app.core.workspace import Workspace
+from app.ui.app import create_main_window
+from app.ui.panes import PANES
+
+def frame(w):
+    g = w.frameGeometry()
+    return [g.x(), g.y(), g.width(), g.height()]
+
+out = {"screen": list(app.primaryScreen().availableGeometry().getRect())}
+w = create_main_window(Workspace.open(sys.argv[1]))
+w.show()
+app.processEvents()
+out["start"] = frame(w)
+widths = []
+for key in [p.key for p in PANES]:
+    w.pane(key)
+    app.processEvents()
+    widths.append(w.frameGeometry().width())
+out["widths"] = widths
+w.setGeometry(300, 200, 1700, 1050)  # as saved on a bigger monitor
+app.processEvents()
+w.close()
+w2 = create_main_window(Workspace.open(sys.argv[1]))
+w2.show()
+app.processEvents()
+out["restored"] = frame(w2)
+w2.close()
+print("RESULT=" + json.dumps(out))
+"""
+
+
+def test_window_fits_a_1366x768_laptop_screen(tmp_path) -> None:
+    """On a 1366x768 screen the window opens inside it, keeps its width on every pane (it
+    widened itself to 1,529 px on Datasets and kept it), and a larger saved size is clamped."""
+    import json
+    import os
+
+    config = tmp_path / "screen.json"
+    screen = {"name": "laptop", "x": 0, "y": 0, "width": 1366, "height": 768}
+    config.write_text(json.dumps({"screens": [screen | {"logicalDpi": 96, "dpr": 1}]}))
+    env = os.environ | {"QT_QPA_PLATFORM": f"offscreen:configfile={config}"}
+    r = subprocess.run(
+        [sys.executable, "-c", LAPTOP_PROBE, str(tmp_path / "ws")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("RESULT="))
+    out = json.loads(line.removeprefix("RESULT="))
+    assert out["screen"] == [0, 0, 1366, 768]
+
+    def inside(rect: list[int]) -> bool:
+        x, y, w, h = rect
+        return x >= 0 and y >= 0 and x + w <= 1366 and y + h <= 768
+
+    assert inside(out["start"]), out
+    assert out["widths"] == [out["start"][2]] * len(out["widths"]), out
+    assert inside(out["restored"]), out
+    assert out["restored"][2] == 1366  # shrunk to the screen, not reset to the default
+
+
+def test_window_never_resizes_itself_on_pane_change(qtbot, main_window) -> None:
+    from PySide6.QtWidgets import QApplication
+
+    from app.ui.panes import PANES
+
+    size = main_window.size()
+    avail = main_window.screen().availableGeometry()
+    assert avail.contains(main_window.frameGeometry())
+    for spec in PANES:
+        pane = main_window.pane(spec.key)
+        QApplication.processEvents()
+        assert main_window.size() == size, spec.key
+        assert pane.isVisible()
+    assert main_window.minimumSizeHint().width() <= avail.width()
+    main_window.pane("datasets")
+    main_window.grab().save("/tmp/I-window-datasets.png")
+
+
+def test_restored_geometry_is_clamped_to_the_screen(qtbot, workspace) -> None:
+    from app.ui.app import create_main_window
+
+    w = create_main_window(workspace)
+    qtbot.addWidget(w)
+    w.show()
+    avail = w.screen().availableGeometry()
+    w.setGeometry(avail.x() + 200, avail.y() + 100, avail.width() + 700, avail.height() + 300)
+    w.close()
+    w2 = create_main_window(workspace)
+    qtbot.addWidget(w2)
+    w2.show()
+    assert avail.contains(w2.frameGeometry()), (w2.frameGeometry(), avail)
+    assert w2.frameGeometry().width() == avail.width()  # as large as fits, not the default
+    w2.close()

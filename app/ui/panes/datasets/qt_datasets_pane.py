@@ -438,8 +438,6 @@ class DatasetsPane(QWidget):
             b.clicked.connect(fn)
         edit_row = QHBoxLayout()
         for b in (
-            self.undo_btn,
-            self.redo_btn,
             self.add_row_btn,
             self.del_rows_btn,
             self.add_col_btn,
@@ -448,9 +446,15 @@ class DatasetsPane(QWidget):
         ):
             edit_row.addWidget(b)
         edit_row.addStretch(1)
-        edit_row.addWidget(self.generate_btn)
-        edit_row.addWidget(self.prepare_btn)
-        edit_row.addWidget(self.save_btn)
+        # two rows: one row of ten buttons made the pane wider than a laptop screen
+        self.info.setWordWrap(True)
+        act_row = QHBoxLayout()
+        act_row.addWidget(self.undo_btn)
+        act_row.addWidget(self.redo_btn)
+        act_row.addWidget(self.info, 1)
+        act_row.addWidget(self.generate_btn)
+        act_row.addWidget(self.prepare_btn)
+        act_row.addWidget(self.save_btn)
         self.empty = QLabel(
             "<h3>No datasets yet</h3><p><b>Import…</b> reads CSV, TSV, JSON, JSONL, Parquet, "
             "plain text, or a Hugging Face dataset folder (large files stream in the background).</p>"
@@ -467,7 +471,7 @@ class DatasetsPane(QWidget):
         ml.addWidget(self.empty)
         ml.addWidget(self.table, 1)
         ml.addLayout(edit_row)
-        ml.addWidget(self.info)
+        ml.addLayout(act_row)
 
         # -- right: versions
         self.versions = QListWidget()
