@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from PySide6.QtCore import Qt
 
 from app.core.data.store import DatasetStore
 from app.core.eval.arena import ArenaService
@@ -260,3 +261,38 @@ def test_reference_column_is_proposed_from_the_dataset(
     tab.select_dataset(ds)
     assert tab.input_col.currentText() == columns[0]
     assert tab.ref_col.currentText() == reference
+
+
+def test_leaderboard_lists_rank_1_first_numerically(qtbot, main_window, pane) -> None:
+    """The leaderboard opens sorted by rank ascending, as numbers (rank 2 was listed above
+    rank 1 under a "#▲" header), and keeps that order when it refreshes."""
+    import random
+
+    arena = ArenaService(main_window.services.workspace)
+    models = [f"model-{i:02d}" for i in range(11)]
+    rng = random.Random(3)
+    for i, a in enumerate(models):  # a stronger model (lower i) beats the weaker ones
+        for b in models[i + 1 :]:
+            m = arena.create_match("p", {a: "x", b: "y"}, rng=rng)
+            full = arena.get(m.id)
+            arena.vote(m.id, "a" if full.model_a == a else "b")
+    tab = pane.arena_tab
+    pane.tabs.setCurrentWidget(tab)
+    tab.refresh_leaderboard()
+
+    def ranks() -> list[str]:
+        return [tab.board.item(r, 0).text() for r in range(tab.board.rowCount())]
+
+    assert ranks() == [str(i) for i in range(1, 12)]
+    assert [tab.board.item(r, 1).text() for r in range(3)] == models[:3]
+    header = tab.board.horizontalHeader()
+    assert header.sortIndicatorSection() == 0
+    assert header.sortIndicatorOrder() == Qt.SortOrder.AscendingOrder
+    tab.refresh_leaderboard()
+    assert ranks() == [str(i) for i in range(1, 12)]
+    # the user's own sort is kept across refreshes
+    tab.board.sortByColumn(5, Qt.SortOrder.AscendingOrder)  # W, fewest wins first
+    tab.refresh_leaderboard()
+    assert ranks()[0] == "11"
+    tab.board.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+    tab.grab().save("/tmp/I-arena-leaderboard.png")

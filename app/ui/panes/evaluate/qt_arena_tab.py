@@ -182,6 +182,9 @@ class ArenaTab(QWidget):
             ["#", "Model", "Rating (BT)", "95% CI", "Elo", "W", "L", "T", "Matches"],
             "arenaLeaderboard",
         )
+        # best first: rank ascending until the user clicks another header (Qt's default
+        # indicator is column 0 descending, which listed rank 2 above rank 1)
+        self.board.horizontalHeader().setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self.metrics_table = table(["Model", "Metric", "Value", "95% CI", "Run"], "arenaMetrics")
         self.metrics_label = QLabel("<b>Metric results</b>")
         board_box = QGroupBox("Leaderboard")
