@@ -119,8 +119,8 @@ def test_gguf_export_from_the_pane_verifies_and_registers(
     assert "Verification passed" in pane.details.toPlainText()
     opened: list[str] = []
     monkeypatch.setattr(
-        "app.ui.panes.export.qt_export_pane.QDesktopServices.openUrl",
-        lambda url: opened.append(url.toLocalFile()),
+        "app.ui.qt_open.QDesktopServices.openUrl",
+        lambda url: (opened.append(url.toLocalFile()), True)[1],
     )
     pane.open_folder()
     assert opened == [str(Path(recs["F16"].path or "").parent)]

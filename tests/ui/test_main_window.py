@@ -294,3 +294,55 @@ def test_restored_geometry_is_clamped_to_the_screen(qtbot, workspace) -> None:
     assert avail.contains(w2.frameGeometry()), (w2.frameGeometry(), avail)
     assert w2.frameGeometry().width() == avail.width()  # as large as fits, not the default
     w2.close()
+
+
+def test_open_folder_without_a_file_manager_shows_the_path(
+    qtbot, main_window, monkeypatch, tmp_path
+) -> None:
+    """Where no file manager is registered (openUrl returns False) "Open folder" shows the
+    path, selectable, with a button that copies it; it used to do nothing at all."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QDesktopServices
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    asked: list[str] = []
+    answer = [False]
+    monkeypatch.setattr(
+        QDesktopServices,
+        "openUrl",
+        staticmethod(lambda url: (asked.append(url.toLocalFile()), answer[0])[1]),
+    )
+    boxes: list[tuple[str, str, bool]] = []
+
+    def fake_exec(box: QMessageBox) -> int:
+        copy = next(b for b in box.buttons() if b.text() == "Copy path")
+        copy.click()
+        selectable = bool(box.textInteractionFlags() & Qt.TextInteractionFlag.TextSelectableByMouse)
+        boxes.append((box.text(), QApplication.clipboard().text(), selectable))
+        box.grab().save("/tmp/I-open-folder.png")
+        return int(QMessageBox.StandardButton.Close.value)
+
+    monkeypatch.setattr(QMessageBox, "exec", fake_exec)
+
+    # Jobs › Open run folder
+    jobs = main_window.pane("jobs")
+    job = main_window.services.jobs.submit("test.count", {"steps": 1})
+    qtbot.waitUntil(lambda: jobs.model.row_of(job.id) is not None, timeout=10_000)
+    jobs.select_job(job.id)
+    jobs.log_btn.click()
+    run_dir = str(main_window.services.jobs.get(job.id).run_dir)
+    assert asked == [run_dir]
+    text, clipboard, selectable = boxes[0]
+    assert run_dir in text and clipboard == run_dir and selectable
+
+    # Export › Open folder
+    export = main_window.pane("export")
+    export.open_btn.setEnabled(True)
+    export.open_btn.click()
+    folder = asked[-1]
+    assert len(boxes) == 2 and folder in boxes[1][0] and boxes[1][1] == folder
+
+    # a file manager that opens it: no box
+    answer[0] = True
+    jobs.log_btn.click()
+    assert asked[-1] == run_dir and len(boxes) == 2

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, QUrl, Signal
-from PySide6.QtGui import QColor, QDesktopServices
+from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, Signal
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -47,6 +47,7 @@ from app.core.format import human_size, relative_time
 from app.core.jobs.store import FINAL_STATES, Job, JobState
 from app.core.models.registry import ModelRecord, ModelRegistry, slugify
 from app.ui.qt_errors import show_error
+from app.ui.qt_open import open_folder
 from app.ui.services import Services
 
 #: Targets: key -> (label, job kind, model formats it accepts).
@@ -704,4 +705,4 @@ class ExportPane(QWidget):
     def open_folder(self) -> None:
         folder = self.folder_of(self.selected_export())
         folder.mkdir(parents=True, exist_ok=True)
-        QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+        open_folder(self, folder)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt, QTimer, QUrl
-from PySide6.QtGui import QDesktopServices
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt, QTimer
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
@@ -28,6 +26,7 @@ from PySide6.QtWidgets import (
 from app.core.errors import DemoAIError
 from app.core.jobs.store import Job, JobState
 from app.ui.panes.jobs.qt_jobs_model import COL_PROGRESS, JobsTableModel
+from app.ui.qt_open import open_folder
 from app.ui.services import Services
 
 
@@ -237,7 +236,7 @@ class JobsPane(QWidget):
     def open_run_folder(self) -> None:
         job = self.selected_job()
         if job is not None:
-            QDesktopServices.openUrl(QUrl.fromLocalFile(os.fspath(job.run_dir)))
+            open_folder(self, job.run_dir)
 
     def start_verify(self) -> None:
         job = self.services.jobs.submit("workspace.verify", {})
