@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import pytest
 
 from app.workers.host import parse_model_spec
 from app.workers.host_client import HostProcess, HostStartError
+from tests.support.serve import start_serve
 
 
 @pytest.fixture(scope="module")
@@ -302,25 +302,14 @@ def test_model_spec_parsing(tmp_path: Path) -> None:
 
 
 def test_serve_cli_foreground(gemma_gguf: Path, tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "--workspace", str(tmp_path / "ws"), "serve", "--model", f"g={gemma_gguf}",
-         "--port", "0", "--api-key", "secret-key", "--threads", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc, out, url = start_serve(
+        tmp_path / "ws", "--model", f"g={gemma_gguf}", "--port", "0", "--api-key", "secret-key",
+        "--threads", "2",
     )  # fmt: skip
     try:
-        assert proc.stdout is not None
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if "Ctrl+C" in line or not line:
-                break
-        out = "".join(lines)
         assert (
             "API key: secret-key" in out and "curl " in out and "from openai import OpenAI" in out
         )
-        url = next(x for x in out.split() if x.startswith("http://") and x.endswith("/v1"))
         c = openai.OpenAI(base_url=url, api_key="secret-key", max_retries=0)
         assert [m.id for m in c.models.list()] == ["g"]
     finally:
@@ -335,23 +324,10 @@ def test_serve_a_library_model_by_name(gemma_gguf: Path, tmp_path: Path) -> None
     ws = Workspace.open(tmp_path / "ws")
     rec = ModelRegistry(ws).import_gguf(gemma_gguf, copy=False, name="gemma-lib")
     ws.close()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "--workspace", str(tmp_path / "ws"), "serve", "--model",
-         "gemma-lib", "--port", "0", "--api-key", "k2", "--threads", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    proc, _out, url = start_serve(
+        tmp_path / "ws", "--model", "gemma-lib", "--port", "0", "--api-key", "k2", "--threads", "2"
+    )
     try:
-        assert proc.stdout is not None
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if "Ctrl+C" in line or not line:
-                break
-        url = next(
-            x for x in "".join(lines).split() if x.startswith("http://") and x.endswith("/v1")
-        )
         c = openai.OpenAI(base_url=url, api_key="k2", max_retries=0)
         assert [m.id for m in c.models.list()] == [rec.id]
         r = c.completions.create(model=rec.id, prompt="One, two,", max_tokens=4, temperature=0)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import openai
@@ -12,6 +9,7 @@ import pytest
 
 from app.core.errors import ConfigError
 from app.workers.host import HostError, build_parser, config_from_args, resolve_slot
+from tests.support.serve import start_serve
 
 
 def _config(tmp_path: Path, *extra: str) -> dict[str, object]:
@@ -57,23 +55,11 @@ def test_serve_answers_to_the_library_name(gemma_gguf: Path, tmp_path: Path) -> 
     rec = ModelRegistry(ws).import_gguf(gemma_gguf, copy=False, name="gemma")
     ws.close()
     assert rec.id != "gemma"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "--workspace", str(tmp_path / "ws"), "serve", "--model",
-         "gemma", "--port", "0", "--api-key", "k3", "--threads", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    proc, out, url = start_serve(
+        tmp_path / "ws", "--model", "gemma", "--port", "0", "--api-key", "k3", "--threads", "2"
+    )
     try:
-        assert proc.stdout is not None
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if "Ctrl+C" in line or not line:
-                break
-        out = "".join(lines)
         assert f"Models:  {rec.id} (also gemma)" in out, out
-        url = next(x for x in out.split() if x.startswith("http://") and x.endswith("/v1"))
         c = openai.OpenAI(base_url=url, api_key="k3", max_retries=0, timeout=120)
         listed = c.models.list().data
         assert [(m.id, getattr(m, "aliases", None)) for m in listed] == [(rec.id, ["gemma"])]

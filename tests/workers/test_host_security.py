@@ -7,7 +7,6 @@ is in the framing, and over plain HTTP otherwise.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -24,6 +23,7 @@ import psutil
 import pytest
 
 from app.workers.host_client import HostProcess
+from tests.support.serve import start_serve
 
 BODY_TIMEOUT = 2.0
 MAX_CONNECTIONS = 16
@@ -369,28 +369,8 @@ def _serve(
     gemma_gguf: Path, tmp_path: Path, *args: str, env: dict[str, str]
 ) -> tuple[subprocess.Popen[str], str, str]:
     """Start ``demoai serve``: (the process, its banner and warnings, its base URL)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "--workspace", str(tmp_path / "ws"), "serve",
-         "--model", f"g={gemma_gguf}", "--port", "0", "--threads", "1", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, **env},
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if "Ctrl+C" in line or not line:
-                break
-        out = "".join(lines)
-        url = next(x for x in out.split() if x.startswith("http://") and x.endswith("/v1"))
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return proc, out, url
+    model = ("--model", f"g={gemma_gguf}", "--port", "0", "--threads", "1")
+    return start_serve(tmp_path / "ws", *model, *args, env=env)
 
 
 def _models_with(url: str, key: str) -> int:
