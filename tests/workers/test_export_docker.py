@@ -132,8 +132,12 @@ def test_docker_bundle_builds_offline_runs_and_answers(gguf_lib: Any, tmp_path: 
             messages=[{"role": "user", "content": "Hello"}],
             max_tokens=8,
         )
+        # The tiny random model may sample its end token first (seen once in six runs):
+        # what matters is that the container's model read the prompt and answered.
         assert out.choices[0].message.role == "assistant"
-        assert out.usage is not None and out.usage.completion_tokens > 0
+        assert out.choices[0].finish_reason in ("stop", "length")
+        assert out.usage is not None and out.usage.prompt_tokens > 0
+        assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
         with pytest.raises(AuthenticationError):
             OpenAI(base_url=url + "/v1", api_key="wrong").models.list()
     finally:
