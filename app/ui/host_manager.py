@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.core.models.registry import ModelRecord
-from app.ui.services import Services
+
+if TYPE_CHECKING:
+    from app.ui.services import Services
 
 #: model name on the API -> (path, format)
 HostModels = Mapping[str, tuple[str, str]]

@@ -8,6 +8,7 @@ from PySide6.QtCore import QObject, Signal
 
 from app.core.jobs.store import JobService
 from app.core.workspace import Workspace
+from app.ui.host_manager import HostManager
 from app.ui.qt_jobs_hub import JobsHub
 from app.workers.supervisor import Supervisor
 
@@ -17,6 +18,10 @@ class UiBus(QObject):
 
     chat_with_model = Signal(str)  # model id
     models_changed = Signal()
+    #: What changed in the workspace (by this window, the CLI or a job): a frozenset of
+    #: topics ("models", "datasets", "versions", "runs", "prompts", "agents", "approvals",
+    #: "conversations", "exports", "jobs"). See app/ui/qt_changes.py.
+    changed = Signal(object)
 
 
 @dataclass
@@ -26,6 +31,11 @@ class Services:
     supervisor: Supervisor
     hub: JobsHub
     bus: UiBus = field(default_factory=UiBus)
+    #: The one model host every pane shares (app/ui/host_manager.py).
+    host: HostManager = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.host = HostManager(self)
 
     @classmethod
     def create(cls, workspace: Workspace) -> Services:

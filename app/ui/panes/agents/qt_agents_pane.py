@@ -83,7 +83,6 @@ from app.core.agents.tools import ToolError
 from app.core.errors import ConfigError, DemoAIError
 from app.core.infer.templates import TEMPLATE_CHOICES
 from app.core.models.registry import ModelRegistry
-from app.ui.host_manager import HostManager
 from app.ui.panes.agents.qt_agent_store import AgentStoreView, ask_export_path, export_bundle
 from app.ui.panes.agents.qt_prompt_library import PromptLibrary
 from app.ui.qt_errors import show_error
@@ -222,7 +221,7 @@ class AgentsPane(QWidget):
         self.agents = AgentStore(db)
         self.runs = RunStore(db)
         self.registry = ModelRegistry(services.workspace)
-        self.host = HostManager(services)
+        self.host = services.host
         #: spec -> model client; None uses the agent's library model through a host process.
         self.client_factory: Callable[[AgentSpec], ChatClient] | None = None
         #: Tests: embedding functions by model id (else the pane's model host serves them).

@@ -39,7 +39,6 @@ from app.core.errors import DemoAIError
 from app.core.infer.templates import TEMPLATE_CHOICES
 from app.core.models.registry import ModelRecord, ModelRegistry
 from app.core.store.files import atomic_write_json
-from app.ui.host_manager import HostManager
 from app.ui.panes.chat.qt_stream import ChatStream
 from app.ui.services import Services
 
@@ -72,7 +71,7 @@ class ChatPane(QWidget):
         self.services = services
         self.store = ConversationStore(services.workspace.db)
         self.registry = ModelRegistry(services.workspace)
-        self.host = HostManager(services)
+        self.host = services.host
         self.conv: Conversation | None = None
         self.stream: ChatStream | None = None
         self._answer_id: str | None = None

@@ -35,7 +35,6 @@ from app.core.errors import DemoAIError
 from app.core.eval.arena import ArenaService, BlindMatch
 from app.core.eval.runner import EvalStore
 from app.core.models.registry import ModelRegistry
-from app.ui.host_manager import HostManager
 from app.ui.panes.evaluate.qt_answers import AnswerFetcher
 from app.ui.panes.evaluate.qt_eval_tab import (
     checkable,
@@ -62,7 +61,7 @@ class ArenaTab(QWidget):
         self.datasets = DatasetStore(self.ws)
         self.arena = ArenaService(self.ws)
         self.evals = EvalStore(self.ws)
-        self.host = HostManager(services)
+        self.host = services.host
         self.fetcher: AnswerFetcher | None = None
         self.queue: list[BlindMatch] = [m.blind() for m in self.arena.matches(voted=False)]
         self.match: BlindMatch | None = None
