@@ -36,8 +36,8 @@ app.exec()
 DEMOAI = r"""
 import sys, time
 from PySide6.QtWidgets import QApplication
-from app.cli.main import _gui_only
-args = _gui_only(["--workspace", sys.argv[1]])
+from app.cli.main import gui_args
+args = gui_args(["--workspace", sys.argv[1]])
 from app.ui.app import run_gui
 def shown():
     print(f"SHOWN {time.time():.6f}", flush=True)
