@@ -120,6 +120,7 @@ class MainWindow(QMainWindow):
         self._probe.found.connect(self._hardware_found)
         QThreadPool.globalInstance().start(self._probe)
         services.hub.start()
+        services.changes.start()
         self._update_jobs_label([])
 
     # -- panes ----------------------------------------------------------------------
@@ -251,6 +252,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_state()
         self.services.hub.stop()
+        self.services.changes.stop()
         for pane in self._panes.values():
             closer = getattr(pane, "shutdown", None)
             if callable(closer):

@@ -8,7 +8,9 @@ from PySide6.QtCore import QObject, Signal
 
 from app.core.jobs.store import JobService
 from app.core.workspace import Workspace
+from app.ui.actions import ActionRunner
 from app.ui.host_manager import HostManager
+from app.ui.qt_changes import ChangeWatcher
 from app.ui.qt_jobs_hub import JobsHub
 from app.workers.supervisor import Supervisor
 
@@ -34,8 +36,20 @@ class Services:
     #: The one model host every pane shares (app/ui/host_manager.py).
     host: HostManager = field(init=False)
 
+    #: The change broadcast (app/ui/qt_changes.py) and the action layer (app/ui/actions.py).
+    changes: ChangeWatcher = field(init=False)
+    actions: ActionRunner = field(init=False)
+
     def __post_init__(self) -> None:
         self.host = HostManager(self)
+        self.changes = ChangeWatcher(self.workspace.db.path, self._announce)
+        self.actions = ActionRunner(self.changes.poll)
+        self.hub.jobs_changed.connect(lambda _jobs: self.bus.changed.emit(frozenset({"jobs"})))
+
+    def _announce(self, topics: frozenset[str]) -> None:
+        self.bus.changed.emit(topics)
+        if "models" in topics:
+            self.bus.models_changed.emit()
 
     @classmethod
     def create(cls, workspace: Workspace) -> Services:

@@ -39,3 +39,12 @@ def no_modal_dialogs(monkeypatch) -> list[str]:
         staticmethod(lambda *a, **k: (seen.append(str(a[2:3])), QMessageBox.StandardButton.No)[1]),
     )
     return seen
+
+
+@pytest.fixture
+def ui_watchdog():
+    """``with ui_watchdog.watch(): ...`` then ``ui_watchdog.assert_no_stall()``: no call into
+    app code may hold the UI thread for more than 100 ms (tests/support/watchdog.py)."""
+    from tests.support.watchdog import UiWatchdog
+
+    return UiWatchdog()

@@ -29,8 +29,10 @@ _MIGRATIONS: dict[str, list[Migration]] = {}
 def register_migrations(component: str, steps: Sequence[Migration]) -> None:
     """Declare the ordered migrations of ``component``; step i brings it to version i+1.
 
-    Steps are append-only: never edit a released step, add a new one.
+    Steps are append-only: never edit a released step, add a new one. Components
+    migrate in the order they were (last) registered.
     """
+    _MIGRATIONS.pop(component, None)
     _MIGRATIONS[component] = list(steps)
 
 

@@ -165,3 +165,6 @@ def _register_core_schemas() -> None:
     import app.core.jobs.store
     import app.core.models.registry
     import app.core.workspace.verify  # noqa: F401
+    from app.core.store import changes
+
+    changes.register()  # last: its triggers sit on the tables above
