@@ -20,16 +20,18 @@ content hash a training run can cite, and :func:`split_table` selects a part.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import re
 import shutil
+import string
 import tempfile
 import unicodedata
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -142,6 +144,8 @@ class OpSpec:
     make: Callable[[dict[str, Any], OpContext], Transform] | None = None
     required: tuple[str, ...] = ()
     plan: Callable[[dict[str, Any], OpContext], Plan] | None = None
+    #: The dataclass of the parameters (fields, help, what the form shows); None: untyped.
+    params_type: type | None = None
 
     @property
     def streaming(self) -> bool:
@@ -693,121 +697,458 @@ def _make_select(p: dict[str, Any], _: OpContext) -> Transform:
     return run
 
 
+# -- typed parameters ---------------------------------------------------------------------------
+# Each operation's parameters are a dataclass: its fields, defaults and help text are the one
+# source of the defaults recorded in versions, of the CLI's listing and of the Prepare form
+# (app/ui/forms.py builds the widgets from ``dataclasses.fields``). A field's metadata says
+# what it holds beyond its type: ``kind`` "column" / "columns" (names from the dataset's
+# schema; ``text`` when they must be text), "regex", "template" (``{column}`` placeholders),
+# "versions", "file"; ``minimum`` / ``maximum`` bound a number; ``choices`` lists the values
+# of a list of strings. The serialised form stays the plain ``{"name", "params"}`` dict.
+
+
+def meta(
+    *,
+    help: str,
+    label: str = "",
+    kind: str = "",
+    text: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """A parameter field's metadata: its help text and what the form and the checks need."""
+    return {
+        "help": help,
+        "label": label,
+        "kind": kind,
+        "text": text,
+        "minimum": minimum,
+        "maximum": maximum,
+        "choices": choices,
+    }
+
+
+_COLUMNS_HELP = "Text columns to change (none ticked: every text column)."
+
+
+@dataclass
+class NormalizeParams:
+    columns: list[str] | None = field(
+        default=None, metadata=meta(help=_COLUMNS_HELP, kind="columns", text=True)
+    )
+    unicode: Literal["NFKC", "NFC", "NFKD", "NFD"] | None = field(
+        default="NFKC",
+        metadata=meta(
+            help="Unicode normal form (NFKC folds look-alike characters).", label="Unicode form"
+        ),
+    )
+    collapse_whitespace: bool = field(
+        default=True, metadata=meta(help="Runs of spaces to one, blank lines to one.")
+    )
+    strip: bool = field(default=True, metadata=meta(help="Trim spaces at both ends.", label="Trim"))
+
+
+@dataclass
+class DropEmptyParams:
+    columns: list[str] | None = field(
+        default=None,
+        metadata=meta(
+            help="Columns that must be blank (none ticked: every column).", kind="columns"
+        ),
+    )
+    how: Literal["all", "any"] = field(
+        default="all",
+        metadata=meta(
+            help="Drop a row when all, or any, of these columns are blank.", label="Drop when"
+        ),
+    )
+
+
+@dataclass
+class LengthFilterParams:
+    column: str = field(
+        metadata=meta(help="The text column whose length is measured.", kind="column", text=True)
+    )
+    min: int | None = field(
+        default=None, metadata=meta(help="Shortest length kept (none: no lower bound).", minimum=0)
+    )
+    max: int | None = field(
+        default=None, metadata=meta(help="Longest length kept (none: no upper bound).", minimum=0)
+    )
+    unit: Literal["chars", "tokens"] = field(
+        default="chars", metadata=meta(help="Count characters or tokens.")
+    )
+    tokenizer: str | None = field(
+        default=None,
+        metadata=meta(help="A tokenizer.json file (needed when counting tokens).", kind="file"),
+    )
+
+
+@dataclass
+class RegexFilterParams:
+    column: str = field(metadata=meta(help="The text column searched.", kind="column", text=True))
+    pattern: str = field(metadata=meta(help="A Python regular expression.", kind="regex"))
+    keep: bool = field(
+        default=True,
+        metadata=meta(help="Keep the matching rows (off: drop them).", label="Keep matches"),
+    )
+    case_sensitive: bool = field(default=True, metadata=meta(help="Upper and lower case differ."))
+
+
+@dataclass
+class RegexReplaceParams:
+    pattern: str = field(metadata=meta(help="A Python regular expression.", kind="regex"))
+    columns: list[str] | None = field(
+        default=None, metadata=meta(help=_COLUMNS_HELP, kind="columns", text=True)
+    )
+    replacement: str = field(
+        default="", metadata=meta(help="What replaces each match (\\1 for a group).")
+    )
+    case_sensitive: bool = field(default=True, metadata=meta(help="Upper and lower case differ."))
+
+
+@dataclass
+class RedactPiiParams:
+    columns: list[str] | None = field(
+        default=None, metadata=meta(help=_COLUMNS_HELP, kind="columns", text=True)
+    )
+    types: list[str] | None = field(
+        default=None,
+        metadata=meta(help="What to redact (none ticked: everything).", choices=pii.PII_TYPES),
+    )
+    labels: dict[str, str] | None = field(
+        default=None,
+        metadata=meta(help="Replacement text per type (default: [EMAIL], [PHONE], ...)."),
+    )
+
+
+@dataclass
+class MapTemplateParams:
+    format: Literal["chat", "prompt_completion"] = field(
+        default="chat", metadata=meta(help="Chat messages, or prompt and completion columns.")
+    )
+    system: str | None = field(
+        default=None, metadata=meta(help="An optional system message.", kind="template")
+    )
+    user_template: str = field(
+        default="{instruction}\n\n{input}",
+        metadata=meta(help="The user turn; {column} inserts a column.", kind="template"),
+    )
+    assistant_template: str = field(
+        default="{output}",
+        metadata=meta(help="The assistant turn; {column} inserts a column.", kind="template"),
+    )
+    prompt_template: str = field(
+        default="{instruction}\n\n{input}",
+        metadata=meta(help="The prompt; {column} inserts a column.", kind="template"),
+    )
+    completion_template: str = field(
+        default="{output}",
+        metadata=meta(help="The completion; {column} inserts a column.", kind="template"),
+    )
+    keep_columns: list[str] | None = field(
+        default=None, metadata=meta(help="Columns kept beside the new ones.", kind="columns")
+    )
+
+
+@dataclass
+class SelectColumnsParams:
+    columns: list[str] | None = field(
+        default=None,
+        metadata=meta(help="Columns kept, in order (none ticked: all).", kind="columns"),
+    )
+    rename: dict[str, str] | None = field(
+        default=None, metadata=meta(help="New names for some columns.", kind="rename")
+    )
+
+
+@dataclass
+class DedupeParams:
+    columns: list[str] | None = field(
+        default=None,
+        metadata=meta(
+            help="Rows equal on these columns are duplicates (none ticked: all).", kind="columns"
+        ),
+    )
+
+
+@dataclass
+class NearDedupeParams:
+    column: str = field(metadata=meta(help="The text column compared.", kind="column", text=True))
+    threshold: float = field(
+        default=0.8,
+        metadata=meta(
+            help="Estimated similarity at or above which a row is dropped.", minimum=0.01, maximum=1
+        ),
+    )
+    num_perm: int = field(
+        default=128,
+        metadata=meta(help="MinHash permutations (more: finer).", minimum=16, maximum=1024),
+    )
+    shingle: int = field(
+        default=5, metadata=meta(help="Characters per shingle.", minimum=1, maximum=64)
+    )
+    seed: int = field(default=1, metadata=meta(help="Seed of the hash functions.", minimum=0))
+    lowercase: bool = field(default=True, metadata=meta(help="Compare in lower case."))
+
+
+@dataclass
+class SplitParams:
+    ratios: dict[str, float] = field(
+        default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1},
+        metadata=meta(help="Share of rows per part."),
+    )
+    seed: int = field(default=0, metadata=meta(help="Seed of the random assignment.", minimum=0))
+    stratify: str | None = field(
+        default=None,
+        metadata=meta(help="Keep each value's share equal across parts.", kind="column"),
+    )
+    column: str = field(
+        default="split", metadata=meta(help="Name of the new column.", label="New column")
+    )
+
+
+@dataclass
+class SampleParams:
+    n: int | None = field(
+        default=None,
+        metadata=meta(help="Rows to keep (or give a fraction).", label="Rows", minimum=0),
+    )
+    fraction: float | None = field(
+        default=None, metadata=meta(help="Share of rows to keep.", minimum=0, maximum=1)
+    )
+    seed: int = field(default=0, metadata=meta(help="Seed of the random choice.", minimum=0))
+
+
+@dataclass
+class ShuffleParams:
+    seed: int = field(default=0, metadata=meta(help="Seed of the random order.", minimum=0))
+
+
+@dataclass
+class ConcatenateParams:
+    others: list[str] = field(
+        metadata=meta(help="Dataset versions whose rows are appended.", kind="versions")
+    )
+
+
+def _spec(
+    name: str,
+    title: str,
+    description: str,
+    params: type,
+    make: Callable[[dict[str, Any], OpContext], Transform] | None = None,
+    plan: Callable[[dict[str, Any], OpContext], Plan] | None = None,
+) -> OpSpec:
+    """An OpSpec whose defaults and required parameters come from its dataclass."""
+    defaults: dict[str, Any] = {}
+    required: list[str] = []
+    for f in dataclasses.fields(params):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+        else:
+            required.append(f.name)
+    return OpSpec(
+        name,
+        title,
+        description,
+        defaults,
+        make,
+        tuple(required),
+        plan,
+        params_type=params,
+    )
+
+
 # -- the registry -------------------------------------------------------------------------------
-for _spec in (
-    OpSpec(
+for _spec_ in (
+    _spec(
         "normalize",
         "Normalize text",
         "Unicode normalization (NFKC by default), runs of spaces to one, blank lines to one, trim.",
-        {"columns": None, "unicode": "NFKC", "collapse_whitespace": True, "strip": True},
+        NormalizeParams,
         _make_normalize,
     ),
-    OpSpec(
+    _spec(
         "drop_empty",
         "Drop empty rows",
-        "Drop rows whose columns are all (how='all') or any (how='any') null or blank.",
-        {"columns": None, "how": "all"},
+        "Drop rows whose columns are all (or any) null or blank.",
+        DropEmptyParams,
         _make_drop_empty,
     ),
-    OpSpec(
+    _spec(
         "length_filter",
         "Length filter",
         "Keep rows whose text length (characters, or tokens of a tokenizer.json) is in [min, max].",
-        {"min": None, "max": None, "unit": "chars", "tokenizer": None},
+        LengthFilterParams,
         _make_length,
-        required=("column",),
     ),
-    OpSpec(
+    _spec(
         "regex_filter",
         "Regex filter",
-        "Keep (keep=true) or drop (keep=false) rows whose column matches a Python regex.",
-        {"keep": True, "case_sensitive": True},
+        "Keep (or drop) rows whose column matches a Python regular expression.",
+        RegexFilterParams,
         _make_regex_filter,
-        required=("column", "pattern"),
     ),
-    OpSpec(
+    _spec(
         "regex_replace",
         "Regex replace",
-        "Replace matches of a Python regex in text columns (backreferences as \\1).",
-        {"columns": None, "replacement": "", "case_sensitive": True},
+        "Replace matches of a Python regular expression in text columns (groups as \\1).",
+        RegexReplaceParams,
         _make_regex_replace,
-        required=("pattern",),
     ),
-    OpSpec(
+    _spec(
         "redact_pii",
         "Redact personal data",
         "Replace emails, phone numbers, cards (Luhn), IBANs (mod-97), IPv4/IPv6 with labels.",
-        {"columns": None, "types": None, "labels": None},
+        RedactPiiParams,
         _make_redact,
     ),
-    OpSpec(
+    _spec(
         "map_template",
         "Map to a training format",
-        "instruction/input/output -> chat 'messages', or prompt/completion, with templates.",
-        {
-            "format": "chat",
-            "system": None,
-            "user_template": "{instruction}\n\n{input}",
-            "assistant_template": "{output}",
-            "prompt_template": "{instruction}\n\n{input}",
-            "completion_template": "{output}",
-            "keep_columns": None,
-        },
+        "Columns to chat 'messages' (user and assistant turns), or to prompt/completion.",
+        MapTemplateParams,
         _make_template,
     ),
-    OpSpec(
+    _spec(
         "select_columns",
         "Select and rename columns",
-        "Keep the given columns (in that order) and rename some ({old: new}).",
-        {"columns": None, "rename": None},
+        "Keep the given columns (in that order) and rename some.",
+        SelectColumnsParams,
         _make_select,
     ),
-    OpSpec(
+    _spec(
         "dedupe",
         "Drop exact duplicates",
         "Keep the first of rows equal on the given columns (all columns by default).",
-        {"columns": None},
+        DedupeParams,
         plan=_make_dedupe,
     ),
-    OpSpec(
+    _spec(
         "near_dedupe",
         "Drop near-duplicates",
         "MinHash over character shingles + LSH; drop rows whose estimated Jaccard similarity "
         "to an earlier kept row is >= threshold.",
-        {"threshold": 0.8, "num_perm": 128, "shingle": 5, "seed": 1, "lowercase": True},
+        NearDedupeParams,
         plan=_make_near_dedupe,
-        required=("column",),
     ),
-    OpSpec(
+    _spec(
         "split",
         "Train/validation/test split",
         "Adds a split column, seeded; stratified by a column when given.",
-        {
-            "ratios": {"train": 0.8, "validation": 0.1, "test": 0.1},
-            "seed": 0,
-            "stratify": None,
-            "column": "split",
-        },
+        SplitParams,
         plan=_make_split,
     ),
-    OpSpec(
+    _spec(
         "sample",
         "Sample",
         "A seeded random sample of n rows (or a fraction), in the original order.",
-        {"n": None, "fraction": None, "seed": 0},
+        SampleParams,
         plan=_make_sample,
     ),
-    OpSpec("shuffle", "Shuffle", "Seeded random order.", {"seed": 0}, plan=_make_shuffle),
-    OpSpec(
+    _spec("shuffle", "Shuffle", "Seeded random order.", ShuffleParams, plan=_make_shuffle),
+    _spec(
         "concatenate",
         "Concatenate",
-        "Append the rows of other versions (DATASET@VERSION); missing columns become null.",
-        {},
+        "Append the rows of other versions; missing columns become empty.",
+        ConcatenateParams,
         plan=_make_concat,
-        required=("others",),
     ),
 ):
-    register_op(_spec)
+    register_op(_spec_)
+
+
+# -- checks per field -----------------------------------------------------------------------------
+def template_columns(template: str) -> list[str]:
+    """The ``{column}`` names a template inserts (ConfigError when it is malformed)."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(
+            f"The template is malformed: {exc}.", "Write {column} or {{ for {."
+        ) from None
+    return [name for _, name, _, _ in parts if name is not None]
+
+
+def field_problems(op: str, params: dict[str, Any], schema: pa.Schema) -> dict[str, str]:
+    """What is wrong with each parameter of ``op`` on data of ``schema``: field -> message.
+
+    Empty when the parameters can run. Messages name the field's problem in the words a
+    form shows next to it (the columns the dataset has, the allowed range).
+    """
+    spec = get_op(op)
+    out: dict[str, str] = {}
+    if spec.params_type is None:
+        try:
+            spec.resolve(params)
+        except ConfigError as exc:
+            out[""] = str(exc)
+        return out
+    full = {**spec.defaults, **params}
+    names = schema.names
+    have = ", ".join(names) or "no columns"
+    for f in dataclasses.fields(spec.params_type):
+        v = full.get(f.name)
+        meta = f.metadata
+        kind = meta.get("kind", "")
+        if v is None or v == "" or v == []:
+            if f.name in spec.required:
+                out[f.name] = "Choose a column." if kind == "column" else "Required."
+            continue
+        if kind == "column":
+            if v not in names:
+                out[f.name] = f"The dataset has no column '{v}' (it has {have})."
+            elif meta.get("text") and not _is_text(schema.field(v).type):
+                out[f.name] = f"'{v}' is not a text column."
+        elif kind == "columns":
+            missing = [c for c in v if c not in names]
+            if missing:
+                out[f.name] = f"The dataset has no column(s) {', '.join(missing)} (it has {have})."
+        elif kind == "regex":
+            try:
+                re.compile(v)
+            except re.error as exc:
+                out[f.name] = f"Not a valid regular expression: {exc}."
+        elif kind == "template":
+            try:
+                unknown = [c for c in template_columns(v) if c not in names]
+            except ConfigError as exc:
+                out[f.name] = exc.message
+            else:
+                if unknown:
+                    out[f.name] = (
+                        f"The dataset has no column(s) {', '.join(unknown)} (it has {have})."
+                    )
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            lo, hi = meta.get("minimum"), meta.get("maximum")
+            if lo is not None and v < lo:
+                out[f.name] = f"At least {lo:g}."
+            elif hi is not None and v > hi:
+                out[f.name] = f"At most {hi:g}."
+        choices = meta.get("choices") or ()
+        if choices and isinstance(v, list) and (bad := [c for c in v if c not in choices]):
+            out[f.name] = f"Unknown: {', '.join(bad)} (choose from {', '.join(choices)})."
+    if op == "map_template":  # only the templates of the chosen format are used
+        unused = (
+            ("prompt_template", "completion_template")
+            if full.get("format") == "chat"
+            else ("system", "user_template", "assistant_template")
+        )
+        for k in unused:
+            out.pop(k, None)
+    if op == "length_filter" and full.get("unit") == "tokens" and not full.get("tokenizer"):
+        out["tokenizer"] = "Counting tokens needs a tokenizer.json file."
+    if op == "split":
+        ratios = full.get("ratios") or {}
+        if not ratios or sum(ratios.values()) <= 0 or any(r < 0 for r in ratios.values()):
+            out["ratios"] = "Give each part a share of zero or more, not all zero."
+    if op == "sample" and full.get("n") is None and full.get("fraction") is None:
+        out["n"] = "Give a number of rows or a fraction."
+    return out
 
 
 # -- previews ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +123,7 @@ def apply_op(
             fn = spec.make(full, ctx)
             n = max(pf.num_row_groups, 1)
             for i in range(pf.num_row_groups):
-                ctx.step(i / n, f"{op}: block {i + 1}/{n}")
+                ctx.step(i / n, f"{spec.title}: block {i + 1} of {n}")
                 w.write(fn(pf.read_row_group(i)))
         else:
             assert spec.plan is not None
@@ -159,22 +160,32 @@ def apply_recipe(
     current = ref
     total = max(len(recipe.steps), 1)
     for i, step in enumerate(recipe.steps):
+        label = step_label(i, len(recipe.steps), step.name)
 
-        def sub(fraction: float | None, message: str = "", i: int = i) -> None:
-            report(None if fraction is None else (i + fraction) / total, message)
+        def sub(fraction: float | None, message: str = "", i: int = i, label: str = label) -> None:
+            report(None if fraction is None else (i + fraction) / total, f"{label} · {message}")
 
         v = apply_op(
             workspace,
             current,
             step.name,
             step.params,
-            message=f"recipe step {i + 1}: {step.name}",
+            message=label,
             progress=sub,
             check_cancelled=check_cancelled,
         )
         out.append(v)
         current = f"{v.dataset_id}@{v.hash}"
     return out
+
+
+def step_label(index: int, count: int, op: str) -> str:
+    """How a person reads a recipe step: "Step 1 of 2: Map to a training format"."""
+    try:
+        title = get_op(op).title
+    except ConfigError:
+        title = op
+    return f"Step {index + 1} of {count}: {title}" if count > 1 else title
 
 
 def recipe_of(workspace: Workspace, ref: str) -> Recipe:
@@ -218,3 +229,130 @@ def apply_job(
 def table_of(workspace: Workspace, ref: str) -> pa.Table:
     """Convenience: the whole table of a version."""
     return DatasetStore(workspace).read_table(ref)
+
+
+# -- column mappings (a table to a training format) ----------------------------------------------
+#: Column names that usually hold the prompt, an optional extra input, the answer, a system
+#: message: the first found (case-insensitive) is proposed.
+PROMPT_NAMES = ("prompt", "instruction", "question", "query", "input", "user", "text")
+INPUT_NAMES = ("input", "context")
+RESPONSE_NAMES = ("response", "output", "answer", "completion", "assistant", "reply", "target")
+SYSTEM_NAMES = ("system", "system_prompt")
+#: The columns of each training format (as app/core/train/data.py reads them).
+TRAINING_FORMATS: dict[str, tuple[str, ...]] = {
+    "chat": ("messages",),
+    "prompt_completion": ("prompt", "completion"),
+    "instruction": ("instruction", "output"),
+}
+
+
+def training_format_of(columns: list[str]) -> str | None:
+    """The training format whose columns ``columns`` has, or None (a mapping is needed)."""
+    for fmt, needed in TRAINING_FORMATS.items():
+        if all(c in columns for c in needed):
+            return fmt
+    return None
+
+
+@dataclass
+class ColumnMapping:
+    """Which columns become the user turn (prompt), the assistant turn (completion) and the
+    system message: the ``map_template`` step, in the words of its form."""
+
+    user: str = ""
+    assistant: str = ""
+    #: A second column appended to the user turn after a blank line (e.g. ``input``).
+    extra: str | None = None
+    #: A column holding a system message per row.
+    system: str | None = None
+    format: str = "chat"
+
+    def step(self) -> Step:
+        """The ``map_template`` step this mapping is (what recipes and manifests record)."""
+
+        def ref(column: str) -> str:
+            return "{" + column + "}"
+
+        user = ref(self.user) + (f"\n\n{ref(self.extra)}" if self.extra else "")
+        return Step(
+            "map_template",
+            get_op("map_template").resolve(
+                {
+                    "format": self.format,
+                    "system": ref(self.system) if self.system else None,
+                    "user_template": user,
+                    "assistant_template": ref(self.assistant),
+                    "prompt_template": user,
+                    "completion_template": ref(self.assistant),
+                }
+            ),
+        )
+
+    def problems(self, columns: list[str]) -> dict[str, str]:
+        """Field -> what is wrong with it on a table with ``columns`` (empty: usable)."""
+        have = ", ".join(columns) or "no columns"
+        out: dict[str, str] = {}
+        for name, value, needed in (
+            ("user", self.user, True),
+            ("assistant", self.assistant, True),
+            ("extra", self.extra, False),
+            ("system", self.system, False),
+        ):
+            if not value:
+                if needed:
+                    out[name] = "Choose a column."
+            elif value not in columns:
+                out[name] = f"The dataset has no column '{value}' (it has {have})."
+            elif any(ch in value for ch in "{}[].:!"):
+                out[name] = f"A column named '{value}' cannot be mapped: rename it first."
+        if self.user and self.user == self.assistant and "user" not in out:
+            out["assistant"] = "Choose a different column from the user turn."
+        if self.format not in ("chat", "prompt_completion"):
+            out["format"] = "Choose chat or prompt/completion."
+        return out
+
+
+def propose_mapping(columns: list[str]) -> ColumnMapping:
+    """A mapping guessed from common column names (question -> user, answer -> assistant).
+
+    Fields it cannot guess stay empty, for the person to choose.
+    """
+    lower = {c.lower(): c for c in reversed(columns)}
+
+    def first(names: tuple[str, ...], taken: set[str]) -> str | None:
+        for n in names:
+            if n in lower and lower[n] not in taken:
+                return lower[n]
+        return None
+
+    user = first(PROMPT_NAMES, set()) or ""
+    assistant = first(RESPONSE_NAMES, {user}) or ""
+    extra = first(INPUT_NAMES, {user, assistant}) if user.lower() == "instruction" else None
+    system = first(SYSTEM_NAMES, {user, assistant, extra or ""})
+    return ColumnMapping(user=user, assistant=assistant, extra=extra, system=system)
+
+
+def mapping_of(step: dict[str, Any] | Step) -> ColumnMapping | None:
+    """The mapping a ``map_template`` step made by :meth:`ColumnMapping.step` stands for
+    (None when its templates are anything else)."""
+    name = step.name if isinstance(step, Step) else step.get("name")
+    params = step.params if isinstance(step, Step) else step.get("params") or {}
+    if name != "map_template":
+        return None
+    full = get_op("map_template").resolve(dict(params))
+    rx = r"\{([^{}\[\].:!]+)\}"
+    fmt = full["format"]
+    user_t = full["user_template" if fmt == "chat" else "prompt_template"]
+    asst_t = full["assistant_template" if fmt == "chat" else "completion_template"]
+    m_user = re.fullmatch(rx + r"(?:\n\n" + rx + ")?", user_t)
+    m_asst = re.fullmatch(rx, asst_t)
+    m_sys = re.fullmatch(rx, full["system"]) if full["system"] else None
+    if m_user is None or m_asst is None or (full["system"] and m_sys is None):
+        return None
+    return ColumnMapping(
+        user=m_user.group(1),
+        extra=m_user.group(2),
+        assistant=m_asst.group(1),
+        system=m_sys.group(1) if m_sys else None,
+        format=fmt,
+    )
