@@ -72,6 +72,10 @@ def test_eval_run_in_a_worker(workspace: Any, tiny_llama_dir: Path) -> None:
     assert len(worst) == 3 and worst[0].scores["perplexity"] >= worst[-1].scores["perplexity"]
     rows = store.compare([job.id])
     assert {r["metric"] for r in rows} == set(run.metrics)
+    # What a person reads names the model, not its id (issue 14: "loading tiny-hf-lora-63c4c269").
+    events = (job.run_dir / "events.jsonl").read_text()
+    name = ModelRegistry(workspace).get(model).name
+    assert f"loading {name}" in events and f"loading {model}" not in events
 
 
 def test_killed_run_resumes_without_redoing_samples(workspace: Any, tiny_llama_dir: Path) -> None:

@@ -130,6 +130,16 @@ def render_prompt(template: str, row: Mapping[str, Any], input_column: str) -> s
     return _FIELD.sub(sub, template)
 
 
+def model_label(ws: Workspace, model_id: str) -> str:
+    """What a person reads for a model: its library name, else the reference as given."""
+    from app.core.models.registry import ModelRegistry
+
+    try:
+        return ModelRegistry(ws).get(model_id).name
+    except NotFoundError:
+        return Path(model_id).name or model_id
+
+
 def resolve_model(ws: Workspace, ref: str) -> tuple[str, Path, str]:
     """(model id, path, format) of a library model (id or name) or a model path."""
     from app.core.models.registry import ModelRegistry
@@ -783,19 +793,20 @@ def run_eval(ctx: JobContext, **params: Any) -> dict[str, Any]:
     try:
         for model_ref in cfg.models:
             model_id, path, fmt = resolve_model(ws, model_ref)
+            label = model_label(ws, model_id)
             done = store.done_indices(run_id, model_id)
             done_total += len(done)
             todo = [i for i in range(len(rows)) if i not in done]
             if done:
-                ctx.log(f"{model_id}: {len(done)} samples already stored, {len(todo)} to go")
+                ctx.log(f"{label}: {len(done)} samples already stored, {len(todo)} to go")
             if not todo:
                 continue
-            ctx.progress(done_total / total, f"loading {model_id}")
+            ctx.progress(done_total / total, f"loading {label}")
             try:
                 runner = _ModelRunner(cfg, path, fmt)
             except DemoAIError as exc:
                 load_errors[model_id] = str(exc)
-                ctx.log(f"{model_id} could not be loaded: {exc}", "error")
+                ctx.log(f"{label} could not be loaded: {exc}", "error")
                 continue
             try:
                 for i in todo:
@@ -803,7 +814,7 @@ def run_eval(ctx: JobContext, **params: Any) -> dict[str, Any]:
                     sample = score_sample(cfg, runner, rows[i], i, run_id, model_id)
                     store.put_sample(sample)
                     done_total += 1
-                    ctx.progress(done_total / total, f"{model_id}: sample {i + 1}/{len(rows)}")
+                    ctx.progress(done_total / total, f"{label}: sample {i + 1}/{len(rows)}")
             finally:
                 runner.close()
         if "judge" in cfg.metrics and cfg.judge_model:
@@ -845,7 +856,7 @@ def _judge_pass(ctx: JobContext, cfg: EvalConfig, store: EvalStore, run_id: str)
     if not pending:
         return
     judge_id, path, fmt = resolve_model(ctx.workspace, cfg.judge_model or "")
-    ctx.progress(None, f"loading the judge {judge_id}")
+    ctx.progress(None, f"loading the judge {model_label(ctx.workspace, judge_id)}")
     judge_cfg = EvalConfig.from_dict(
         {**cfg.to_dict(), "chat": True, "max_tokens": 128, "temperature": 0.0, "stop": []}
     )
