@@ -6,7 +6,7 @@ from app.core.models.registry import ModelRegistry
 
 
 def test_import_gguf_shows_metadata_and_remove(
-    qtbot, main_window, gemma_gguf, tiny_llama_dir
+    qtbot, main_window, gemma_gguf, tiny_llama_dir, ui_watchdog
 ) -> None:
     pane = main_window.pane("models")
     assert pane.empty.isVisible() and "library is empty" in pane.empty.text()
@@ -36,16 +36,33 @@ def test_import_gguf_shows_metadata_and_remove(
     orig = QMessageBox.question
     QMessageBox.question = staticmethod(lambda *a, **k: QMessageBox.StandardButton.Yes)
     try:
-        pane.select_model(tiny.id)
-        pane.remove_selected()
-        pane.select_model(rec.id)
-        pane.remove_selected()
+        with ui_watchdog.watch():  # deleting a folder happens off the UI thread
+            pane.select_model(tiny.id)
+            pane.remove_selected()
+            qtbot.waitUntil(lambda: pane.model.rowCount() == 1, timeout=10_000)
+            assert "freed" in pane.action_status.text
+            pane.select_model(rec.id)
+            pane.remove_selected()
+            qtbot.waitUntil(lambda: pane.model.rowCount() == 0, timeout=10_000)
     finally:
         QMessageBox.question = orig
-    assert pane.model.rowCount() == 0
+    ui_watchdog.assert_no_stall()
     assert not tiny.path.exists()
     assert gemma_gguf.exists()
-    assert "freed" in pane.status.text()
+    assert "Removed" in pane.action_status.text and "freed" in pane.action_status.text
+
+
+def test_models_made_elsewhere_appear_without_a_refresh(qtbot, main_window, tiny_llama_dir) -> None:
+    """A model registered by another process (the CLI, a job) shows up in the open pane."""
+    from tests.support.cli import demoai
+
+    pane = main_window.pane("models")
+    assert pane.model.rowCount() == 0
+    ws = main_window.services.workspace.root
+    r = demoai(ws, "models", "import", str(tiny_llama_dir), "--reference", "--name", "made-by-cli")
+    assert r.returncode == 0, r.stderr
+    qtbot.waitUntil(lambda: pane.model.rowCount() == 1, timeout=3000)
+    assert pane.model.model_at(0).name == "made-by-cli" and pane.table.isVisible()
 
 
 def test_chat_button_emits_request(qtbot, main_window, gemma_gguf) -> None:

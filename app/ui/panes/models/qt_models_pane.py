@@ -35,6 +35,7 @@ from app.ui.panes.models.qt_download_dialog import DownloadDialog
 from app.ui.panes.models.qt_models_table import SORT_ROLE, ModelsTableModel, human_params
 from app.ui.qt_errors import show_error
 from app.ui.services import Services
+from app.ui.widgets.status_line import StatusLine
 
 
 class _DiscoverTask(QObject, QRunnable):
@@ -217,11 +218,14 @@ class ModelsPane(QWidget):
 
         self.status = QLabel("")
         self.status.setObjectName("modelsStatus")
+        self.action_status = StatusLine()
+        self.action_status.setObjectName("modelsActionStatus")
         upper = QWidget()
         ul = QVBoxLayout(upper)
         ul.setContentsMargins(0, 0, 0, 0)
         ul.addLayout(bar)
         ul.addWidget(self.status)
+        ul.addWidget(self.action_status)
         ul.addWidget(self.empty)
         ul.addWidget(self.table)
         self.splitter = QSplitter(Qt.Orientation.Vertical)
@@ -232,9 +236,15 @@ class ModelsPane(QWidget):
 
         self._import_jobs: set[str] = set()
         services.hub.jobs_changed.connect(self._jobs_changed)
+        # Models added or removed anywhere (a fine-tune, an export, the CLI) show at once.
+        services.bus.changed.connect(self._workspace_changed)
         self.refresh()
 
     # -- data ----------------------------------------------------------------------------
+    def _workspace_changed(self, topics: frozenset[str]) -> None:
+        if "models" in topics:
+            self.refresh()
+
     def refresh(self) -> None:
         selected = self.selected_model()
         self.model.set_models(self.registry.list())
@@ -388,20 +398,35 @@ class ModelsPane(QWidget):
             else f"It is referenced in place: its files at {m.path} stay on disk."
         )
         if deps:
-            info += f"\n\nWarning: {len(deps)} model(s) derive from it ({', '.join(deps)}). They stay, but lose this parent."
+            names = ", ".join(self._name_of(d) for d in deps)
+            info += (
+                f"\n\nWarning: {len(deps)} model(s) derive from it ({names}). "
+                "They stay, but lose this parent."
+            )
         if (
             QMessageBox.question(self, "Remove model", f"{text}\n\n{info}")
             != QMessageBox.StandardButton.Yes
         ):
             return
+        force = bool(deps)
+        self.remove_btn.setEnabled(False)
+        self.services.actions.run(
+            self,
+            f"Removing {m.name}",
+            lambda _p: self.registry.remove(m.id, force=force),
+            changes={"models"},
+            status=self.action_status,
+            done=lambda result: self.action_status.ok(
+                f"Removed {m.name}: {human_size(result.bytes_freed)} freed."
+            ),
+            failed=lambda _exc: self._update_buttons(),
+        )
+
+    def _name_of(self, model_id: str) -> str:
         try:
-            result = self.registry.remove(m.id, force=bool(deps))
-        except DemoAIError as exc:
-            show_error(self, "Remove model", exc)
-            return
-        self.refresh()
-        self.services.bus.models_changed.emit()
-        self.status.setText(f"Removed {m.name}: {human_size(result.bytes_freed)} freed.")
+            return self.registry.get(model_id).name
+        except DemoAIError:
+            return model_id
 
     def chat_selected(self) -> None:
         m = self.selected_model()
@@ -417,7 +442,6 @@ class ModelsPane(QWidget):
                 self.refresh()
                 if job.result and job.result.get("model_id"):
                     self.select_model(job.result["model_id"])
-                self.services.bus.models_changed.emit()
             elif job.state == JobState.FAILED:
                 what = "Download" if job.kind == "models.pull" else "Import"
                 show_error(
