@@ -7,7 +7,7 @@ import importlib
 import json
 from typing import Any
 
-from PySide6.QtCore import QByteArray, QObject, QRunnable, Qt, QThreadPool, Signal
+from PySide6.QtCore import QByteArray, QEventLoop, QObject, QRunnable, Qt, QThreadPool, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence, QShowEvent
 from PySide6.QtWidgets import (
     QFrame,
@@ -251,10 +251,16 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_state()
+        # The window goes at once; stopping streams, runs and the model host (up to a few
+        # seconds) happens after it is gone, not in a frozen window (issue 14: 3.1 s).
+        self.hide()
+        QGuiApplication.processEvents(QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents)
         self.services.hub.stop()
         self.services.changes.stop()
         for pane in self._panes.values():
             closer = getattr(pane, "shutdown", None)
             if callable(closer):
                 closer()
+        self.services.actions.wait_all(30_000)
+        self.services.host.stop()
         super().closeEvent(event)

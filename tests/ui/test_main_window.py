@@ -346,3 +346,20 @@ def test_open_folder_without_a_file_manager_shows_the_path(
     answer[0] = True
     jobs.log_btn.click()
     assert asked[-1] == run_dir and len(boxes) == 2
+
+
+def test_closing_hides_the_window_before_panes_shut_down(qtbot, workspace) -> None:
+    """Stopping streams and the model host happens after the window is gone, never in a
+    frozen window (issue 14: closing froze it for 3.1 s)."""
+    from app.ui.app import create_main_window
+
+    window = create_main_window(workspace)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    chat = window.pane("chat")
+    visible_at_shutdown: list[bool] = []
+    original = chat.shutdown
+    chat.shutdown = lambda: (visible_at_shutdown.append(window.isVisible()), original())[1]
+    window.close()
+    assert visible_at_shutdown == [False]
