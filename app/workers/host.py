@@ -47,7 +47,10 @@ MAX_BODY = 32 * 1024 * 1024
 MAX_CHARS_PER_TOKEN = 256
 #: Embedding contexts hold at most this many tokens (see LlamaEngine.embeddings).
 EMBED_MAX_TOKENS = 2048
+#: Names a host started with ``accept_models`` serves at most (models and template views).
+MAX_MODELS = 256
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,199}")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
@@ -140,9 +143,172 @@ def resolve_slot(models: Mapping[str, ModelSlot], name: Any) -> ModelSlot:
     )
 
 
+def _size_on_disk(path: Path, limit: int = 10_000) -> int:
+    """Bytes of a model file, or of the files in a model folder (at most ``limit`` files)."""
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        total = 0
+        for n, f in enumerate(path.rglob("*")):
+            if n >= limit:
+                break
+            if f.is_file():
+                total += f.stat().st_size
+        return total
+    except OSError:
+        return 0
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+@dataclass
+class Weights:
+    """A model in memory, loaded once whatever names and templates serve it.
+
+    Its ``lock`` is the request queue; ``prep_lock`` is held while the engine is used
+    outside ``lock`` (counting a prompt's tokens), so unload takes both.
+    """
+
+    path: Path
+    fmt: str | None
+    options: Any
+    engine: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    prep_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Memory the load took (process RSS after minus before), measured at load.
+    bytes: int = 0
+    #: When it was last asked for (``time.monotonic()``).
+    last_used: float = field(default_factory=time.monotonic)
+    #: Names of the slots that a client leased: never unloaded for idleness or memory.
+    pinned_by: set[str] = field(default_factory=set)
+    pool: WeightsPool | None = None
+
+    def get_engine(self) -> Any:
+        """The loaded engine (caller holds ``lock``)."""
+        self.last_used = time.monotonic()
+        if self.engine is None:
+            if self.pool is not None:
+                self.engine = self.pool.load(self)
+            else:
+                from app.core.infer import open_engine
+
+                self.engine = open_engine(self.path, self.fmt, self.options)
+        return self.engine
+
+    def close_engine(self) -> bool:
+        """Close the engine (caller holds both locks); True when one was loaded."""
+        engine, self.engine = self.engine, None
+        self.bytes = 0
+        if engine is not None:
+            engine.close()
+            return True
+        return False
+
+    def unload(self) -> bool:
+        with self.lock, self.prep_lock:
+            return self.close_engine()
+
+    def try_unload(self) -> bool:
+        """Unload unless a request holds it right now (never waits)."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            if not self.prep_lock.acquire(blocking=False):
+                return False
+            try:
+                return self.close_engine()
+            finally:
+                self.prep_lock.release()
+        finally:
+            self.lock.release()
+
+
+class WeightsPool:
+    """Every model's weights: one copy per (path, format, options), a memory budget, idle unload.
+
+    Loading a model that would take the loaded total past ``budget`` bytes first
+    unloads the least recently used models that no client leased. The budget
+    decides what to evict, never whether to answer: with every loaded model leased,
+    the load goes ahead over budget. ``unload_idle`` drops unleased models not asked
+    for in ``idle_s`` seconds.
+    """
+
+    def __init__(self, budget: int | None = None, idle_s: float | None = None) -> None:
+        self.budget = budget
+        self.idle_s = idle_s
+        self._all: list[Weights] = []
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()  # one load at a time: RSS deltas stay per model
+
+    def weights_for(self, path: Path, fmt: str | None, options: Any) -> Weights:
+        with self._lock:
+            for w in self._all:
+                if w.path == path and w.fmt == fmt and w.options == options:
+                    return w
+            w = Weights(path, fmt, options, pool=self)
+            self._all.append(w)
+            return w
+
+    def all(self) -> list[Weights]:
+        with self._lock:
+            return list(self._all)
+
+    def loaded_bytes(self, but: Weights | None = None) -> int:
+        return sum(w.bytes for w in self.all() if w.engine is not None and w is not but)
+
+    def load(self, w: Weights) -> Any:
+        """Open ``w``'s engine (caller holds ``w.lock``), making room under the budget first."""
+        from app.core.infer import open_engine
+
+        with self._load_lock:
+            if self.budget is not None:
+                self._make_room(w, _size_on_disk(w.path))
+            before = _rss()
+            engine = open_engine(w.path, w.fmt, w.options)
+            w.bytes = max(_rss() - before, 0)
+            return engine
+
+    def _make_room(self, loading: Weights, needed: int) -> list[Weights]:
+        assert self.budget is not None
+        freed = []
+        candidates = sorted(
+            (
+                w
+                for w in self.all()
+                if w is not loading and w.engine is not None and not w.pinned_by
+            ),
+            key=lambda w: w.last_used,
+        )
+        for w in candidates:
+            if self.loaded_bytes(but=loading) + needed <= self.budget:
+                break
+            if w.try_unload():
+                freed.append(w)
+        return freed
+
+    def unload_idle(self, now: float | None = None) -> list[Weights]:
+        """Unload unleased models idle for ``idle_s`` seconds; returns those unloaded."""
+        if self.idle_s is None:
+            return []
+        now = time.monotonic() if now is None else now
+        return [
+            w
+            for w in self.all()
+            if w.engine is not None
+            and not w.pinned_by
+            and now - w.last_used >= self.idle_s
+            and w.try_unload()
+        ]
+
+
 @dataclass
 class ModelSlot:
-    """One served model: loaded on first use, one request at a time."""
+    """One served model name: its weights (shared with other names of the same model)
+    and, optionally, its own chat template preset."""
 
     name: str
     path: Path
@@ -150,28 +316,53 @@ class ModelSlot:
     options: Any
     #: Other names clients may use for it (a library model's name beside its id).
     aliases: tuple[str, ...] = ()
-    engine: Any = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Held while the engine is used outside ``lock`` (counting a prompt's tokens);
-    #: unload takes both, so the engine is never closed under such a caller.
-    prep_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: A chat template preset for this name only (the weights' own options may hold another).
+    template: str | None = None
+    weights: Weights = None  # type: ignore[assignment]
     created: int = field(default_factory=lambda: int(time.time()))
+    _template_obj: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.weights is None:
+            self.weights = Weights(self.path, self.fmt, self.options)
+
+    @property
+    def engine(self) -> Any:
+        return self.weights.engine
+
+    @property
+    def lock(self) -> threading.Lock:
+        return self.weights.lock
+
+    @property
+    def prep_lock(self) -> threading.Lock:
+        return self.weights.prep_lock
 
     def get_engine(self) -> Any:
         """The loaded engine (caller holds ``lock``)."""
-        if self.engine is None:
-            from app.core.infer import open_engine
+        return self.weights.get_engine()
 
-            self.engine = open_engine(self.path, self.fmt, self.options)
-        return self.engine
+    def chat_template(self, engine: Any) -> Any:
+        """This name's template: its own preset, else the engine's (caller holds ``lock``)."""
+        if self.template is None:
+            return engine.chat_template
+        if self._template_obj is None or self._template_obj[0] is not engine:
+            from app.core.infer.templates import preset
+
+            bos, eos = engine.special_tokens()
+            tpl = preset(self.template, bos_token=bos or None, eos_token=eos or None)
+            self._template_obj = (engine, tpl)
+        return self._template_obj[1]
+
+    def tool_format(self, engine: Any) -> str | None:
+        if self.template is None:
+            return str(engine.tool_format) if engine.tool_format else None
+        from app.core.infer.tool_calls import detect_tool_format
+
+        return detect_tool_format(self.chat_template(engine).source)
 
     def unload(self) -> bool:
-        with self.lock, self.prep_lock:
-            engine, self.engine = self.engine, None
-            if engine is not None:
-                engine.close()
-                return True
-        return False
+        return self.weights.unload()
 
 
 class RequestLog:
@@ -209,6 +400,17 @@ class HostConfig:
     body_timeout: float = 30.0
     #: Seconds any single send or receive may block (a client that stops reading).
     io_timeout: float = 60.0
+    #: Accept ``POST /v1/host/models`` (models added at run time). Only the app's own
+    #: host (``HostProcess(accept_models=True)``) turns it on, never ``demoai serve``.
+    accept_models: bool = False
+    #: The weights of every model: budget, idle unload, one copy per model.
+    pool: WeightsPool = field(default_factory=WeightsPool)
+    #: Engine options (threads, context) of models added at run time.
+    default_options: Any = None
+
+    def __post_init__(self) -> None:
+        for slot in self.models.values():  # models named twice share one copy
+            slot.weights = self.pool.weights_for(slot.path, slot.fmt, slot.options)
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -232,6 +434,7 @@ class HostServer(ThreadingHTTPServer):
 
     def __init__(self, config: HostConfig) -> None:
         self.config = config
+        self.register_lock = threading.Lock()
         self.log = RequestLog(config.request_log)
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self.address_family = family
@@ -240,6 +443,8 @@ class HostServer(ThreadingHTTPServer):
         self._closing = threading.Event()
         super().__init__((config.host, config.port), Handler)
         threading.Thread(target=self._reap, name="host-reaper", daemon=True).start()
+        if config.pool.idle_s is not None:
+            threading.Thread(target=self._unload_idle, name="host-idle", daemon=True).start()
 
     @property
     def port(self) -> int:
@@ -336,13 +541,18 @@ class HostServer(ThreadingHTTPServer):
                 except OSError:
                     pass
 
+    def _unload_idle(self) -> None:
+        idle = self.config.pool.idle_s or 1.0
+        while not self._closing.wait(min(5.0, max(idle / 4, 0.1))):
+            self.config.pool.unload_idle()
+
     def server_close(self) -> None:
         self._closing.set()
         super().server_close()
 
     def close_models(self) -> None:
-        for slot in self.config.models.values():
-            slot.unload()
+        for w in self.config.pool.all():
+            w.unload()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -505,6 +715,8 @@ class Handler(BaseHTTPRequestHandler):
                 ("POST", "/v1/completions"): self._completions,
                 ("POST", "/v1/embeddings"): self._embeddings,
                 ("POST", "/admin/unload"): self._unload,
+                ("GET", "/v1/host/status"): self._status,
+                ("POST", "/v1/host/models"): self._register,
             }
             route = routes.get((method, path))
             if route is None and method == "GET" and path.startswith("/v1/models/"):
@@ -562,10 +774,10 @@ class Handler(BaseHTTPRequestHandler):
         record["model"] = slot.name
         with slot.lock:
             engine = slot.get_engine()
-            template = engine.chat_template
+            template = slot.chat_template(engine)
             caps = {
                 "chat_template": template.name,
-                "tools": engine.tool_format,
+                "tools": slot.tool_format(engine),
                 "response_format": hasattr(engine, "set_grammar"),
                 "context_length": engine.context_length,
             }
@@ -580,6 +792,85 @@ class Handler(BaseHTTPRequestHandler):
         slots = [self._slot(body)] if name is not None else list(self.server.config.models.values())
         unloaded = [s.name for s in slots if s.unload()]
         self._send_json(200, {"unloaded": unloaded})
+        return 200
+
+    def _status(self, record: dict[str, Any]) -> int:
+        """What is loaded and the memory it holds (the host's own accounting)."""
+        pool = self.server.config.pool
+        models = []
+        for s in list(self.server.config.models.values()):
+            w = s.weights
+            models.append(
+                {
+                    "id": s.name,
+                    "aliases": list(s.aliases),
+                    "path": str(s.path),
+                    "format": s.fmt,
+                    "template": s.template or getattr(s.options, "template", None),
+                    "loaded": w.engine is not None,
+                    "bytes": w.bytes if w.engine is not None else 0,
+                    "pinned": s.name in w.pinned_by,
+                    "idle_s": round(time.monotonic() - w.last_used, 1),
+                    # names sharing one copy of the weights have the same number
+                    "weights": pool.all().index(w) if w in pool.all() else -1,
+                }
+            )
+        loaded = [w for w in pool.all() if w.engine is not None]
+        self._send_json(
+            200,
+            {
+                "pid": os.getpid(),
+                "rss_bytes": _rss(),
+                "loaded_copies": len(loaded),
+                "loaded_bytes": sum(w.bytes for w in loaded),
+                "memory_budget_bytes": pool.budget,
+                "idle_unload_s": pool.idle_s,
+                "models": models,
+            },
+        )
+        return 200
+
+    def _register(self, record: dict[str, Any]) -> int:
+        """Add (or update) a served model at run time: the app's host only."""
+        if not self.server.config.accept_models:
+            raise HostError(
+                403,
+                "This host does not accept models at run time: its models are fixed when it "
+                "starts. Restart it with the models you want (demoai serve --model ...).",
+                code="registration_disabled",
+            )
+        body = self._read_body()
+        slot, pinned = registration_from_body(body, self.server.config)
+        record["model"] = slot.name
+        models = self.server.config.models
+        with self.server.register_lock:
+            old = models.get(slot.name)
+            if old is not None and (old.path, old.fmt) != (slot.path, slot.fmt):
+                raise HostError(
+                    409,
+                    f"The name {slot.name!r} already serves {old.path}; pick another name.",
+                    code="model_exists",
+                )
+            if old is None:
+                if len(models) >= MAX_MODELS:
+                    raise HostError(
+                        400, f"The host serves at most {MAX_MODELS} names.", code="too_many_models"
+                    )
+                models[slot.name] = slot
+                old = slot
+            else:
+                old.aliases = slot.aliases
+                if old.template != slot.template:
+                    old.template, old._template_obj = slot.template, None
+            if pinned:
+                old.weights.pinned_by.add(old.name)
+            else:
+                old.weights.pinned_by.discard(old.name)
+        self._send_json(
+            200,
+            {"id": old.name, "loaded": old.engine is not None, "pinned": pinned,
+             "template": old.template},
+        )  # fmt: skip
         return 200
 
     def _embeddings(self, record: dict[str, Any]) -> int:
@@ -642,8 +933,8 @@ class Handler(BaseHTTPRequestHandler):
                 raise HostError(400, "Use either tools or response_format, not both.")
         with slot.lock:  # loads the model on first use; the rest is cached and quick
             engine = slot.get_engine()
-            template = engine.chat_template if chat else None
-            tool_format = engine.tool_format if tools else None
+            template = slot.chat_template(engine) if chat else None
+            tool_format = slot.tool_format(engine) if tools else None
             n_ctx = int(engine.context_length)
         if tools and tool_format is None:
             raise HostError(
@@ -1091,6 +1382,66 @@ def tool_call_grammar(tools: Sequence[Mapping[str, Any]], tool_format: str) -> s
     )
 
 
+def registration_from_body(body: Mapping[str, Any], config: HostConfig) -> tuple[ModelSlot, bool]:
+    """A ``POST /v1/host/models`` body as a new slot and its pinned flag; a 400 when wrong.
+
+    ``{"name", "path", "format"?, "template"?, "aliases"?, "pinned"?}``: the path must
+    be an existing file or folder, the format one of FORMATS, the template a preset.
+    """
+    from app.core.infer import PRESETS, EngineOptions
+
+    name = _field(body, "name", (str,), "a string")
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise HostError(
+            400,
+            "name must be 1-200 letters, digits or . _ @ : + - (starting with a letter or digit).",
+            code="invalid_name",
+        )
+    raw_path = _field(body, "path", (str,), "a string")
+    if not raw_path or "\x00" in raw_path:
+        raise HostError(400, "path must name a model file or folder.", code="invalid_path")
+    path = Path(raw_path).expanduser()
+    if not path.is_absolute():
+        raise HostError(400, f"path must be absolute, not {raw_path[:300]!r}.", code="invalid_path")
+    try:
+        exists = path.is_file() or path.is_dir()
+    except OSError:
+        exists = False
+    if not exists:
+        raise HostError(
+            400,
+            f"There is no model file or folder at {raw_path[:300]}.",
+            code="model_path_missing",
+        )
+    fmt = _field(body, "format", (str,), "a string")
+    if fmt is not None and fmt not in FORMATS:
+        raise HostError(400, f"format must be one of {', '.join(FORMATS)}.", code="invalid_format")
+    template = _field(body, "template", (str,), "a string")
+    if template is not None and template not in PRESETS:
+        raise HostError(
+            400, f"template must be one of {', '.join(PRESETS)}.", code="invalid_template"
+        )
+    aliases = _field(body, "aliases", (list,), "a list of names") or []
+    if len(aliases) > 16 or not all(
+        isinstance(a, str) and _MODEL_NAME.fullmatch(a) for a in aliases
+    ):
+        raise HostError(400, "aliases must be at most 16 names.", code="invalid_aliases")
+    pinned = bool(_field(body, "pinned", (bool,), "true or false"))
+    if fmt is None:
+        from app.core.infer import detect_format
+
+        try:
+            fmt = detect_format(path)
+        except DemoAIError as exc:
+            raise HostError(400, str(exc), code="invalid_format") from None
+    base = config.default_options
+    options = EngineOptions(threads=base.threads, n_ctx=base.n_ctx) if base else EngineOptions()
+    path = path.absolute()
+    slot = ModelSlot(name, path, fmt, options, tuple(dict.fromkeys(aliases)), template=template)
+    slot.weights = config.pool.weights_for(path, fmt, options)
+    return slot, pinned
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1117,7 +1468,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m app.workers.host", description=__doc__.split("\n")[0]
     )
     p.add_argument(
-        "--model", action="append", required=True, metavar="NAME=PATH[:FORMAT]",
+        "--model", action="append", default=[], metavar="NAME=PATH[:FORMAT]",
         help="a model to serve (FORMAT: hf, gguf or lora; detected when left out); repeatable",
     )  # fmt: skip
     p.add_argument(
@@ -1141,6 +1492,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads per model (0 = all cores)")
     p.add_argument("--n-ctx", type=int, default=None, help="context size (GGUF default 4096)")
     p.add_argument("--preload", action="store_true", help="load every model before listening")
+    p.add_argument(
+        "--accept-models", action="store_true",
+        help="accept POST /v1/host/models (models added at run time; the app's own host)",
+    )  # fmt: skip
+    p.add_argument(
+        "--memory-budget-mb", type=int, default=None, metavar="MB",
+        help="unload least recently used unleased models before a load would pass this",
+    )  # fmt: skip
+    p.add_argument(
+        "--idle-unload", type=float, default=None, metavar="S",
+        help="unload unleased models not asked for in S seconds (default: never)",
+    )  # fmt: skip
     p.add_argument(
         "--max-connections", type=int, default=64,
         help="connections served at once; more get 503 (default 64)",
@@ -1210,6 +1573,15 @@ def config_from_args(
     for name in ("idle", "header", "body"):
         if not getattr(args, f"{name}_timeout") > 0:
             raise ConfigError(f"--{name}-timeout must be positive.")
+    accept = bool(getattr(args, "accept_models", False))
+    if not args.model and not accept:
+        raise ConfigError("The model host needs at least one --model NAME=PATH[:FORMAT].")
+    budget_mb = getattr(args, "memory_budget_mb", None)
+    idle = getattr(args, "idle_unload", None)
+    if budget_mb is not None and budget_mb < 1:
+        raise ConfigError("--memory-budget-mb must be at least 1.")
+    if idle is not None and not idle > 0:
+        raise ConfigError("--idle-unload must be positive.")
     options = EngineOptions(threads=args.threads, n_ctx=args.n_ctx, template=args.template)
     models: dict[str, ModelSlot] = {}
     for spec in args.model:
@@ -1245,6 +1617,9 @@ def config_from_args(
         idle_timeout=args.idle_timeout,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
+        accept_models=accept,
+        pool=WeightsPool(budget_mb * 2**20 if budget_mb else None, idle),
+        default_options=EngineOptions(threads=args.threads, n_ctx=args.n_ctx),
     )
 
 
