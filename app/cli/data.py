@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ def register(sub: Any) -> None:
     diff.add_argument("v1")
     diff.add_argument("v2")
     diff.add_argument("--key", help="a column that identifies rows (to count changed rows)")
+    diff.add_argument("--limit", type=int, default=20, help="changed rows to list (default 20)")
     diff.add_argument("--json", action="store_true")
     diff.set_defaults(func=cmd_diff)
 
@@ -220,21 +222,46 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from app.core.data.diff import diff_versions
+    from app.core.data.diff import diff_versions, read_version_changes
 
     ws = open_workspace(args)
     d = diff_versions(ws, args.dataset, args.v1, args.v2, key=args.key)
     if args.json:
         print_json(d.to_dict())
         return 0
-    print(f"{d.old[:12]} -> {d.new[:12]}: {d.rows_old:,} -> {d.rows_new:,} rows")
-    print(f"  rows added {d.rows_added:,}, removed {d.rows_removed:,}, changed {d.rows_changed:,}")
+    print(
+        f"{d.old_label} ({d.old[:12]}) -> {d.new_label} ({d.new[:12]}): "
+        f"{d.rows_old:,} -> {d.rows_new:,} rows"
+    )
+    print(
+        f"  rows changed {d.rows_changed:,}, added {d.rows_added:,}, "
+        f"removed {d.rows_removed:,}, moved {d.rows_moved:,}"
+    )
     if d.columns_added:
         print(f"  columns added: {', '.join(d.columns_added)}")
     if d.columns_removed:
         print(f"  columns removed: {', '.join(d.columns_removed)}")
     for t in d.type_changed:
         print(f"  column {t['column']}: {t['old']} -> {t['new']}")
+    shown = read_version_changes(ws, d, 0, args.limit)
+
+    def cut(v: object) -> str:
+        s = json.dumps(v, ensure_ascii=False, default=str)
+        return s if len(s) <= 80 else s[:79] + "…"
+
+    for c in shown:
+        if c.kind == "changed":
+            assert c.before is not None and c.after is not None
+            cells = "; ".join(f"{k}: {cut(c.before[k])} -> {cut(c.after[k])}" for k in c.changed)
+            print(f"  row {c.new_row}: changed {cells}")
+        elif c.kind == "moved":
+            print(f"  row {c.new_row}: moved from row {c.old_row}")
+        elif c.kind == "added":
+            print(f"  row {c.new_row}: added {cut(c.after)}")
+        else:
+            print(f"  old row {c.old_row}: removed {cut(c.before)}")
+    if d.changes > len(shown):
+        print(f"  … {d.changes - len(shown):,} more changes (--limit N shows more)")
     return 0
 
 

@@ -62,7 +62,12 @@ def test_import_list_versions_export_and_recipe(tmp_path: Path) -> None:
     d = json.loads(
         demoai(ws, "data", "diff", ds, imported["version"], applied["version"], "--json").stdout
     )
-    assert (d["rows_removed"], d["rows_added"]) == (2, 1)
+    # dedupe removed the second Greet; redact_pii changed one cell of Mail
+    assert (d["rows_removed"], d["rows_added"], d["rows_changed"]) == (1, 0, 1)
+    text = demoai(ws, "data", "diff", ds, imported["version"], applied["version"]).stdout
+    assert "v1 (" in text and "-> v3 (" in text
+    assert 'row 2: changed input: "ann@example.com" -> "[EMAIL]"' in text
+    assert "old row 3: removed" in text
     shown = json.loads(demoai(ws, "data", "show", ds, "--rows", "1", "--json").stdout)
     assert shown["head"] == [{"instruction": "Greet", "input": "", "output": "Hello"}]
 
