@@ -82,6 +82,7 @@ def test_eval_run_from_the_pane(qtbot, main_window, pane, gemma_gguf, tmp_path: 
     f1_col = [tab.samples.horizontalHeaderItem(c).text() for c in range(8)].index("f1")
     f1 = [float(tab.samples.item(r, f1_col).text()) for r in range(5)]
     assert f1 == sorted(f1)
+    assert {tab.samples.item(r, 0).text() for r in range(5)} == {"gemma"}  # a name, not the id
 
     # export CSV and JSON
     assert tab.export("csv", str(tmp_path / "r.csv"))
@@ -296,3 +297,28 @@ def test_leaderboard_lists_rank_1_first_numerically(qtbot, main_window, pane) ->
     assert ranks()[0] == "11"
     tab.board.sortByColumn(0, Qt.SortOrder.AscendingOrder)
     tab.grab().save("/tmp/I-arena-leaderboard.png")
+
+
+def test_result_tables_keep_their_fill_order_until_a_header_is_clicked(qtbot) -> None:
+    """Enabling sorting used to re-sort every fill by column 0, Z-A (Qt's default indicator),
+    so 'worst first' samples of two models came out grouped by model name, reversed."""
+    from PySide6.QtWidgets import QTableWidgetItem
+
+    from app.ui.panes.evaluate.qt_eval_tab import table
+
+    t = table(["Model", "Score"], "t")
+    qtbot.addWidget(t)
+
+    def fill(rows: list[tuple[str, str]]) -> list[str]:
+        t.setSortingEnabled(False)
+        t.setRowCount(len(rows))
+        for r, (m, v) in enumerate(rows):
+            t.setItem(r, 0, QTableWidgetItem(m))
+            t.setItem(r, 1, QTableWidgetItem(v))
+        t.setSortingEnabled(True)
+        return [t.item(r, 1).text() for r in range(t.rowCount())]
+
+    worst_first = [("alpha", "0.1"), ("beta", "0.2"), ("alpha", "0.3")]
+    assert fill(worst_first) == ["0.1", "0.2", "0.3"]
+    t.sortByColumn(0, Qt.SortOrder.AscendingOrder)  # the user clicks "Model"
+    assert fill(worst_first) == ["0.1", "0.3", "0.2"]  # their choice now holds across fills

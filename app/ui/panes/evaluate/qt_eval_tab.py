@@ -114,6 +114,9 @@ def table(headers: list[str], name: str) -> QTableWidget:
     t.verticalHeader().setVisible(False)
     t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
     t.horizontalHeader().setStretchLastSection(True)
+    # Rows stay in the order they are filled (worst first, by model) until the user clicks a
+    # header: Qt's default indicator (column 0, descending) re-sorted every fill by name, Z-A.
+    t.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
     return t
 
 
@@ -733,8 +736,9 @@ class EvalTab(QWidget):
         self.samples.setColumnCount(len(heads))
         self.samples.setHorizontalHeaderLabels(heads)
         self.samples.setRowCount(len(rows))
+        names = {m.id: m.name for m in self.registry.list()}
         for r, s in enumerate(rows):
-            self.samples.setItem(r, 0, text_item(s.model_id))
+            self.samples.setItem(r, 0, text_item(names.get(s.model_id, s.model_id), s.model_id))
             self.samples.setItem(r, 1, num_item(s.idx))
             self.samples.setItem(r, 2, text_item(s.input))
             self.samples.setItem(r, 3, text_item(s.prediction))
