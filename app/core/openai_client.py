@@ -36,6 +36,8 @@ from urllib.parse import quote
 from app.core.errors import DemoAIError
 
 if TYPE_CHECKING:
+    import ssl
+
     import httpx2
 
 #: Largest whole (non-streamed) response body read.
@@ -220,6 +222,7 @@ class OpenAIClient:
             self._http = httpx2.Client(
                 timeout=httpx2.Timeout(self.timeout, connect=self.connect_timeout),
                 limits=httpx2.Limits(max_keepalive_connections=0),
+                verify=_ssl_context(),
                 trust_env=False,  # a proxy setting must never route a loopback model call
                 follow_redirects=False,
             )
@@ -297,6 +300,14 @@ class OpenAIClient:
             return [[float(x) for x in d["embedding"]] for d in rows]
         except (AttributeError, KeyError, TypeError, ValueError):
             raise _unexpected(obj, self.base_url) from None
+
+    def get(self, path: str) -> dict[str, Any]:
+        """``GET {base_url}{path}`` as a JSON object, for endpoints without a method here."""
+        return self._json("GET", path)
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST {base_url}{path}`` with a JSON body, as a JSON object (no streaming)."""
+        return self._json("POST", path, body)
 
     # -- plumbing --------------------------------------------------------------------
     def _model(self, model: str | None) -> str:
@@ -515,6 +526,18 @@ class OpenAIClient:
         if not text and finish is None and usage is None:
             return None
         return Delta(text, finish, usage)
+
+
+_SSL: list[ssl.SSLContext] = []
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context for every client (building one takes ~30 ms)."""
+    if not _SSL:
+        import httpx2
+
+        _SSL.append(httpx2.create_ssl_context())
+    return _SSL[0]
 
 
 def _shutdown(sock: socket.socket) -> None:

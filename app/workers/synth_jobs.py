@@ -9,14 +9,13 @@ the host when done, failed or cancelled.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from app.core.data.synth import ModelInfo, SynthOutcome, augment, self_instruct
 from app.core.jobs.context import JobFailed
+from app.core.openai_client import ModelServerError, OpenAIClient
 from app.workers.host_client import HostProcess
 
 if TYPE_CHECKING:
@@ -27,10 +26,8 @@ class HostCompleter:
     """``POST {base_url}/completions`` (non-streaming) as a :class:`Completer`."""
 
     def __init__(self, base_url: str, token: str, model: str, timeout: float = 600.0) -> None:
-        self.url = base_url.rstrip("/") + "/completions"
-        self.token = token
+        self.client = OpenAIClient(base_url, token, model=model, timeout=timeout)
         self.model = model
-        self.timeout = timeout
         self.requests = 0
 
     def __call__(
@@ -42,31 +39,13 @@ class HostCompleter:
         max_tokens: int,
         stop: Sequence[str],
     ) -> str:
-        body = {
-            "model": self.model,
-            "prompt": prompt,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-            "seed": seed,
-            "stop": list(stop),
-            "stream": False,
-        }
-        req = urllib.request.Request(
-            self.url,
-            data=json.dumps(body).encode("utf-8"),
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
-            method="POST",
-        )
         self.requests += 1
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                obj = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:500]
-            raise JobFailed(f"The model host answered HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise JobFailed(f"Cannot reach the model host: {exc}") from None
-        return str(obj["choices"][0].get("text") or "")
+            return self.client.complete(
+                prompt, max_tokens=max_tokens, temperature=temperature, seed=seed, stop=list(stop)
+            ).text
+        except ModelServerError as exc:
+            raise JobFailed(exc.message, exc.hint) from None
 
 
 @contextmanager

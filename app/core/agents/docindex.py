@@ -18,8 +18,6 @@ import hashlib
 import json
 import os
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from app.core.agents.tools import ToolError
+from app.core.openai_client import ModelServerError, ModelServerUnreachable, OpenAIClient
 
 Embedder = Callable[[list[str]], list[list[float]]]
 INDEX_FORMAT = 1
@@ -38,7 +37,7 @@ RRF_K = 60
 
 
 class OpenAIEmbedder:
-    """``POST {base_url}/embeddings`` for one model (stdlib HTTP)."""
+    """``POST {base_url}/embeddings`` for one model, through :class:`OpenAIClient`."""
 
     def __init__(self, base_url: str, api_key: str, model: str, timeout: float = 300.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -47,27 +46,13 @@ class OpenAIEmbedder:
         self.timeout = timeout
 
     def __call__(self, texts: list[str]) -> list[list[float]]:
-        body = json.dumps({"model": self.model, "input": texts}).encode("utf-8")
-        req = urllib.request.Request(
-            self.base_url + "/embeddings",
-            data=body,
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"},
-            method="POST",
-        )
+        client = OpenAIClient(self.base_url, self.api_key, model=self.model, timeout=self.timeout)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                obj = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:300]
-            raise ToolError(
-                f"The embedding model {self.model} failed (HTTP {exc.code}): {detail}"
-            ) from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+            return client.embeddings(texts)
+        except ModelServerUnreachable as exc:
             raise ToolError(f"Cannot reach the embedding model {self.model}: {exc}") from None
-        data = sorted(obj.get("data") or [], key=lambda d: d.get("index", 0))
-        if len(data) != len(texts):
-            raise ToolError(f"The embedding model {self.model} returned {len(data)} vectors.")
-        return [list(map(float, d["embedding"])) for d in data]
+        except ModelServerError as exc:
+            raise ToolError(f"The embedding model {self.model} failed: {exc}") from None
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:

@@ -35,8 +35,6 @@ import json
 import random
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +55,7 @@ from app.core.agents.tools import (
     wrap_untrusted,
 )
 from app.core.errors import ConfigError, DemoAIError
+from app.core.openai_client import ModelServerError, OpenAIClient
 
 Approver = Callable[[ToolCall], str]
 ToolExecutor = Callable[[ToolCall, Tool], str]
@@ -93,13 +92,8 @@ NATIVE_NOTE = (
 NATIVE_CORRECTION = "Your reply was empty. Answer the user, or call one of the tools."
 
 
-class ModelCallError(DemoAIError):
-    """The model server did not answer usefully."""
-
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
+#: The model server did not answer usefully (the one error of :mod:`app.core.openai_client`).
+ModelCallError = ModelServerError
 
 
 class StopRun(DemoAIError):
@@ -134,7 +128,8 @@ class ModelTurn:
 
 
 class OpenAIChatClient:
-    """``POST {base_url}/chat/completions`` with a bearer key (stdlib HTTP, no streaming).
+    """``POST {base_url}/chat/completions`` with a bearer key (no streaming), through
+    :class:`~app.core.openai_client.OpenAIClient`.
 
     Also a native tool client: :meth:`tool_format` asks the server what the
     model's template supports, :meth:`chat_tools` sends ``tools``.
@@ -156,36 +151,8 @@ class OpenAIChatClient:
         self._schema_ok = True
 
     def _request(self, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
-        req = urllib.request.Request(
-            self.base_url + path,
-            data=json.dumps(body).encode("utf-8") if body is not None else None,
-            headers={
-                "Content-Type": "application/json",
-                "Authorization": f"Bearer {self.api_key}",
-            },
-            method="POST" if body is not None else "GET",
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=max(timeout, 1.0)) as resp:
-                obj = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:500]
-            try:
-                code = json.loads(detail).get("error", {}).get("code")
-            except (ValueError, AttributeError):
-                code = None
-            raise ModelCallError(
-                f"The model server answered HTTP {exc.code}: {detail}",
-                status=exc.code,
-                code=code if isinstance(code, str) else None,
-            ) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise ModelCallError(
-                f"Cannot reach the model server at {self.base_url}: {exc}"
-            ) from None
-        except ValueError:
-            raise ModelCallError("The model server sent invalid JSON.") from None
-        return obj
+        client = OpenAIClient(self.base_url, self.api_key, timeout=max(timeout, 1.0))
+        return client.post(path, body) if body is not None else client.get(path)
 
     def _body(
         self, messages: list[dict[str, Any]], sampling: dict[str, Any], max_tokens: int
