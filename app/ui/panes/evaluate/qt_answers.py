@@ -1,50 +1,21 @@
 """Answers from several models to a list of prompts, fetched from one model host.
 
 The window never loads a model: one host process serves every chosen model
-(each under its library id) and the answers come over HTTP with plain
-``http.client``, on a background thread. Results arrive as Qt signals.
+(each under its library id) and the answers come over HTTP through
+:class:`~app.core.openai_client.OpenAIClient`, on a background thread.
+Results arrive as Qt signals.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlparse
 
 from PySide6.QtCore import QObject, Signal
 
-
-def ask(base_url: str, token: str, model: str, prompt: str, sampling: dict[str, Any]) -> str:
-    """One non-streamed chat answer; raises RuntimeError with the host's message."""
-    u = urlparse(base_url)
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "stream": False,
-        **sampling,
-    }
-    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=600)
-    try:
-        conn.request(
-            "POST",
-            u.path.rstrip("/") + "/chat/completions",
-            body=json.dumps(body),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
-        resp = conn.getresponse()
-        data = resp.read().decode("utf-8", "replace")
-    finally:
-        conn.close()
-    if resp.status != 200:
-        try:
-            msg = json.loads(data)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            msg = f"HTTP {resp.status}: {data[:300]}"
-        raise RuntimeError(msg)
-    return str(json.loads(data)["choices"][0]["message"]["content"])
+from app.core.errors import DemoAIError
+from app.core.openai_client import OpenAIClient, RequestCancelled
 
 
 class AnswerFetcher(QObject):
@@ -67,14 +38,18 @@ class AnswerFetcher(QObject):
         self.prompts = list(prompts)
         self.sampling = sampling
         self._stop = threading.Event()
+        self._client: OpenAIClient | None = None
         self._thread = threading.Thread(target=self._run, name="arena-answers", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop after the answer in progress."""
+        """Stop now: the answer in progress is dropped, the prompts answered so far are kept."""
         self._stop.set()
+        client = self._client
+        if client is not None:
+            client.close()
 
     def wait(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -83,21 +58,24 @@ class AnswerFetcher(QObject):
         error = ""
         try:
             base_url, token = self._prepare()
+            self._client = client = OpenAIClient(base_url, token)
+            if self._stop.is_set():
+                return
             for i, prompt in enumerate(self.prompts):
                 answers: dict[str, str] = {}
                 errors: dict[str, str] = {}
                 for model in self.models:
                     if self._stop.is_set():
                         return
+                    messages = [{"role": "user", "content": prompt}]
                     try:
-                        answers[model] = ask(base_url, token, model, prompt, self.sampling)
-                    except (OSError, http.client.HTTPException, RuntimeError, ValueError) as exc:
-                        errors[model] = str(exc) or type(exc).__name__
+                        answers[model] = client.chat(messages, model=model, **self.sampling).text
+                    except RequestCancelled:
+                        return
+                    except DemoAIError as exc:
+                        errors[model] = str(exc)
                 self.answered.emit(i, prompt, answers, errors)
         except Exception as exc:  # the thread must always report back
             error = str(exc) or type(exc).__name__
-            hint = getattr(exc, "hint", None)
-            if hint:
-                error += f" {hint}"
         finally:
             self.finished.emit(error)
