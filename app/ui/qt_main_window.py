@@ -7,9 +7,19 @@ import importlib
 import json
 from typing import Any
 
-from PySide6.QtCore import QByteArray, QEventLoop, QObject, QRunnable, Qt, QThreadPool, Signal
+from PySide6.QtCore import (
+    QByteArray,
+    QEventLoop,
+    QObject,
+    QRunnable,
+    QSize,
+    Qt,
+    QThreadPool,
+    Signal,
+)
 from PySide6.QtGui import QAction, QCloseEvent, QGuiApplication, QKeySequence, QShowEvent
 from PySide6.QtWidgets import (
+    QApplication,
     QFrame,
     QLabel,
     QListWidget,
@@ -25,6 +35,7 @@ from app.core.jobs.store import Job, JobState
 from app.core.store.files import atomic_write_json
 from app.ui.panes import PANES, PaneSpec
 from app.ui.services import Services
+from app.ui.theme import ThemeManager, after_first_paint, icon
 
 UI_STATE_FILE = "ui-state.json"
 
@@ -75,6 +86,13 @@ class MainWindow(QMainWindow):
     def __init__(self, services: Services) -> None:
         super().__init__()
         self.services = services
+        from app.ui.qt_app_state import remembered_theme
+
+        app = QApplication.instance()
+        assert isinstance(app, QApplication)
+        self.theme = ThemeManager.for_app(app, remembered_theme())
+        self._icons: list[tuple[Any, str]] = []  # (item or action, icon name), set after show
+        self._icons_loaded = False
         self.setWindowTitle(f"DemoAI — {services.workspace.root}")
         self.resize(1200, 780)
         self._panes: dict[str, QWidget] = {}
@@ -85,11 +103,13 @@ class MainWindow(QMainWindow):
         self.sidebar.setMaximumWidth(220)
         self.sidebar.setMinimumWidth(150)
         self.sidebar.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.sidebar.setStyleSheet("QListWidget#sidebar::item { padding: 6px 10px; }")
+        self.sidebar.setIconSize(QSize(18, 18))
         for spec in self._specs:
             item = QListWidgetItem(spec.name)
             item.setToolTip(spec.tooltip)
             self.sidebar.addItem(item)
+            if spec.icon:
+                self._icons.append((item, spec.icon))
         self.stack = QStackedWidget()
         for _ in self._specs:
             self.stack.addWidget(QWidget())  # replaced by the real pane on first show
@@ -97,7 +117,7 @@ class MainWindow(QMainWindow):
         self.splitter.addWidget(self.sidebar)
         self.splitter.addWidget(self.stack)
         self.splitter.setStretchFactor(1, 1)
-        self.splitter.setSizes([160, 1040])
+        self.splitter.setSizes([190, 1010])
         self.setCentralWidget(self.splitter)
         self.sidebar.currentRowChanged.connect(self.show_pane_at)
 
@@ -113,6 +133,7 @@ class MainWindow(QMainWindow):
         services.bus.chat_with_model.connect(self._chat_with)
 
         self._build_menu()
+        self.theme.changed.connect(self._scheme_changed)
         self._fitted = False
         self._restore_state()
         fit_to_screen(self)
@@ -153,6 +174,9 @@ class MainWindow(QMainWindow):
             holder.setWidget(widget)
             self.stack.insertWidget(row, holder)
             self._panes[spec.key] = widget
+            opener = getattr(widget, "open_pane", None)  # Home's steps go to their panes
+            if opener is not None:
+                opener.connect(self.pane)
         self.stack.setCurrentIndex(row)
 
     def _chat_with(self, model_id: str) -> None:
@@ -160,29 +184,96 @@ class MainWindow(QMainWindow):
         chat.chat_with(model_id)  # type: ignore[attr-defined]
 
     # -- menu ----------------------------------------------------------------------------
+    def _action(self, text: str, slot: Any, shortcut: Any = None, icon_name: str = "") -> QAction:
+        act = QAction(text, self)
+        if isinstance(shortcut, tuple):  # (standard key, fallback where the platform has none)
+            standard, fallback = shortcut
+            keys = QKeySequence.keyBindings(standard) or [QKeySequence(fallback)]
+            act.setShortcuts(keys)
+        elif shortcut is not None:
+            act.setShortcut(QKeySequence(shortcut))
+        act.triggered.connect(slot)
+        if icon_name:
+            self._icons.append((act, icon_name))
+        return act
+
     def _build_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
-        settings = QAction("&Settings…", self)
-        settings.setShortcut(QKeySequence.StandardKey.Preferences)
-        settings.triggered.connect(self.open_settings)
-        file_menu.addAction(settings)
+        file_menu.addAction(
+            self._action(
+                "&Settings…",
+                self.open_settings,
+                (QKeySequence.StandardKey.Preferences, "Ctrl+,"),
+                "mdi6.cog-outline",
+            )
+        )
         file_menu.addSeparator()
-        quit_action = QAction("&Quit", self)
-        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
-        quit_action.triggered.connect(self.close)
-        file_menu.addAction(quit_action)
-        for i, spec in enumerate(self._specs[:9]):
-            act = QAction(spec.name, self)
-            act.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
-            act.triggered.connect(lambda _=False, r=i: self.sidebar.setCurrentRow(r))
-            self.addAction(act)
+        file_menu.addAction(
+            self._action(
+                "&Quit", self.close, (QKeySequence.StandardKey.Quit, "Ctrl+Q"), "mdi6.exit-to-app"
+            )
+        )
+        go_menu = self.menuBar().addMenu("&Go")
+        for i, spec in enumerate(self._specs):
+            act = self._action(
+                spec.name.replace("&", "&&"),
+                lambda _=False, r=i: self.sidebar.setCurrentRow(r),
+                f"Ctrl+{i + 1}" if i < 9 else None,
+                spec.icon,
+            )
+            go_menu.addAction(act)
+        help_menu = self.menuBar().addMenu("&Help")
+        self.docs_action = self._action(
+            "&Documentation",
+            self.open_documentation,
+            (QKeySequence.StandardKey.HelpContents, "F1"),
+            "mdi6.book-open-variant",
+        )
+        self.shortcuts_action = self._action(
+            "&Keyboard shortcuts", self.show_shortcuts, "Ctrl+/", "mdi6.keyboard-outline"
+        )
+        self.about_action = self._action(
+            "&About DemoAI", self.show_about, None, "mdi6.information-outline"
+        )
+        for act in (self.docs_action, self.shortcuts_action):
+            help_menu.addAction(act)
+        help_menu.addSeparator()
+        help_menu.addAction(self.about_action)
 
     def open_settings(self) -> None:
         from app.ui.qt_settings_dialog import SettingsDialog
 
-        dlg = SettingsDialog(self.services.workspace, self)
+        dlg = SettingsDialog(self.services.workspace, self, theme=self.theme)
         if dlg.exec():
             self._update_network_label()
+
+    # -- help ------------------------------------------------------------------------------
+    def open_documentation(self) -> None:
+        from app.ui.qt_help import open_documentation
+
+        open_documentation(self)
+
+    def show_shortcuts(self) -> None:
+        from app.ui.qt_help import ShortcutsDialog
+
+        ShortcutsDialog(self).exec()
+
+    def show_about(self) -> None:
+        from app.ui.qt_help import AboutDialog
+
+        AboutDialog(self.services.workspace.root, self).exec()
+
+    # -- look --------------------------------------------------------------------------------
+    def load_icons(self) -> None:
+        """Set the sidebar and menu icons, tinted for the current scheme. Called once the
+        window has been painted (qtawesome costs ~0.2 s), and again on a theme change."""
+        self._icons_loaded = True
+        for target, name in self._icons:
+            target.setIcon(icon(name))
+
+    def _scheme_changed(self, _scheme: str) -> None:
+        if self._icons_loaded:
+            self.load_icons()
 
     # -- status bar ------------------------------------------------------------------------
     def _hardware_found(self, summary: str, note: str) -> None:
@@ -248,6 +339,7 @@ class MainWindow(QMainWindow):
         if not self._fitted:  # the frame is known once shown: fit once more, frame included
             self._fitted = True
             fit_to_screen(self)
+            after_first_paint(self.load_icons)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_state()

@@ -1,9 +1,10 @@
-"""Settings: workspace folder, offline mode, threads, GPU."""
+"""Settings: workspace folder, offline mode, threads, GPU, and the theme (kept per user)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from typing import TYPE_CHECKING
 
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -22,6 +23,10 @@ from PySide6.QtWidgets import (
 
 from app.core.errors import DemoAIError
 from app.core.workspace import Settings, Workspace, default_workspace_dir
+from app.ui.theme import CHOICES, set_role
+
+if TYPE_CHECKING:
+    from app.ui.theme import ThemeManager
 
 
 def _help(name: str) -> str:
@@ -34,10 +39,16 @@ def _help(name: str) -> str:
 class SettingsDialog(QDialog):
     """Edits the workspace's settings; a new workspace folder applies on the next start."""
 
-    def __init__(self, workspace: Workspace, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        workspace: Workspace,
+        parent: QWidget | None = None,
+        theme: ThemeManager | None = None,
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self.workspace = workspace
+        self.theme_manager = theme
         s = workspace.settings
 
         self.folder = QLineEdit(str(workspace.root))
@@ -70,8 +81,16 @@ class SettingsDialog(QDialog):
         self.max_cpu_jobs.setRange(1, 16)
         self.max_cpu_jobs.setValue(s.max_cpu_jobs)
         self.max_cpu_jobs.setToolTip(_help("max_cpu_jobs"))
+        self.theme = QComboBox()
+        for value, label in CHOICES:
+            self.theme.addItem(label, value)
+        self.theme.setCurrentIndex(max(0, self.theme.findData(theme.choice if theme else "system")))
+        self.theme.setToolTip(
+            "Light or dark colours. 'Same as the system' follows the system's setting, also "
+            "when it changes while DemoAI runs. Applies at once, to every workspace."
+        )
         self.error = QLabel()
-        self.error.setStyleSheet("color: #c0392b")
+        set_role(self.error, "error")
         self.error.setWordWrap(True)
 
         form = QFormLayout(self)
@@ -81,6 +100,7 @@ class SettingsDialog(QDialog):
         form.addRow("CPU threads", self.threads)
         form.addRow("GPU", self.gpu)
         form.addRow("Parallel CPU jobs", self.max_cpu_jobs)
+        form.addRow("Appearance", self.theme)
         form.addRow(self.error)
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
@@ -111,7 +131,17 @@ class SettingsDialog(QDialog):
                 from app.ui.qt_app_state import remember_workspace
 
                 remember_workspace(chosen)
+            self.apply_theme()
         except (DemoAIError, OSError) as exc:
             self.error.setText(str(exc))
             return
         super().accept()
+
+    def apply_theme(self) -> None:
+        """Remember the chosen theme for this user and apply it now."""
+        from app.ui.qt_app_state import remember_theme
+
+        choice = str(self.theme.currentData())
+        remember_theme(choice)
+        if self.theme_manager is not None:
+            self.theme_manager.set_choice(choice)
