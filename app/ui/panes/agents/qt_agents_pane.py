@@ -222,6 +222,7 @@ class AgentsPane(QWidget):
         self.runs = RunStore(db)
         self.registry = ModelRegistry(services.workspace)
         self.host = services.host
+        self._leases: list[Any] = []  # the models a run holds in the shared host
         #: spec -> model client; None uses the agent's library model through a host process.
         self.client_factory: Callable[[AgentSpec], ChatClient] | None = None
         #: Tests: embedding functions by model id (else the pane's model host serves them).
@@ -852,13 +853,19 @@ class AgentsPane(QWidget):
                 f"The library model {rec.id} is not the one agent {spec.name} was made with.",
                 "Import the exact model, or save a new agent version for this one.",
             )
-        served = {rec.id: (str(rec.path), rec.format)}
+        # Leased for the run (released when it ends): the shared host keeps them loaded.
+        leases = [self.host.lease(rec, spec.template)]
+        self._leases.extend(leases)
         for mid in embedding_models(spec):
-            emb = self.registry.get(mid)
-            served[emb.id] = (str(emb.path), emb.format)
-        base_url, token = self.host.prepare_models(served, spec.template)
-        self._embedder_for = lambda mid: OpenAIEmbedder(base_url, token, mid)
-        return OpenAIChatClient(base_url, token, model=rec.id)
+            self._leases.append(self.host.lease(self.registry.get(mid)))
+        lease = leases[0]
+        self._embedder_for = lambda mid: OpenAIEmbedder(lease.base_url, lease.token, mid)
+        return OpenAIChatClient(lease.base_url, lease.token, model=lease.model)
+
+    def _release_leases(self) -> None:
+        leases, self._leases = self._leases, []
+        for lease in leases:
+            self.host.release(lease)
 
     def make_tools(self, spec: AgentSpec) -> Any:
         """The agent's tools (a context manager); call after :meth:`make_client`.
@@ -1068,6 +1075,7 @@ class AgentsPane(QWidget):
         if self._worker is not None:
             self._worker.join(timeout=5)
         self._worker = None
+        self._release_leases()
         self.approval_bar.hide()
         self._pending = None
         if isinstance(result, ReplayReport):
@@ -1087,7 +1095,8 @@ class AgentsPane(QWidget):
         self._set_busy(False)
 
     def shutdown(self) -> None:
-        """Deny a pending approval, wait for the worker, stop the model host."""
+        """Deny a pending approval, wait for the worker, give back its models (the window
+        stops the shared host)."""
         self._closing.set()
         worker = self._worker
         if worker is not None:
@@ -1096,7 +1105,7 @@ class AgentsPane(QWidget):
                 self._worker = None
         self.approval_bar.hide()
         self._pending = None
-        self.host.stop()
+        self._release_leases()
 
 
 def _spin(lo: int, hi: int, value: int, tip: str) -> QSpinBox:

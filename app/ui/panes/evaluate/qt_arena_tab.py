@@ -62,6 +62,7 @@ class ArenaTab(QWidget):
         self.arena = ArenaService(self.ws)
         self.evals = EvalStore(self.ws)
         self.host = services.host
+        self._leases: list[Any] = []  # held while answers are fetched
         self.fetcher: AnswerFetcher | None = None
         self.queue: list[BlindMatch] = [m.blind() for m in self.arena.matches(voted=False)]
         self.match: BlindMatch | None = None
@@ -274,7 +275,7 @@ class ArenaTab(QWidget):
             specs = []
             for mid in model_ids:
                 rec = self.registry.get(mid)
-                specs.append((rec.id, str(rec.path), rec.format))
+                specs.append(rec)
         except DemoAIError as exc:
             self.status.setText(f"<span style='color:#c0392b'>{html.escape(exc.message)}</span>")
             return None
@@ -283,10 +284,13 @@ class ArenaTab(QWidget):
             "temperature": round(self.temperature.value(), 3),
             "max_tokens": self.max_tokens.value(),
         }
-        models = {mid: (path, fmt) for mid, path, fmt in specs}
-        fetcher = AnswerFetcher(
-            lambda: self.host.prepare_models(models), model_ids, prompts, sampling
-        )
+
+        def lease_all() -> tuple[str, str]:  # on the fetcher's thread
+            for rec in specs:
+                self._leases.append(self.host.lease(rec))
+            return self._leases[0].base_url, self._leases[0].token
+
+        fetcher = AnswerFetcher(lease_all, model_ids, prompts, sampling)
         fetcher.answered.connect(self._answered)
         fetcher.finished.connect(self._fetch_finished)
         self.fetcher = fetcher
@@ -319,8 +323,14 @@ class ArenaTab(QWidget):
             self.next_match()
         self._update_pending()
 
+    def _release_leases(self) -> None:
+        leases, self._leases = self._leases, []
+        for lease in leases:
+            self.host.release(lease)
+
     def _fetch_finished(self, error: str) -> None:
         self.fetcher = None
+        self._release_leases()
         self._set_busy(False)
         if error:
             self.status.setText(
@@ -452,4 +462,4 @@ class ArenaTab(QWidget):
         if self.fetcher is not None:
             self.fetcher.stop()
             self.fetcher.wait(5)
-        self.host.stop()
+        self._release_leases()  # the window stops the shared host
