@@ -32,7 +32,7 @@ def test_generate_dialog_self_instruct(
     pane.refresh_datasets(select=v.dataset_id)
     pane.open_dataset(v.dataset_id)
     qtbot.waitUntil(lambda: pane.model is not None and pane.model.rowCount() == 6, timeout=10_000)
-    assert pane.generate_btn.isEnabled() and pane.versions.count() == 1
+    assert pane.editor.generate_btn.isEnabled() and pane.versions.count() == 1
     seen: list[GenerateDialog] = []
 
     def fake_exec(dlg: GenerateDialog) -> int:
@@ -49,7 +49,7 @@ def test_generate_dialog_self_instruct(
 
     monkeypatch.setattr(GenerateDialog, "exec", fake_exec)
     jobs_before = set(pane._jobs)
-    pane.generate_btn.click()
+    pane.editor.generate_btn.click()
     assert seen and seen[0].chosen[0] == "data.self_instruct"
     assert seen[0].chosen[1]["n_new"] == 2 and seen[0].chosen[1]["seed"] == 5
     assert len(pane._jobs - jobs_before) == 1

@@ -29,7 +29,7 @@ def million(workspace) -> str:
     return v.dataset_id
 
 
-def test_million_rows_scroll_edit_save(qtbot, main_window, million) -> None:
+def test_million_rows_scroll_edit_save(qtbot, main_window, million, ui_watchdog) -> None:
     pane = main_window.pane("datasets")
     store = pane.store
     pane.open_dataset(million)
@@ -46,15 +46,25 @@ def test_million_rows_scroll_edit_save(qtbot, main_window, million) -> None:
     # edit the last cell through the view, as the delegate does
     assert model.setData(model.index(last, 1), "edited at the end")
     assert not model.setData(model.index(last, 0), "not a number")  # type checked
-    assert pane.save_btn.isEnabled() and "unsaved: 1 cell" in pane.info.text()
+    assert pane.editor.save_btn.isEnabled() and "unsaved: 1 cell" in pane.editor.info.text()
     model.undo()
     assert model.index(last, 1).data() == "row 999999 text"
     model.redo()
-    v = pane.save_version("fix the last row")
-    assert v is not None and v.rows == 1_000_000 and v.operation["name"] == "edit"
+    old = pane.version.hash
+    # saving streams 1M rows on a worker thread: the UI thread never stalls > 100 ms
+    with ui_watchdog.watch():
+        handle = pane.save_version("fix the last row")
+        assert handle is not None and not pane.editor.save_btn.isEnabled()
+        assert pane.editor.status.state == "busy"
+        qtbot.waitUntil(lambda: pane.version.hash != old, timeout=120_000)
+    ui_watchdog.assert_no_stall()
+    assert handle.error is None
+    v = pane.version
+    assert v.rows == 1_000_000 and v.operation["name"] == "edit"
     assert v.operation["params"]["cells_edited"] == 1
     items = [pane.versions.item(i).text() for i in range(pane.versions.count())]
-    assert "fix the last row" in items[0] and len(items) == 2
+    assert "fix the last row" in items[0] and items[0].startswith("● v2") and len(items) == 2
+    assert pane.model is not model and not pane.model.has_changes
     t = store.read_table(f"{million}@{v.hash}", columns=["text"])
     assert t.column("text")[999_999].as_py() == "edited at the end"
     assert t.column("text")[999_998].as_py() == "row 999998 text"
@@ -71,8 +81,9 @@ def test_sort_filter_search_and_structure_edits(qtbot, main_window, workspace) -
     pane = main_window.pane("datasets")
     pane.refresh_datasets(select=ds)
     pane.open_dataset(ds)
-    pane.sort_col.setCurrentIndex(pane.sort_col.findData("instruction"))
-    pane.apply_query()
+    q = pane.editor.query_bar
+    q.sort_col.setCurrentIndex(q.sort_col.findData("instruction"))
+    q.apply_query()
     qtbot.waitUntil(lambda: pane.model.view is not None, timeout=10_000)
     assert [pane.model.index(r, 0).data() for r in range(4)] == [
         "a task",
@@ -80,21 +91,22 @@ def test_sort_filter_search_and_structure_edits(qtbot, main_window, workspace) -
         "c task",
         "write an email",
     ]
-    pane.sort_col.setCurrentIndex(0)
-    pane.expr.setText('len(output) > 100 or contains(instruction, "EMAIL")')
-    pane.apply_query()
+    q.sort_col.setCurrentIndex(0)
+    q.expr.setText('len(output) > 100 or contains(instruction, "EMAIL")')
+    q.apply_query()
     qtbot.waitUntil(lambda: pane.model.rowCount() == 2, timeout=10_000)
     assert {pane.model.index(r, 0).data() for r in range(2)} == {"a task", "write an email"}
-    pane.expr.setText("__import__('os')")
-    pane.apply_query()
+    q.expr.setText("__import__('os')")
+    q.apply_query()
+    info = pane.editor.info
     qtbot.waitUntil(
-        lambda: "not allowed" in pane.info.text() or "Unknown" in pane.info.text(), timeout=10_000
+        lambda: "not allowed" in info.text() or "Unknown" in info.text(), timeout=10_000
     )
-    pane.clear_query()
-    pane.search.setText("dear")
-    pane.apply_query()
+    q.clear_query()
+    q.search.setText("dear")
+    q.apply_query()
     qtbot.waitUntil(lambda: pane.model.rowCount() == 1, timeout=10_000)
-    pane.clear_query()
+    q.clear_query()
     # structure edits
     m = pane.model
     m.add_column("notes")
@@ -102,8 +114,10 @@ def test_sort_filter_search_and_structure_edits(qtbot, main_window, workspace) -
     m.delete_rows([0])
     r = m.add_row()
     assert m.setData(m.index(r, 0), "new prompt")
-    v = pane.save_version("restructure")
-    out = pane.store.read_table(f"{ds}@{v.hash}")
+    old = pane.version.hash
+    pane.save_version("restructure")
+    qtbot.waitUntil(lambda: pane.version.hash != old, timeout=30_000)
+    out = pane.store.read_table(pane.ref())
     assert out.column_names == ["prompt", "output", "notes"]
     assert out.column("prompt").to_pylist() == ["a task", "write an email", "c task", "new prompt"]
 
@@ -130,27 +144,26 @@ def test_import_and_prepare_jobs(qtbot, main_window, tmp_path: Path) -> None:
 
 
 def test_bad_import_is_reported(qtbot, main_window, tmp_path: Path, monkeypatch) -> None:
-    import app.ui.panes.datasets.qt_datasets_pane as mod
-
-    shown: list[str] = []
-    monkeypatch.setattr(mod, "show_error", lambda parent, title, exc: shown.append(str(exc)))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"a": 1}\n{broken\n{"a": 3}\n')
     pane = main_window.pane("datasets")
     pane.import_file(str(bad))
-    qtbot.waitUntil(lambda: bool(shown), timeout=60_000)
-    assert "line 2" in shown[0]
+    status = pane.list.status  # next to the Import button
+    assert status.state == "busy"
+    qtbot.waitUntil(lambda: status.state == "error", timeout=60_000)
+    assert "line 2" in status.label.text() and status.isVisible()
     assert DatasetStore(main_window.services.workspace).list_datasets() == []
 
 
 def test_sample_dataset_first_run(qtbot, main_window) -> None:
     pane = main_window.pane("datasets")
-    assert pane.empty.isVisible() and pane.sample_btn.isVisible()
+    assert pane.empty.isVisible() and pane.list.sample_btn.isVisible()
     t0 = time.perf_counter()
     pane.add_sample()
+    qtbot.waitUntil(lambda: pane.model is not None, timeout=10_000)
     assert time.perf_counter() - t0 < 10
-    assert pane.model is not None and pane.model.rowCount() >= 50
-    assert not pane.sample_btn.isVisible()
+    assert pane.model.rowCount() >= 50 and not pane.empty.isVisible()
+    assert not pane.list.sample_btn.isVisible()
 
 
 def test_display_blocks_match_the_file_across_row_groups(qtbot, tmp_path: Path) -> None:
@@ -190,28 +203,30 @@ def test_column_header_filters_and_sort(qtbot, main_window, workspace) -> None:
     pane = main_window.pane("datasets")
     pane.refresh_datasets(select=ds)
     pane.open_dataset(ds)
-    menu = pane.header_menu(0)
+    q = pane.editor.query_bar
+    info = pane.editor.info
+    menu = q.header_menu(0)
     labels = [a.text() for a in menu.actions() if a.text()]
     assert labels == ["Sort ascending", "Sort descending", "Filter text…"]
-    pane.set_column_filter("text", "refund")
+    q.set_column_filter("text", "refund")
     qtbot.waitUntil(lambda: pane.model.rowCount() == 3, timeout=10_000)
-    pane.set_column_filter("label", "bill")  # two column filters combine with AND
-    pane.header_menu(2).actions()[1].trigger()  # sort descending by n
+    q.set_column_filter("label", "bill")  # two column filters combine with AND
+    q.header_menu(2).actions()[1].trigger()  # sort descending by n
 
     def shown() -> list[str]:
         return [pane.model.index(r, 2).data() for r in range(pane.model.rowCount())]
 
     qtbot.waitUntil(lambda: shown() == ["5", "4", "3"], timeout=10_000)  # file order: 3, 4, 5
-    qtbot.waitUntil(lambda: "Working" not in pane.info.text(), timeout=10_000)
-    assert "text contains “refund”" in pane.info.text() and "label contains" in pane.info.text()
-    assert "Clear the filter on text" in [a.text() for a in pane.header_menu(0).actions()]
-    pane.set_column_filter("text", "")
+    qtbot.waitUntil(lambda: "Working" not in info.text(), timeout=10_000)
+    assert "text contains “refund”" in info.text() and "label contains" in info.text()
+    assert "Clear the filter on text" in [a.text() for a in q.header_menu(0).actions()]
+    q.set_column_filter("text", "")
     qtbot.waitUntil(lambda: pane.model.rowCount() == 3, timeout=10_000)  # billing rows
-    assert "text contains" not in pane.info.text()
-    pane.clear_query()
-    assert pane.model.rowCount() == 5 and not pane.column_filters
+    assert "text contains" not in info.text()
+    q.clear_query()
+    assert pane.model.rowCount() == 5 and not q.column_filters
     pane.model.add_column("notes")
-    assert not pane.header_menu(3).actions()[0].isEnabled()
+    assert not q.header_menu(3).actions()[0].isEnabled()
 
 
 def test_cells_carry_as_much_text_as_the_column_shows(qtbot, main_window, workspace) -> None:
@@ -276,7 +291,7 @@ def test_the_fast_cell_delegate_paints_what_qt_would(qtbot, main_window, workspa
     try:
         theirs = cells()
     finally:
-        table.setItemDelegate(pane.cell_delegate)
+        table.setItemDelegate(pane.editor.cell_delegate)
     assert [ours[r] == theirs[r] for r in (1, 2, 3, 4)] == [True] * 4
     assert len(set(ours[0])) > 1  # the ASCII cell is painted (not blank)
     assert model.setData(model.index(2, 0), "نص معدل")  # an unsaved edit: italic, shaped

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -491,48 +491,68 @@ class ArrowTableModel(QAbstractTableModel):
 
     def batches(self, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
         """The edited table in file order, streamed batch by batch."""
-        schema = pa.schema([pa.field(c.name, c.type) for c in self.columns])
-        edits_by_col: dict[int, dict[int, Any]] = {}
-        for (rid, uid), v in self.edits.items():
-            edits_by_col.setdefault(uid, {})[rid] = v
-        start = 0
-        for batch in self.pf.iter_batches(batch_size=batch_rows, use_threads=False):
-            n = batch.num_rows
-            arrays = []
-            for c in self.columns:
-                edits = {
-                    r - start: v
-                    for r, v in edits_by_col.get(c.uid, {}).items()
-                    if start <= r < start + n
-                }
-                if c.src is None:
-                    vals: list[Any] = [None] * n
-                    for i, v in edits.items():
-                        vals[i] = v
-                    arrays.append(pa.array(vals, c.type))
-                elif edits:
-                    vals = batch.column(c.src).to_pylist()
-                    for i, v in edits.items():
-                        vals[i] = v
-                    arrays.append(pa.array(vals, c.type))
-                else:
-                    arrays.append(batch.column(c.src))
-            out = pa.RecordBatch.from_arrays(arrays, schema=schema)
-            dels = [d - start for d in self.deleted if start <= d < start + n]
-            if dels:
-                keep = np.ones(n, dtype=bool)
-                keep[dels] = False
-                out = out.filter(pa.array(keep))
-            start += n
-            if out.num_rows:
-                yield out
-        live = self._live_added()
-        if live:
-            cols = [
-                pa.array([self.edits.get((rid, c.uid)) for rid in live], c.type)
-                for c in self.columns
-            ]
-            yield pa.RecordBatch.from_arrays(cols, schema=schema)
+        return _stream(
+            self.pf, self.columns, self.edits, self.deleted, self._live_added(), batch_rows
+        )
+
+    def frozen_batches(
+        self, pf: pq.ParquetFile, batch_rows: int = 65536
+    ) -> Iterator[pa.RecordBatch]:
+        """:meth:`batches` of the edits as they are now, read from ``pf``: a file object of
+        its own, so a worker thread can stream the save while the view keeps reading."""
+        columns = [replace(c) for c in self.columns]
+        return _stream(
+            pf, columns, dict(self.edits), set(self.deleted), self._live_added(), batch_rows
+        )
 
     def output_schema(self) -> pa.Schema:
         return pa.schema([pa.field(c.name, c.type) for c in self.columns])
+
+
+def _stream(
+    pf: pq.ParquetFile,
+    columns: list[Column],
+    edits: dict[tuple[int, int], Any],
+    deleted: set[int],
+    live: list[int],
+    batch_rows: int,
+) -> Iterator[pa.RecordBatch]:
+    """The source rows with ``edits`` applied and ``deleted`` left out, then the added rows."""
+    schema = pa.schema([pa.field(c.name, c.type) for c in columns])
+    edits_by_col: dict[int, dict[int, Any]] = {}
+    for (rid, uid), v in edits.items():
+        edits_by_col.setdefault(uid, {})[rid] = v
+    start = 0
+    for batch in pf.iter_batches(batch_size=batch_rows, use_threads=False):
+        n = batch.num_rows
+        arrays = []
+        for c in columns:
+            col_edits = {
+                r - start: v
+                for r, v in edits_by_col.get(c.uid, {}).items()
+                if start <= r < start + n
+            }
+            if c.src is None:
+                vals: list[Any] = [None] * n
+                for i, v in col_edits.items():
+                    vals[i] = v
+                arrays.append(pa.array(vals, c.type))
+            elif col_edits:
+                vals = batch.column(c.src).to_pylist()
+                for i, v in col_edits.items():
+                    vals[i] = v
+                arrays.append(pa.array(vals, c.type))
+            else:
+                arrays.append(batch.column(c.src))
+        out = pa.RecordBatch.from_arrays(arrays, schema=schema)
+        dels = [d - start for d in deleted if start <= d < start + n]
+        if dels:
+            keep = np.ones(n, dtype=bool)
+            keep[dels] = False
+            out = out.filter(pa.array(keep))
+        start += n
+        if out.num_rows:
+            yield out
+    if live:
+        cols = [pa.array([edits.get((rid, c.uid)) for rid in live], c.type) for c in columns]
+        yield pa.RecordBatch.from_arrays(cols, schema=schema)

@@ -1,0 +1,255 @@
+"""The changes between two versions as a table: one row per changed row, cells before → after.
+
+The diff itself (:mod:`app.core.data.diff`) keeps every change as 17 bytes; this
+view holds one page of changed rows with their values (``PAGE`` rows) and pages
+through the rest, so a diff of millions of rows costs the window one page.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtGui import QBrush, QColor, QFont
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.core.data.diff import RowChange, VersionDiff
+from app.core.data.ops import OpContext
+from app.ui.actions import Progress
+from app.ui.panes.datasets.qt_arrow_model import display_text
+from app.ui.services import Services
+from app.ui.widgets.status_line import StatusLine
+
+#: Changed rows held (and shown) at a time.
+PAGE = 200
+_Index = QModelIndex | QPersistentModelIndex
+#: Translucent tints, readable on light and dark themes.
+TINT = {
+    "changed": QColor(255, 193, 7, 40),
+    "added": QColor(46, 160, 67, 60),
+    "removed": QColor(218, 54, 51, 60),
+    "moved": QColor(56, 139, 253, 50),
+}
+CELL_CHANGED = QColor(255, 170, 0, 150)
+ARROW = "  →  "
+
+
+def row_label(c: RowChange) -> str:
+    """Where the row is, numbered as the table shows rows (from 1)."""
+    if c.kind == "added":
+        return f"{c.new_row}"
+    if c.kind == "removed":
+        return f"was {c.old_row}"
+    if c.old_row != c.new_row:
+        return f"{c.old_row} → {c.new_row}"
+    return f"{c.new_row}"
+
+
+def _text(v: Any, limit: int = 200) -> str:
+    return "∅" if v is None else str(display_text(v, limit))
+
+
+class DiffModel(QAbstractTableModel):
+    """One page of :class:`RowChange`: change, row, then every column of either version."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.columns: list[str] = []
+        self.rows: list[RowChange] = []
+        self._strike = QFont()
+        self._strike.setStrikeOut(True)
+
+    def set_page(self, columns: list[str], rows: list[RowChange]) -> None:
+        self.beginResetModel()
+        self.columns, self.rows = list(columns), list(rows)
+        self.endResetModel()
+
+    def rowCount(self, parent: _Index = QModelIndex()) -> int:
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent: _Index = QModelIndex()) -> int:
+        return 0 if parent.isValid() else 2 + len(self.columns)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = 0) -> Any:
+        if role != Qt.ItemDataRole.DisplayRole or orientation != Qt.Orientation.Horizontal:
+            return None
+        return ("Change", "Row", *self.columns)[section]
+
+    def cell(self, row: int, column: int) -> tuple[str, bool, str]:
+        """(text, changed, tooltip) of a cell."""
+        c = self.rows[row]
+        if column == 0:
+            return c.kind, False, ""
+        if column == 1:
+            return row_label(c), False, ""
+        name = self.columns[column - 2]
+        before = c.before.get(name) if c.before is not None else None
+        after = c.after.get(name) if c.after is not None else None
+        in_old = c.before is not None and name in c.before
+        in_new = c.after is not None and name in c.after
+        if name in c.changed:
+            tip = f"Before:\n{_text(before, 2000)}\n\nAfter:\n{_text(after, 2000)}"
+            return f"{_text(before)}{ARROW}{_text(after)}", True, tip
+        if c.kind == "removed" or (in_old and not in_new):
+            return _text(before), False, _text(before, 2000)
+        return _text(after), False, _text(after, 2000)
+
+    def data(self, index: _Index, role: int = 0) -> Any:
+        if not index.isValid():
+            return None
+        r, col = index.row(), index.column()
+        if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole):
+            text, _, tip = self.cell(r, col)
+            return text if role == Qt.ItemDataRole.DisplayRole else (tip or None)
+        kind = self.rows[r].kind
+        if role == Qt.ItemDataRole.BackgroundRole:
+            if col >= 2 and self.cell(r, col)[1]:
+                return QBrush(CELL_CHANGED)
+            return QBrush(TINT[kind])
+        if role == Qt.ItemDataRole.FontRole and kind == "removed" and col >= 2:
+            return self._strike
+        return None
+
+
+class DiffView(QWidget):
+    """Compares two versions off the UI thread and pages through the changed rows."""
+
+    def __init__(self, services: Services, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.services = services
+        self.diff: VersionDiff | None = None
+        self.start = 0
+        self.summary = QLabel(
+            "Choose a version on the right and press <b>Compare with current</b>."
+        )
+        self.summary.setObjectName("diffSummary")
+        self.summary.setWordWrap(True)
+        self.model = DiffModel()
+        self.table = QTableView()
+        self.table.setObjectName("diffTable")
+        self.table.setModel(self.model)
+        self.table.setWordWrap(False)
+        self.table.verticalHeader().hide()
+        self.table.horizontalHeader().setDefaultSectionSize(220)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.prev_btn = QPushButton("‹ Previous")
+        self.next_btn = QPushButton("Next ›")
+        self.page_label = QLabel()
+        self.page_label.setObjectName("diffPage")
+        self.prev_btn.clicked.connect(lambda: self.show_page(self.start - PAGE))
+        self.next_btn.clicked.connect(lambda: self.show_page(self.start + PAGE))
+        self.status = StatusLine()
+        nav = QHBoxLayout()
+        nav.addWidget(self.page_label, 1)
+        nav.addWidget(self.prev_btn)
+        nav.addWidget(self.next_btn)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.summary)
+        lay.addWidget(self.table, 1)
+        lay.addLayout(nav)
+        lay.addWidget(self.status)
+        self._update_nav()
+
+    def compare(self, dataset_id: str, old: str, new: str, *, key: str | None = None) -> Any:
+        """Diff ``old`` → ``new`` and show the first page (returns the action's handle)."""
+        from app.core.data.diff import diff_versions, read_version_changes
+
+        ws = self.services.workspace
+
+        def run(p: Progress) -> tuple[VersionDiff, list[RowChange]]:
+            def step(fraction: float | None, message: str) -> None:
+                p.update(fraction or 0.0, 1.0 if fraction is not None else None, message)
+
+            ctx = OpContext(progress=step, check_cancelled=p.check)
+            d = diff_versions(ws, dataset_id, old, new, key=key, ctx=ctx)
+            return d, read_version_changes(ws, d, 0, PAGE)
+
+        self.diff = None
+        self.model.set_page([], [])
+        self._update_nav()
+        return self.services.actions.run(
+            self,
+            "Comparing versions",
+            run,
+            done=lambda result: self._shown(*result, start=0),
+            status=self.status,
+            cancellable=True,
+        )
+
+    def show_page(self, start: int) -> Any:
+        d = self.diff
+        if d is None:
+            return None
+        start = max(0, min(start, max(d.changes - 1, 0)))
+        from app.core.data.diff import read_version_changes
+
+        ws = self.services.workspace
+        return self.services.actions.run(
+            self,
+            "Reading changed rows",
+            lambda _p: read_version_changes(ws, d, start, PAGE),
+            done=lambda rows: self._shown(d, rows, start=start),
+            status=self.status,
+        )
+
+    def _shown(self, d: VersionDiff, rows: list[RowChange], *, start: int) -> None:
+        self.diff, self.start = d, start
+        self.model.set_page(d.columns, rows)
+        self.summary.setText(summary_html(d))
+        self._update_nav()
+
+    def _update_nav(self) -> None:
+        d = self.diff
+        shown = self.model.rowCount()
+        self.prev_btn.setEnabled(d is not None and self.start > 0)
+        self.next_btn.setEnabled(d is not None and self.start + shown < d.changes)
+        if d is None or not d.changes:
+            self.page_label.setText("")
+            return
+        more = d.changes - self.start - shown
+        text = f"Changed rows {self.start + 1:,}–{self.start + shown:,} of {d.changes:,}"
+        if more > 0:
+            text += f" · {more:,} more changes"
+        self.page_label.setText(text)
+
+    def clear(self) -> None:
+        self.diff = None
+        self.model.set_page([], [])
+        self.summary.setText("Choose a version on the right and press <b>Compare with current</b>.")
+        self._update_nav()
+
+
+def summary_html(d: VersionDiff) -> str:
+    """One paragraph: which versions, how many rows of each kind, what happened to columns."""
+    parts = [
+        f"<b>{html.escape(d.old_label)} → {html.escape(d.new_label)}</b>: "
+        f"{d.rows_old:,} → {d.rows_new:,} rows · "
+        f"<span style='background:rgba(255,193,7,0.35)'>&nbsp;{d.rows_changed:,} changed&nbsp;</span> · "
+        f"<span style='background:rgba(46,160,67,0.35)'>&nbsp;{d.rows_added:,} added&nbsp;</span> · "
+        f"<span style='background:rgba(218,54,51,0.35)'>&nbsp;{d.rows_removed:,} removed&nbsp;</span>"
+    ]
+    if d.rows_moved:
+        parts.append(f" · {d.rows_moved:,} moved")
+    if d.key:
+        parts.append(f" · rows matched by {html.escape(d.key)}")
+    if d.columns_added:
+        parts.append(f"<br>Columns added: {html.escape(', '.join(d.columns_added))}")
+    if d.columns_removed:
+        parts.append(f"<br>Columns removed: {html.escape(', '.join(d.columns_removed))}")
+    for t in d.type_changed:
+        parts.append(
+            f"<br>Column {html.escape(t['column'])}: {html.escape(t['old'])} → "
+            f"{html.escape(t['new'])} (not compared)"
+        )
+    if not d.changes and not d.schema_changed:
+        parts.append("<br>The two versions hold the same rows.")
+    return "".join(parts)
