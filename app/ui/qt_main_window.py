@@ -35,7 +35,7 @@ from app.core.jobs.store import Job, JobState
 from app.core.store.files import atomic_write_json
 from app.ui.panes import PANES, PaneSpec
 from app.ui.services import Services
-from app.ui.theme import ThemeManager, after_first_paint, icon
+from app.ui.theme import ThemeManager, after_first_paint, icon, when_icons_ready
 
 UI_STATE_FILE = "ui-state.json"
 
@@ -266,7 +266,8 @@ class MainWindow(QMainWindow):
     # -- look --------------------------------------------------------------------------------
     def load_icons(self) -> None:
         """Set the sidebar and menu icons, tinted for the current scheme. Called once the
-        window has been painted (qtawesome costs ~0.2 s), and again on a theme change."""
+        window has been painted and qtawesome imported (off the UI thread), and again on
+        a theme change."""
         self._icons_loaded = True
         for target, name in self._icons:
             target.setIcon(icon(name))
@@ -339,7 +340,7 @@ class MainWindow(QMainWindow):
         if not self._fitted:  # the frame is known once shown: fit once more, frame included
             self._fitted = True
             fit_to_screen(self)
-            after_first_paint(self.load_icons)
+            after_first_paint(self, lambda: when_icons_ready(self.load_icons, self))
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_state()

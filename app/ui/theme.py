@@ -7,17 +7,18 @@ follows the system (``QStyleHints.colorScheme``, live) unless the user picked
 Light or Dark in Settings (kept per user, see ``app/ui/qt_app_state.py``).
 
 Icons come from qtawesome (Material Design Icons), tinted with the scheme's text
-colour. Importing qtawesome costs ~0.15 s and its font another ~0.04 s, so
-:func:`icon` loads it on first use and the window asks for its icons only after
-it has been shown.
+colour. Importing qtawesome costs 0.2-0.4 s, so it is imported on a thread after
+the window's first paint (:func:`when_icons_ready`); the window shows without
+icons until then.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtCore import QCoreApplication, QObject, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPalette
 from PySide6.QtWidgets import QApplication, QWidget
 
@@ -209,11 +210,12 @@ def system_scheme() -> str:
     return "dark" if hints.colorScheme() == Qt.ColorScheme.Dark else "light"
 
 
-def resolve(choice: str) -> str:
-    """The scheme a choice means now: 'light' or 'dark'."""
+def resolve(choice: str, system: str | None = None) -> str:
+    """The scheme a choice means now: 'light' or 'dark' (``system``: what the platform
+    last said, else it is asked)."""
     if choice in SCHEMES:
         return choice
-    return system_scheme()
+    return system or system_scheme()
 
 
 def current_colors() -> Colors:
@@ -226,22 +228,88 @@ def current_colors() -> Colors:
 _qta: Any = None
 
 #: Icons are asked for this long after a window is shown, so that its first frame is on
-#: screen before qtawesome loads (~0.2 s, it imports qtpy and its font).
+#: screen before anything else happens.
 ICON_DELAY_MS = 60
 
 
-def after_first_paint(fn: Callable[[], None]) -> None:
-    """Run ``fn`` once the window just shown has had time to paint its first frame."""
-    QTimer.singleShot(ICON_DELAY_MS, fn)
+def after_first_paint(owner: QObject, fn: Callable[[], None]) -> None:
+    """Run ``fn`` once the window just shown has had time to paint its first frame
+    (not at all when ``owner`` is deleted before)."""
+    QTimer.singleShot(ICON_DELAY_MS, owner, fn)
 
 
 def icons_loaded() -> bool:
-    """Whether qtawesome has been loaded (the window's first paint never waits for it)."""
+    """Whether qtawesome has been imported (the window never waits for it)."""
     return _qta is not None
 
 
+class _IconLoader(QObject):
+    """Imports qtawesome on a thread of its own, then calls back on the UI thread.
+
+    The import costs 0.2-0.4 s (qtpy imports whole PySide6 modules); on the UI thread
+    that is a visible freeze, on a thread it is not (the UI thread keeps running: the
+    longest event-loop gap measured during it was 22-55 ms). Then making and painting
+    the window's icons takes under 10 ms on the UI thread.
+    """
+
+    imported = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[tuple[QObject | None, Callable[[], None]]] = []
+        self.started = False
+        self.imported.connect(self._deliver)
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            threading.Thread(target=self._import, name="demoai-icons", daemon=True).start()
+
+    def _import(self) -> None:
+        global _qta
+        import qtawesome
+
+        # The fonts too (~50 ms, ~150 ms on a busy machine): qtawesome's singleton is a
+        # QObject, handed to the UI thread once built. Private API, so only if it is there.
+        build = getattr(qtawesome, "_instance", None)
+        if callable(build):
+            fonts = build()
+            app = QCoreApplication.instance()
+            if isinstance(fonts, QObject) and app is not None:
+                fonts.moveToThread(app.thread())
+        _qta = qtawesome
+        self.imported.emit()  # queued: the loader lives on the UI thread
+
+    @Slot()
+    def _deliver(self) -> None:
+        from shiboken6 import isValid
+
+        pending, self.pending = self.pending, []
+        for owner, fn in pending:
+            if owner is None or isValid(owner):  # a window closed meanwhile gets nothing
+                fn()
+
+
+_loader: _IconLoader | None = None
+
+
+def when_icons_ready(fn: Callable[[], None], owner: QObject | None = None) -> None:
+    """Call ``fn`` on the UI thread once icons can be made: now, or after qtawesome has
+    been imported off the UI thread (not at all if ``owner`` was deleted meanwhile)."""
+    global _loader
+    if _qta is not None:
+        fn()
+        return
+    if _loader is None:
+        _loader = _IconLoader()
+    _loader.pending.append((owner, fn))
+    _loader.start()
+
+
 def icon(name: str, *, color: str | None = None) -> QIcon:
-    """A Material Design icon (``"mdi6.home-outline"``) tinted for the current scheme."""
+    """A Material Design icon (``"mdi6.home-outline"``) tinted for the current scheme.
+
+    Imports qtawesome here when :func:`when_icons_ready` has not done it yet."""
     global _qta
     if _qta is None:
         import qtawesome
@@ -275,6 +343,7 @@ class ThemeManager(QObject):
             # Native styles (Windows, macOS) ignore parts of a custom palette: Fusion
             # draws both schemes the same way on every OS.
             app.setStyle("Fusion")
+        self._system: str | None = None  # the platform's scheme, as last announced
         QGuiApplication.styleHints().colorSchemeChanged.connect(self._system_changed)
         self.apply()
 
@@ -290,7 +359,7 @@ class ThemeManager(QObject):
         self.apply()
 
     def apply(self) -> None:
-        scheme = resolve(self._choice)
+        scheme = resolve(self._choice, self._system)
         colors = SCHEMES[scheme]
         self._app.setProperty("demoaiScheme", scheme)
         self._app.setPalette(palette_for(colors))
@@ -299,10 +368,7 @@ class ThemeManager(QObject):
             self.scheme = scheme
             self.changed.emit(scheme)
 
-    def _system_changed(self, *_: object) -> None:
+    def _system_changed(self, scheme: Qt.ColorScheme) -> None:
+        self._system = "dark" if scheme == Qt.ColorScheme.Dark else "light"
         if self._choice == "system":
             self.apply()
-
-    def on_change(self, fn: Callable[[str], None]) -> None:
-        """Call ``fn(scheme)`` after every scheme change (icons re-tint there)."""
-        self.changed.connect(fn)

@@ -126,6 +126,10 @@ from app.ui.panes import PANES
 for key in [p.key for p in PANES]:
     w.pane(key)
 app.processEvents()
+from app.ui.qt_help import AboutDialog, ShortcutsDialog
+about = AboutDialog(w.services.workspace.root, w)  # reads torch's version: no import
+ShortcutsDialog(w)
+assert any(k == "torch" for k, _ in about.rows)
 heavy = [m for m in ("torch", "transformers", "llama_cpp", "peft", "bitsandbytes", "datasets") if m in sys.modules]
 print("HEAVY=" + ",".join(heavy))
 w.close()
@@ -201,6 +205,7 @@ app = QApplication(sys.argv)
 from app.core.workspace import Workspace
 from app.ui.app import create_main_window
 from app.ui.panes import PANES
+from PySide6.QtWidgets import QScrollArea
 
 def frame(w):
     g = w.frameGeometry()
@@ -217,6 +222,10 @@ for key in [p.key for p in PANES]:
     app.processEvents()
     widths.append(w.frameGeometry().width())
 out["widths"] = widths
+w.pane("home")
+app.processEvents()
+holder = w.findChild(QScrollArea, "paneHolder_home")
+out["home_hscroll"] = holder.horizontalScrollBar().maximum()
 w.setGeometry(300, 200, 1700, 1050)  # as saved on a bigger monitor
 app.processEvents()
 w.close()
@@ -257,6 +266,7 @@ def test_window_fits_a_1366x768_laptop_screen(tmp_path) -> None:
 
     assert inside(out["start"]), out
     assert out["widths"] == [out["start"][2]] * len(out["widths"]), out
+    assert out["home_hscroll"] == 0, out  # Home fits the width: no sideways scrolling
     assert inside(out["restored"]), out
     assert out["restored"][2] == 1366  # shrunk to the screen, not reset to the default
 
@@ -363,3 +373,199 @@ def test_closing_hides_the_window_before_panes_shut_down(qtbot, workspace) -> No
     chat.shutdown = lambda: (visible_at_shutdown.append(window.isVisible()), original())[1]
     window.close()
     assert visible_at_shutdown == [False]
+
+
+def test_help_about_lists_versions(qtbot, main_window, monkeypatch) -> None:
+    """Help › About: DemoAI, Python, Qt, PySide6, llama-cpp-python, torch (from package
+    metadata, never imported: see WINDOW_PROBE) and the workspace, copyable."""
+    import platform
+    from importlib import metadata
+
+    import PySide6
+    from PySide6.QtCore import qVersion
+    from PySide6.QtWidgets import QApplication
+
+    import app
+    from app.ui.qt_help import AboutDialog
+
+    shown: list[AboutDialog] = []
+
+    def fake_exec(self: AboutDialog) -> int:
+        shown.append(self)
+        self.grab().save("/tmp/H5-about.png")
+        return 0
+
+    monkeypatch.setattr(AboutDialog, "exec", fake_exec)
+    main_window.about_action.trigger()
+    (dlg,) = shown
+    rows = dict(dlg.rows)
+    assert rows["DemoAI"] == app.__version__
+    assert rows["Python"] == platform.python_version()
+    assert rows["Qt"] == qVersion() and rows["PySide6"] == PySide6.__version__
+    assert rows["llama-cpp-python"] == metadata.version("llama_cpp_python")
+    assert rows["torch"] == metadata.version("torch")
+    assert rows["Workspace"] == str(main_window.services.workspace.root)
+    shown_text = dlg.details.text()
+    assert metadata.version("torch") in shown_text and rows["Workspace"] in shown_text
+    dlg.copy()
+    assert QApplication.clipboard().text() == dlg.text()
+    assert f"torch: {rows['torch']}" in dlg.text()
+
+
+def test_keyboard_shortcuts_are_the_window_s_real_ones(qtbot, main_window, monkeypatch) -> None:
+    from PySide6.QtCore import Qt
+
+    from app.ui.qt_help import ShortcutsDialog
+
+    shown: list[ShortcutsDialog] = []
+    monkeypatch.setattr(ShortcutsDialog, "exec", lambda self: (shown.append(self), 0)[1])
+    main_window.shortcuts_action.trigger()
+    (dlg,) = shown
+    table = dlg.table
+    rows = [(table.item(r, 0).text(), table.item(r, 1).text()) for r in range(table.rowCount())]
+    assert ("Go › Home", "Ctrl+1") in rows and ("Go › Datasets", "Ctrl+3") in rows
+    assert ("Go › Evaluate & Arena", "Ctrl+5") in rows
+    assert ("Help › Keyboard shortcuts", "Ctrl+/") in rows
+    assert any(what == "File › Quit" and keys for what, keys in rows)
+    assert any(what == "Help › Documentation" and "F1" in keys for what, keys in rows)
+    # what the table says is what the keys do
+    main_window.activateWindow()
+    qtbot.waitUntil(lambda: main_window.isActiveWindow(), timeout=5000)
+    qtbot.keyClick(main_window, Qt.Key.Key_3, Qt.KeyboardModifier.ControlModifier)
+    assert main_window.sidebar.currentItem().text() == "Datasets"
+    qtbot.keyClick(main_window, Qt.Key.Key_1, Qt.KeyboardModifier.ControlModifier)
+    assert main_window.sidebar.currentItem().text() == "Home"
+
+
+def test_help_documentation_opens_the_docs_or_shows_their_path(
+    qtbot, main_window, monkeypatch, no_modal_dialogs
+) -> None:
+    from pathlib import Path
+
+    from PySide6.QtGui import QDesktopServices
+
+    asked: list[str] = []
+    answer = [True]
+    monkeypatch.setattr(
+        QDesktopServices,
+        "openUrl",
+        staticmethod(lambda url: (asked.append(url.toLocalFile()), answer[0])[1]),
+    )
+    main_window.docs_action.trigger()
+    docs = Path(asked[0])
+    assert (docs / "architecture.md").is_file() and (docs / "install.md").is_file()
+    assert no_modal_dialogs == []
+    answer[0] = False  # no file manager: the path is shown to copy
+    main_window.docs_action.trigger()
+    assert asked[-1] == str(docs)
+    assert str(docs) in no_modal_dialogs[-1]
+
+
+def test_theme_switch_applies_to_the_whole_window(qtbot, main_window) -> None:
+    """Settings › Appearance › Dark repaints the window (palette, stylesheet, icons) at once
+    and is remembered for this user; System follows the platform again."""
+    from PySide6.QtGui import QPalette
+    from PySide6.QtWidgets import QApplication
+
+    from app.ui.qt_app_state import remembered_theme
+    from app.ui.qt_settings_dialog import SettingsDialog
+    from app.ui.theme import DARK, LIGHT
+
+    app = QApplication.instance()
+    theme = main_window.theme
+    sidebar = main_window.sidebar
+
+    def sidebar_background() -> str:
+        return sidebar.grab().toImage().pixelColor(4, sidebar.height() - 4).name()
+
+    def icon_pixels() -> bytes:
+        return bytes(sidebar.item(1).icon().pixmap(18, 18).toImage().constBits())
+
+    try:
+        # icons arrive after the first paint (qtawesome is imported off the UI thread)
+        qtbot.waitUntil(lambda: not sidebar.item(1).icon().isNull(), timeout=20_000)
+        assert theme.choice == "system" and theme.scheme == "light"
+        assert app.palette().color(QPalette.ColorRole.Window).name() == LIGHT.window
+        assert sidebar_background() == LIGHT.sidebar
+        light_icon = icon_pixels()
+        main_window.grab().save("/tmp/H5-theme-light.png")
+
+        dlg = SettingsDialog(main_window.services.workspace, main_window, theme=theme)
+        qtbot.addWidget(dlg)
+        assert dlg.theme.currentData() == "system"
+        dlg.theme.setCurrentIndex(dlg.theme.findData("dark"))
+        dlg.accept()
+        assert theme.scheme == "dark" and remembered_theme() == "dark"
+        assert app.palette().color(QPalette.ColorRole.Window).name() == DARK.window
+        assert main_window.palette().color(QPalette.ColorRole.Base).name() == DARK.base
+        assert sidebar_background() == DARK.sidebar
+        assert icon_pixels() != light_icon  # re-tinted for the dark background
+        main_window.grab().save("/tmp/H5-theme-dark.png")
+
+        dlg2 = SettingsDialog(main_window.services.workspace, main_window, theme=theme)
+        qtbot.addWidget(dlg2)
+        assert dlg2.theme.currentData() == "dark"
+        dlg2.theme.setCurrentIndex(dlg2.theme.findData("system"))
+        dlg2.accept()
+        assert theme.scheme == "light" and remembered_theme() == "system"
+        assert sidebar_background() == LIGHT.sidebar
+    finally:
+        theme.set_choice("system")
+
+
+def test_system_colour_scheme_is_followed_live(qtbot, main_window) -> None:
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QGuiApplication, QPalette
+    from PySide6.QtWidgets import QApplication
+
+    from app.ui.theme import DARK, LIGHT
+
+    hints = QGuiApplication.styleHints()
+    theme = main_window.theme
+    window = QPalette.ColorRole.Window
+    assert theme.choice == "system"
+    try:
+        hints.colorSchemeChanged.emit(Qt.ColorScheme.Dark)  # as the platform announces it
+        assert theme.scheme == "dark"
+        assert QApplication.palette().color(window).name() == DARK.window
+        theme.set_choice("light")  # an explicit choice wins over the system
+        hints.colorSchemeChanged.emit(Qt.ColorScheme.Dark)
+        assert theme.scheme == "light"
+        assert QApplication.palette().color(window).name() == LIGHT.window
+    finally:
+        hints.colorSchemeChanged.emit(Qt.ColorScheme.Light)
+        theme.set_choice("system")
+    assert theme.scheme == "light"
+
+
+THEME_PROBE = r"""
+import sys
+from PySide6.QtGui import QPalette
+from PySide6.QtWidgets import QApplication
+app = QApplication(sys.argv)
+from app.core.workspace import Workspace
+from app.ui.app import create_main_window
+w = create_main_window(Workspace.open(sys.argv[1]))
+w.show()
+app.processEvents()
+print("WINDOW=" + app.palette().color(QPalette.ColorRole.Window).name())
+w.close()
+"""
+
+
+def test_chosen_theme_is_used_at_the_next_start(tmp_path) -> None:
+    import os
+
+    from app.ui.qt_app_state import remember_theme
+    from app.ui.theme import DARK
+
+    remember_theme("dark")  # into this test's own XDG_CONFIG_HOME (tests/conftest.py)
+    r = subprocess.run(
+        [sys.executable, "-c", THEME_PROBE, str(tmp_path / "ws")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"WINDOW={DARK.window}" in r.stdout

@@ -31,7 +31,15 @@ from app.core.models.samples import (
 )
 from app.ui.panes.home.steps import TOPICS, Step, first_run_steps
 from app.ui.services import Services
-from app.ui.theme import SPACING, after_first_paint, current_colors, icon, repolish, set_role
+from app.ui.theme import (
+    SPACING,
+    after_first_paint,
+    current_colors,
+    icon,
+    repolish,
+    set_role,
+    when_icons_ready,
+)
 from app.ui.widgets.status_line import StatusLine
 
 DONE_ICON = "mdi6.check-circle"
@@ -253,9 +261,9 @@ class HomePane(QWidget):
     # -- look -------------------------------------------------------------------------------
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
-        if not self._icons_asked:  # after the first paint: qtawesome costs ~0.2 s
+        if not self._icons_asked:  # after the first paint, qtawesome imported off the UI thread
             self._icons_asked = True
-            after_first_paint(self.update_icons)
+            after_first_paint(self, lambda: when_icons_ready(self.update_icons, self))
 
     def update_icons(self) -> None:
         for card in self.cards.values():

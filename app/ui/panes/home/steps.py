@@ -27,7 +27,9 @@ class Step:
 
 
 #: Change-broadcast topics that can change a step (see app/ui/qt_changes.py).
-TOPICS = frozenset({"models", "datasets", "versions", "conversations", "runs", "jobs", "exports"})
+TOPICS = frozenset(
+    {"models", "datasets", "versions", "conversations", "runs", "arena", "jobs", "exports"}
+)
 
 
 def _count(ws: Workspace, sql: str, params: tuple[object, ...] = ()) -> int:
