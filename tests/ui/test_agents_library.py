@@ -113,13 +113,13 @@ def test_export_agent_and_import_into_fresh_workspace(
     rec = ModelRegistry(pane.services.workspace).import_gguf(gemma_gguf, copy=False, name="gemma")
     pane.services.bus.models_changed.emit()
     pane.new_agent()
-    pane.name.setText("helper")
-    pane.description.setText("answers questions")
-    pane.model_combo.setCurrentIndex(pane.model_combo.findData(rec.id))
-    pane.system_prompt.setPlainText("You help.")
-    _click(qtbot, pane.save_btn)
-    pane.system_prompt.setPlainText("You help, briefly.")
-    _click(qtbot, pane.save_btn)
+    pane.form.name.setText("helper")
+    pane.form.description.setText("answers questions")
+    pane.form.model_combo.setCurrentIndex(pane.form.model_combo.findData(rec.id))
+    pane.form.system_prompt.setPlainText("You help.")
+    _click(qtbot, pane.form.save_btn)
+    pane.form.system_prompt.setPlainText("You help, briefly.")
+    _click(qtbot, pane.form.save_btn)
 
     view = pane.store_view
     pane.tabs.setCurrentWidget(view)
@@ -161,8 +161,8 @@ def test_export_agent_and_import_into_fresh_workspace(
     # double-click opens it in the form; the model shows as missing from this library
     item = other.store_view.tree.currentItem()
     other.store_view.tree.itemDoubleClicked.emit(item, 0)
-    assert other.tabs.currentIndex() == 0 and other.name.text() == "helper"
-    assert "not in the library" in other.model_combo.currentText()
+    assert other.tabs.currentIndex() == 0 and other.form.name.text() == "helper"
+    assert "not in the library" in other.form.model_combo.currentText()
 
 
 def test_tampered_bundle_is_refused_and_imports_nothing(
@@ -224,12 +224,12 @@ def test_picker_fills_the_agent_system_prompt_and_the_judge_rubric(
     )
     pane = main_window.pane("agents")
     pane.new_agent()
-    _click(qtbot, pane.prompt_btn)
-    dlg = pane.prompt_picker
+    _click(qtbot, pane.form.prompt_btn)
+    dlg = pane.form.prompt_picker
     assert dlg is not None and dlg.ok_btn.text() == "Use as system prompt"
     dlg.fields["quality"].setText("politeness")
     dlg.accept()
-    assert pane.system_prompt.toPlainText() == "Score politeness only; 5 is perfect."
+    assert pane.form.system_prompt.toPlainText() == "Score politeness only; 5 is perfect."
 
     tab = main_window.pane("evaluate").eval_tab
     _click(qtbot, tab.rubric_btn)
@@ -275,21 +275,24 @@ def test_form_keeps_and_edits_tool_mode_and_template(qtbot: Any, pane: Any) -> N
     store = AgentStore(pane.services.workspace.db)
     store.save(AgentSpec(name="native", tool_mode="json", template="chatml"))
     pane.open_agent("native")
-    assert pane.tabs.currentIndex() == 0 and pane.name.text() == "native"
-    assert (pane.tool_mode.currentData(), pane.template.currentData()) == ("json", "chatml")
-    pane.description.setText("edited in the form")
-    _click(qtbot, pane.save_btn)
+    assert pane.tabs.currentIndex() == 0 and pane.form.name.text() == "native"
+    assert (pane.form.tool_mode.currentData(), pane.form.template.currentData()) == (
+        "json",
+        "chatml",
+    )
+    pane.form.description.setText("edited in the form")
+    _click(qtbot, pane.form.save_btn)
     saved = store.get("native")
     assert saved.version == 2 and saved.description == "edited in the form"
     assert (saved.tool_mode, saved.template) == ("json", "chatml")
-    pane.tool_mode.setCurrentIndex(pane.tool_mode.findData("native"))
-    pane.template.setCurrentIndex(pane.template.findData("hermes"))
-    _click(qtbot, pane.save_btn)
+    pane.form.tool_mode.setCurrentIndex(pane.form.tool_mode.findData("native"))
+    pane.form.template.setCurrentIndex(pane.form.template.findData("hermes"))
+    _click(qtbot, pane.form.save_btn)
     assert (store.get("native").tool_mode, store.get("native").template) == ("native", "hermes")
     # a new agent from the form gets the defaults
     pane.new_agent()
-    pane.name.setText("fresh")
-    _click(qtbot, pane.save_btn)
+    pane.form.name.setText("fresh")
+    _click(qtbot, pane.form.save_btn)
     assert (store.get("fresh").tool_mode, store.get("fresh").template) == ("auto", None)
 
 
@@ -302,19 +305,19 @@ def test_document_search_embedding_model_in_the_form(
     main_window.services.bus.models_changed.emit()
     store = AgentStore(pane.services.workspace.db)
     pane.new_agent()
-    pane.name.setText("finder")
-    for i in range(pane.tool_list.count()):
-        it = pane.tool_list.item(i)
+    pane.form.name.setText("finder")
+    for i in range(pane.form.tool_list.count()):
+        it = pane.form.tool_list.item(i)
         if it.data(Qt.ItemDataRole.UserRole) in ("search_documents", "read_file"):
             it.setCheckState(Qt.CheckState.Checked)
-    pane.folder.setText(str(tmp_path))
-    assert pane.embedding_combo.currentData() is None  # keywords only by default
-    pane.embedding_combo.setCurrentIndex(pane.embedding_combo.findData(rec.id))
-    _click(qtbot, pane.save_btn)
+    pane.form.folder.setText(str(tmp_path))
+    assert pane.form.embedding_combo.currentData() is None  # keywords only by default
+    pane.form.embedding_combo.setCurrentIndex(pane.form.embedding_combo.findData(rec.id))
+    _click(qtbot, pane.form.save_btn)
     tools = {t.name: t for t in store.get("finder").tools}
     assert tools["search_documents"].embedding_model == rec.id
     assert tools["read_file"].embedding_model is None
     pane.new_agent()
-    assert pane.embedding_combo.currentData() is None
+    assert pane.form.embedding_combo.currentData() is None
     pane.open_agent("finder")
-    assert pane.embedding_combo.currentData() == rec.id
+    assert pane.form.embedding_combo.currentData() == rec.id

@@ -40,7 +40,7 @@ def pane(qtbot: Any, main_window: Any, server: ScriptedServer) -> Iterator[Any]:
 
     p = AgentsPane(main_window.services)
     qtbot.addWidget(p)
-    p.client_factory = lambda spec: OpenAIChatClient(server.base_url, server.token)
+    p.runner.client_factory = lambda spec: OpenAIChatClient(server.base_url, server.token)
     p.show()
     yield p
     p.shutdown()
@@ -54,8 +54,8 @@ def _items(pane: Any) -> list[Any]:
         for i in range(item.childCount()):
             walk(item.child(i))
 
-    for i in range(pane.tree.topLevelItemCount()):
-        walk(pane.tree.topLevelItem(i))
+    for i in range(pane.view.tree.topLevelItemCount()):
+        walk(pane.view.tree.topLevelItem(i))
     return out
 
 
@@ -64,8 +64,8 @@ def _labels(pane: Any) -> list[str]:
 
 
 def _check_tool(pane: Any, name: str) -> None:
-    for i in range(pane.tool_list.count()):
-        it = pane.tool_list.item(i)
+    for i in range(pane.form.tool_list.count()):
+        it = pane.form.tool_list.item(i)
         if it.data(Qt.ItemDataRole.UserRole) == name:
             it.setCheckState(Qt.CheckState.Checked)
             return
@@ -83,45 +83,45 @@ def test_run_approve_and_fork(
 
     # -- create the agent in the form; tools show read-only vs side effect
     pane.new_agent()
-    pane.name.setText("copier")
-    pane.description.setText("copies notes")
-    texts = [pane.tool_list.item(i).text() for i in range(pane.tool_list.count())]
+    pane.form.name.setText("copier")
+    pane.form.description.setText("copies notes")
+    texts = [pane.form.tool_list.item(i).text() for i in range(pane.form.tool_list.count())]
     assert any(t.startswith("read_file") and "read-only" in t for t in texts)
     assert any(t.startswith("write_file") and "approval" in t for t in texts)
     _check_tool(pane, "read_file")
     _check_tool(pane, "write_file")
-    pane.folder.setText(str(granted))
-    pane.seed.setValue(3)
-    pane.max_steps.setValue(6)
-    qtbot.mouseClick(pane.save_btn, Qt.MouseButton.LeftButton)
-    assert pane.version_label.text().startswith("v1")
+    pane.form.folder.setText(str(granted))
+    pane.form.seed.setValue(3)
+    pane.form.max_steps.setValue(6)
+    qtbot.mouseClick(pane.form.save_btn, Qt.MouseButton.LeftButton)
+    assert pane.form.version_label.text().startswith("v1")
     spec = store.get("copier")
     assert spec.version == 1 and spec.seed == 3 and spec.limits.max_steps == 6
     assert {t.name: t.folder for t in spec.tools} == {
         "read_file": str(granted),
         "write_file": str(granted),
     }
-    pane.description.setText("copies notes, v2")
-    qtbot.mouseClick(pane.save_btn, Qt.MouseButton.LeftButton)
-    assert pane.version_label.text().startswith("v2") and store.versions("copier") == [1, 2]
+    pane.form.description.setText("copies notes, v2")
+    qtbot.mouseClick(pane.form.save_btn, Qt.MouseButton.LeftButton)
+    assert pane.form.version_label.text().startswith("v2") and store.versions("copier") == [1, 2]
     assert pane.agent_list.count() == 1
 
     # -- run: read_file runs unasked, write_file waits for approval
-    pane.input.setPlainText("Copy my notes to out.txt")
-    qtbot.mouseClick(pane.run_btn, Qt.MouseButton.LeftButton)
+    pane.view.input.setPlainText("Copy my notes to out.txt")
+    qtbot.mouseClick(pane.view.run_btn, Qt.MouseButton.LeftButton)
     assert pane.busy
-    qtbot.waitUntil(lambda: not pane.approval_bar.isHidden(), timeout=30_000)
-    assert "write_file(path='out.txt'" in pane.approval_text.text()
+    qtbot.waitUntil(lambda: not pane.view.approval_bar.isHidden(), timeout=30_000)
+    assert "write_file(path='out.txt'" in pane.view.approval_bar.text.text()
     labels = _labels(pane)
     assert labels[:3] == ["system", "user", "tool call"]
     assert labels[3].startswith("tool result · UNTRUSTED")  # read_file, no approval asked
     assert not any(lbl.startswith("approval") for lbl in labels)
     assert not (granted / "out.txt").exists()
-    assert not pane.run_btn.isEnabled()
-    qtbot.mouseClick(pane.approve_once_btn, Qt.MouseButton.LeftButton)
+    assert not pane.view.run_btn.isEnabled()
+    qtbot.mouseClick(pane.view.approval_bar.once_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
     assert (granted / "out.txt").read_text() == "copied"
-    assert pane.final_label.text() == "Final answer: I copied the notes to out.txt."
+    assert pane.view.final_label.text() == "Final answer: I copied the notes to out.txt."
     labels = _labels(pane)
     assert "approval: once" in labels and labels[-1] == "final answer"
     run = runs.get(pane.run_id)
@@ -142,23 +142,23 @@ def test_run_approve_and_fork(
         for it in _items(pane)
         if it.text(0).startswith("tool result") and "read_file" in it.text(1)
     )
-    pane.tree.setCurrentItem(read_result)
-    assert pane.fork_btn.isEnabled()
-    qtbot.mouseClick(pane.fork_btn, Qt.MouseButton.LeftButton)
+    pane.view.tree.setCurrentItem(read_result)
+    assert pane.view.fork_btn.isEnabled()
+    qtbot.mouseClick(pane.view.fork_btn, Qt.MouseButton.LeftButton)
     dlg = pane.fork_dialog
     assert dlg is not None and dlg.isVisible()
     assert dlg.editor.toPlainText() == "The answer is 42.\n"
     dlg.editor.setPlainText("The answer is 43.\n")
     dlg.accept()
-    qtbot.waitUntil(lambda: not pane.approval_bar.isHidden(), timeout=30_000)
-    qtbot.mouseClick(pane.approve_always_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not pane.view.approval_bar.isHidden(), timeout=30_000)
+    qtbot.mouseClick(pane.view.approval_bar.always_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
     assert (granted / "out.txt").read_text() == "copied"
     always = [a for a in ApprovalStore(store.db).list("copier") if a.kind == "always"]
     assert [(a.name, a.versions) for a in always] == [("write_file", (2,))]
     labels = _labels(pane)
     assert "branch 1/2" in labels and "branch 2/2 (shown)" in labels
-    assert pane.final_label.text().startswith("Final answer:")
+    assert pane.view.final_label.text().startswith("Final answer:")
     # the new branch: the edited tool result under the same parent, then a full continuation
     path = runs.path(run.id)
     edited = [s for s in path if s.kind == "tool_result" and s.tool == "read_file"]
@@ -177,15 +177,15 @@ def test_deny_and_shutdown_while_waiting(qtbot: Any, pane: Any, tmp_path: Path) 
     granted.mkdir()
     (granted / "notes.txt").write_text("hello\n")
     pane.new_agent()
-    pane.name.setText("denied")
+    pane.form.name.setText("denied")
     _check_tool(pane, "read_file")
     _check_tool(pane, "write_file")
-    pane.folder.setText(str(granted))
-    pane.input.setPlainText("Copy")
+    pane.form.folder.setText(str(granted))
+    pane.view.input.setPlainText("Copy")
     pane.run()  # saves the form first (v1)
     assert AgentStore(pane.services.workspace.db).versions("denied") == [1]
-    qtbot.waitUntil(lambda: not pane.approval_bar.isHidden(), timeout=30_000)
-    qtbot.mouseClick(pane.deny_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not pane.view.approval_bar.isHidden(), timeout=30_000)
+    qtbot.mouseClick(pane.view.approval_bar.deny_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
     assert not (granted / "out.txt").exists()
     assert "approval: deny" in _labels(pane)
@@ -194,9 +194,9 @@ def test_deny_and_shutdown_while_waiting(qtbot: Any, pane: Any, tmp_path: Path) 
 
     # a second run left waiting for approval: closing the pane denies it and ends the worker
     pane.run()
-    qtbot.waitUntil(lambda: not pane.approval_bar.isHidden(), timeout=30_000)
+    qtbot.waitUntil(lambda: not pane.view.approval_bar.isHidden(), timeout=30_000)
     pane.shutdown()
-    assert pane._worker is None and not pane.busy
+    assert pane.runner.worker is None and not pane.busy
     assert not (granted / "out.txt").exists()
 
 
@@ -240,28 +240,28 @@ def test_replay_identical_then_diverged_and_export_run(
     runs = RunStore(main_window.services.workspace.db)
     with ScriptedServer(REPLAY_SCRIPT) as same, ScriptedServer(OTHER_SCRIPT) as other:
         pane = main_window.pane("agents")
-        pane.client_factory = lambda spec: OpenAIChatClient(same.base_url, same.token)
+        pane.runner.client_factory = lambda spec: OpenAIChatClient(same.base_url, same.token)
         pane.new_agent()
-        pane.name.setText("reader")
+        pane.form.name.setText("reader")
         _check_tool(pane, "read_file")
-        pane.folder.setText(str(granted))
-        pane.input.setPlainText("What do my notes say?")
-        assert not pane.replay_btn.isEnabled()  # no run shown yet
-        qtbot.mouseClick(pane.run_btn, Qt.MouseButton.LeftButton)
+        pane.form.folder.setText(str(granted))
+        pane.view.input.setPlainText("What do my notes say?")
+        assert not pane.view.replay_btn.isEnabled()  # no run shown yet
+        qtbot.mouseClick(pane.view.run_btn, Qt.MouseButton.LeftButton)
         qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
         original = pane.run_id
         assert runs.get(original).final == "The notes say 42."
 
         # replay: the tool result comes from the recording, not the (changed) file
         (granted / "notes.txt").write_text("changed\n")
-        assert pane.replay_btn.isEnabled()
-        qtbot.mouseClick(pane.replay_btn, Qt.MouseButton.LeftButton)
-        assert pane.busy and not pane.replay_btn.isEnabled()
+        assert pane.view.replay_btn.isEnabled()
+        qtbot.mouseClick(pane.view.replay_btn, Qt.MouseButton.LeftButton)
+        assert pane.busy and not pane.view.replay_btn.isEnabled()
         qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
         report = pane.last_replay
         assert report is not None and report.identical and report.original.id == original
-        assert pane.replay_label.isVisible()
-        assert pane.replay_label.text() == (
+        assert pane.view.replay_label.isVisible()
+        assert pane.view.replay_label.text() == (
             f"Replay of run {original}: identical, every step matches the recording."
         )
         replay = runs.get(pane.run_id)
@@ -279,14 +279,14 @@ def test_replay_identical_then_diverged_and_export_run(
 
         # the same run replayed against a model that answers differently: where it diverged
         _select_run(pane, original)
-        assert pane.run_id == original and not pane.replay_label.isVisible()
-        pane.client_factory = lambda spec: OpenAIChatClient(other.base_url, other.token)
-        qtbot.mouseClick(pane.replay_btn, Qt.MouseButton.LeftButton)
+        assert pane.run_id == original and not pane.view.replay_label.isVisible()
+        pane.runner.client_factory = lambda spec: OpenAIChatClient(other.base_url, other.token)
+        qtbot.mouseClick(pane.view.replay_btn, Qt.MouseButton.LeftButton)
         qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
         report = pane.last_replay
         assert report is not None and not report.identical
         assert report.divergence is not None and report.divergence.index == 2
-        text = pane.replay_label.text()
+        text = pane.view.replay_label.text()
         assert text.startswith(f"Replay of run {original} diverged at step 2: expected model")
         assert "notes.txt" in text and "other.txt" in text
         assert runs.get(pane.run_id).status == "diverged"
@@ -317,24 +317,24 @@ def test_agent_on_a_library_gguf_model_answers_in_json_mode(
     )
     main_window.services.bus.models_changed.emit()
     pane = main_window.pane("agents")
-    assert pane.client_factory is None and pane.host.pid is None
+    assert pane.runner.client_factory is None and pane.host.pid is None
     pane.new_agent()
-    pane.name.setText("gemma-json")
-    pane.model_combo.setCurrentIndex(pane.model_combo.findData(rec.id))
-    pane.system_prompt.setPlainText('You answer in JSON: {"final": "..."}')
-    pane.temperature.setValue(0.0)
-    pane.seed.setValue(1)
-    pane.max_steps.setValue(1)
-    pane.max_tokens.setValue(48)
-    pane.timeout.setValue(600)
-    pane.input.setPlainText('Repeat this JSON exactly: {"final": "hello"}')
-    qtbot.mouseClick(pane.run_btn, Qt.MouseButton.LeftButton)
+    pane.form.name.setText("gemma-json")
+    pane.form.model_combo.setCurrentIndex(pane.form.model_combo.findData(rec.id))
+    pane.form.system_prompt.setPlainText('You answer in JSON: {"final": "..."}')
+    pane.form.temperature.setValue(0.0)
+    pane.form.seed.setValue(1)
+    pane.form.max_steps.setValue(1)
+    pane.form.max_tokens.setValue(48)
+    pane.form.timeout.setValue(600)
+    pane.view.input.setPlainText('Repeat this JSON exactly: {"final": "hello"}')
+    qtbot.mouseClick(pane.view.run_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not pane.busy, timeout=600_000)
     runs = RunStore(main_window.services.workspace.db)
     run = runs.get(pane.run_id)
     steps = runs.path(run.id)
     assert run.status == "succeeded", (run.error, [(s.kind, s.content) for s in steps])
-    assert run.final == "hello" and pane.final_label.text() == "Final answer: hello"
+    assert run.final == "hello" and pane.view.final_label.text() == "Final answer: hello"
     assert (run.model_id, run.model_sha256) == (rec.id, rec.sha256)
     assert pane.host.pid is not None  # the pane's own model host served the library model
     model_steps = [s for s in steps if s.kind == "model"]
@@ -359,20 +359,20 @@ def test_native_tool_calls_from_the_pane(qtbot: Any, main_window: Any, tmp_path:
     with ScriptedServer(script, tool_format="hermes") as srv:
         p = AgentsPane(main_window.services)
         qtbot.addWidget(p)
-        p.client_factory = lambda spec: OpenAIChatClient(srv.base_url, srv.token)
+        p.runner.client_factory = lambda spec: OpenAIChatClient(srv.base_url, srv.token)
         p.show()
         try:
             p.new_agent()
-            p.name.setText("native-writer")
+            p.form.name.setText("native-writer")
             _check_tool(p, "write_file")
-            p.folder.setText(str(granted))
-            assert p.tool_mode.currentData() == "auto"
-            qtbot.mouseClick(p.save_btn, Qt.MouseButton.LeftButton)
-            p.input.setPlainText("write hi to out.txt")
-            qtbot.mouseClick(p.run_btn, Qt.MouseButton.LeftButton)
-            qtbot.waitUntil(lambda: not p.approval_bar.isHidden(), timeout=30_000)
+            p.form.folder.setText(str(granted))
+            assert p.form.tool_mode.currentData() == "auto"
+            qtbot.mouseClick(p.form.save_btn, Qt.MouseButton.LeftButton)
+            p.view.input.setPlainText("write hi to out.txt")
+            qtbot.mouseClick(p.view.run_btn, Qt.MouseButton.LeftButton)
+            qtbot.waitUntil(lambda: not p.view.approval_bar.isHidden(), timeout=30_000)
             assert not (granted / "out.txt").exists()
-            qtbot.mouseClick(p.approve_once_btn, Qt.MouseButton.LeftButton)
+            qtbot.mouseClick(p.view.approval_bar.once_btn, Qt.MouseButton.LeftButton)
             qtbot.waitUntil(lambda: not p.busy, timeout=30_000)
             assert (granted / "out.txt").read_text() == "hi"
             first = _items(p)[0]
@@ -393,8 +393,8 @@ def test_run_python_shown_unavailable_without_bubblewrap(
     monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap: the sandbox cannot run
     p = AgentsPane(main_window.services)
     qtbot.addWidget(p)
-    items = {p.tool_list.item(i).data(Qt.ItemDataRole.UserRole): p.tool_list.item(i)
-             for i in range(p.tool_list.count())}  # fmt: skip
+    items = {p.form.tool_list.item(i).data(Qt.ItemDataRole.UserRole): p.form.tool_list.item(i)
+             for i in range(p.form.tool_list.count())}  # fmt: skip
     py = items["run_python"]
     assert "unavailable" in py.text() and "bubblewrap" in py.toolTip()
     assert not py.flags() & Qt.ItemFlag.ItemIsEnabled
@@ -414,14 +414,14 @@ def test_python_folder_and_writable_round_trip_into_the_saved_spec(
     qtbot.addWidget(p)
     try:
         p.new_agent()
-        p.name.setText("pyagent")
+        p.form.name.setText("pyagent")
         _check_tool(p, "read_file")
         _check_tool(p, "run_python")
-        p.folder.setText(str(docs))
-        p.py_writable.setChecked(True)
+        p.form.folder.setText(str(docs))
+        p.form.py_writable.setChecked(True)
         with pytest.raises(ConfigError, match="writable but has no folder"):
-            p.spec_from_form()
-        p.py_folder.setText(str(data))
+            p.form.spec_from_form()
+        p.form.py_folder.setText(str(data))
         saved = p.save_agent()
         assert saved is not None
         stored = AgentStore(main_window.services.workspace.db).get("pyagent")
@@ -432,12 +432,12 @@ def test_python_folder_and_writable_round_trip_into_the_saved_spec(
         assert ApprovalStore(main_window.services.workspace.db).pending(stored) == []
 
         p.new_agent()
-        assert (p.py_folder.text(), p.py_writable.isChecked()) == ("", False)
+        assert (p.form.py_folder.text(), p.form.py_writable.isChecked()) == ("", False)
         p.load_agent(stored)
-        assert p.py_folder.text() == str(data) and p.py_writable.isChecked()
-        assert p.folder.text() == str(docs)  # not run_python's folder
+        assert p.form.py_folder.text() == str(data) and p.form.py_writable.isChecked()
+        assert p.form.folder.text() == str(docs)  # not run_python's folder
 
-        p.py_writable.setChecked(False)
+        p.form.py_writable.setChecked(False)
         v2 = p.save_agent()
         assert v2 is not None and v2.version == stored.version + 1
         py = next(t for t in v2.tools if t.name == "run_python")
@@ -449,17 +449,17 @@ def test_python_folder_and_writable_round_trip_into_the_saved_spec(
 def test_run_stopped_at_its_step_limit_is_shown_as_stopped_not_error(
     qtbot: Any, pane: Any, tmp_path: Path
 ) -> None:
-    from app.ui.panes.agents.qt_agents_pane import ERROR_COLOR
+    from app.ui.panes.agents.qt_run_steps import ERROR_COLOR
 
     granted = tmp_path / "g"
     granted.mkdir()
     (granted / "notes.txt").write_text("hello\n")
     pane.new_agent()
-    pane.name.setText("short")
+    pane.form.name.setText("short")
     _check_tool(pane, "read_file")
-    pane.folder.setText(str(granted))
-    pane.max_steps.setValue(1)  # the script's first turn reads a file; no turn is left after
-    pane.input.setPlainText("Read the notes")
+    pane.form.folder.setText(str(granted))
+    pane.form.max_steps.setValue(1)  # the script's first turn reads a file; no turn is left after
+    pane.view.input.setPlainText("Read the notes")
     pane.run()
     qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
     run = RunStore(pane.services.workspace.db).get(pane.run_id)
@@ -468,9 +468,9 @@ def test_run_stopped_at_its_step_limit_is_shown_as_stopped_not_error(
     assert last.text(0) == "stopped" and "reached its step limit of 1" in last.text(1)
     assert "error" not in _labels(pane)
     assert last.foreground(0).color().name() != ERROR_COLOR
-    assert pane.final_label.text() == "Run stopped: reached its step limit of 1."
-    assert ERROR_COLOR not in pane.final_label.styleSheet()
-    assert f"Run {run.id}: stopped." == pane.status.text()
+    assert pane.view.final_label.text() == "Run stopped: reached its step limit of 1."
+    assert ERROR_COLOR not in pane.view.final_label.styleSheet()
+    assert f"Run {run.id}: stopped." == pane.view.status.text()
     pane.resize(1400, 700)
     pane.grab().save("/tmp/G-stopped.png")
 
@@ -487,14 +487,14 @@ def test_run_view_shows_a_repeated_call_that_was_not_run(
     with ScriptedServer(script) as srv:
         p = AgentsPane(main_window.services)
         qtbot.addWidget(p)
-        p.client_factory = lambda spec: OpenAIChatClient(srv.base_url, srv.token)
+        p.runner.client_factory = lambda spec: OpenAIChatClient(srv.base_url, srv.token)
         p.show()
         try:
             p.new_agent()
-            p.name.setText("looper")
+            p.form.name.setText("looper")
             _check_tool(p, "read_file")
-            p.folder.setText(str(granted))
-            p.input.setPlainText("Read the notes")
+            p.form.folder.setText(str(granted))
+            p.view.input.setPlainText("Read the notes")
             p.run()
             qtbot.waitUntil(lambda: not p.busy, timeout=30_000)
             labels = _labels(p)
@@ -502,7 +502,7 @@ def test_run_view_shows_a_repeated_call_that_was_not_run(
             assert labels.count("repeated call #3 · not run") == 1
             item = next(it for it in _items(p) if it.text(0).startswith("repeated call"))
             assert item.text(1).startswith("[read_file] Not run again: this is call number 3")
-            assert p.final_label.text() == "Final answer: hello"
+            assert p.view.final_label.text() == "Final answer: hello"
             p.resize(1400, 700)
             p.grab().save("/tmp/G-repeated.png")
         finally:
@@ -517,28 +517,28 @@ def test_approval_bar_shows_arguments_once_and_what_write_file_does(
     (granted / "notes.txt").write_text("hello\n")
     (granted / "out.txt").write_text("precious data\n")  # 14 bytes, about to be replaced
     pane.new_agent()
-    pane.name.setText("writer")
+    pane.form.name.setText("writer")
     _check_tool(pane, "read_file")
     _check_tool(pane, "write_file")
-    pane.folder.setText(str(granted))
-    pane.input.setPlainText("Copy")
+    pane.form.folder.setText(str(granted))
+    pane.view.input.setPlainText("Copy")
     pane.run()
-    qtbot.waitUntil(lambda: not pane.approval_bar.isHidden(), timeout=30_000)
-    text = pane.approval_text.text()
+    qtbot.waitUntil(lambda: not pane.view.approval_bar.isHidden(), timeout=30_000)
+    text = pane.view.approval_bar.text.text()
     assert text.count("'copied'") == 1 and text.count("out.txt") == 2, text
     assert f"This OVERWRITES existing out.txt (14 bytes) in {granted}." in text
     pane.resize(1400, 700)
     pane.grab().save("/tmp/G-approval-overwrite.png")
-    qtbot.mouseClick(pane.deny_btn, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(pane.view.approval_bar.deny_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
     assert (granted / "out.txt").read_text() == "precious data\n"
 
     (granted / "out.txt").unlink()
     pane.run()
-    qtbot.waitUntil(lambda: not pane.approval_bar.isHidden(), timeout=30_000)
-    text = pane.approval_text.text()
+    qtbot.waitUntil(lambda: not pane.view.approval_bar.isHidden(), timeout=30_000)
+    text = pane.view.approval_bar.text.text()
     assert f"This creates out.txt in {granted}." in text and "OVERWRITES" not in text
     assert text.count("'copied'") == 1
     pane.grab().save("/tmp/G-approval-create.png")
-    qtbot.mouseClick(pane.deny_btn, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(pane.view.approval_bar.deny_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)

@@ -56,7 +56,7 @@ def test_import_report_and_approvals_list(
 ) -> None:
     pytest.importorskip("mcp")
     pane = main_window.pane("agents")
-    pane.client_factory = lambda spec: OpenAIChatClient(server.base_url, server.token)
+    pane.runner.client_factory = lambda spec: OpenAIChatClient(server.base_url, server.token)
     view = pane.store_view
     pane.tabs.setCurrentWidget(view)
     main_window.resize(1400, 1000)
@@ -85,12 +85,12 @@ def test_import_report_and_approvals_list(
 
     # A run asks in the approval bar; denied, the server never starts.
     pane.open_agent("fetcher")
-    pane.input.setPlainText("shout hi")
-    qtbot.mouseClick(pane.run_btn, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: not pane.approval_bar.isHidden(), timeout=30_000)
-    bar = pane.approval_text.text()
+    pane.view.input.setPlainText("shout hi")
+    qtbot.mouseClick(pane.view.run_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not pane.view.approval_bar.isHidden(), timeout=30_000)
+    bar = pane.view.approval_bar.text.text()
     assert "needs your approval" in bar and str(script) in bar and "FETCH_TOKEN=t0ken" in bar
-    qtbot.mouseClick(pane.deny_btn, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(pane.view.approval_bar.deny_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
     assert not marker.exists()
     assert pane.agents.versions("fetcher") == [1]  # the run used the imported version
@@ -108,9 +108,9 @@ def test_import_report_and_approvals_list(
     assert view.approvals.revoke_btn.isEnabled() and not view.approvals.approve_btn.isEnabled()
     view.grab().save("/tmp/A-approvals.png")
     pane.tabs.setCurrentIndex(0)
-    qtbot.mouseClick(pane.run_btn, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(pane.view.run_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not pane.busy, timeout=60_000)
-    assert pane.approval_bar.isHidden()
+    assert pane.view.approval_bar.isHidden()
     assert marker.read_text() == "started"
     results = [s for s in pane.runs.path(pane.run_id) if s.kind == "tool_result"]
     assert results[0].content == "HI!"

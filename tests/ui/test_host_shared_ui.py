@@ -54,16 +54,20 @@ def test_chat_agents_and_arena_share_one_loaded_copy(
     # Agents: one JSON-mode step on the same library model.
     agents = main_window.pane("agents")
     agents.new_agent()
-    agents.name.setText("shared-host")
-    agents.model_combo.setCurrentIndex(agents.model_combo.findData(rec.id))
-    agents.max_steps.setValue(1)
-    agents.max_tokens.setValue(16)
-    agents.input.setPlainText('Reply {"final": "ok"}')
-    qtbot.mouseClick(agents.run_btn, Qt.MouseButton.LeftButton)
+    agents.form.name.setText("shared-host")
+    agents.form.model_combo.setCurrentIndex(agents.form.model_combo.findData(rec.id))
+    agents.form.max_steps.setValue(1)
+    agents.form.max_tokens.setValue(16)
+    agents.view.input.setPlainText('Reply {"final": "ok"}')
+    qtbot.mouseClick(agents.view.run_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not agents.busy, timeout=180_000)
     run = RunStore(services.workspace.db).get(agents.run_id)
     assert run.model_id == rec.id
-    assert host.leased() == {rec.id: 1}  # the run gave its lease back; ours is held
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    agents.resize(1280, 760)
+    agents.grab().save(str(SHOTS / "agents_pane_after_run.png"))
+    assert agents.runner._leases == []  # the run gave its lease back
+    assert host.leased().get(rec.id, 0) >= 1  # ours (and Chat's) are held
 
     # Arena: the model against its twin (another id on the same file).
     arena = main_window.pane("evaluate").arena_tab
@@ -103,6 +107,8 @@ def test_chat_agents_and_arena_share_one_loaded_copy(
     time.sleep(3.0)
     assert _copies(host) == 1
     host.release(keep)
+    chat.shutdown()  # Chat gives its model back too
+    assert host.leased() == {}
     qtbot.waitUntil(lambda: _copies(host) == 0, timeout=20_000)
     button.refresh()
     qtbot.waitUntil(lambda: button.text() == "No model loaded", timeout=10_000)
