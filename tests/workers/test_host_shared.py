@@ -150,3 +150,32 @@ def test_host_flags_are_checked(tmp_path: Path) -> None:
     assert cfg.accept_models and cfg.models == {}
     with pytest.raises(ConfigError, match="memory-budget"):
         config_from_args(parse(["--api-key", "k", "--accept-models", "--memory-budget-mb", "0"]))
+
+
+def test_any_registration_body_is_a_slot_or_a_400(gemma_gguf: Path) -> None:
+    """Whatever JSON a client sends, registration answers a slot or a clear 4xx."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from app.workers.host import HostConfig, HostError, registration_from_body
+
+    config = HostConfig(models={}, api_key="k", accept_models=True)
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
+    values = st.recursive(scalars, lambda c: st.lists(c, max_size=3), max_leaves=6)
+    fields = st.sampled_from(["name", "path", "format", "template", "aliases", "pinned", "x"])
+    good = {"name": "m", "path": str(gemma_gguf), "format": "gguf"}
+
+    @settings(max_examples=300, derandomize=True, database=None, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+    @given(st.dictionaries(fields, values, max_size=6), st.booleans())
+    def check(body: dict[str, Any], start_good: bool) -> None:
+        b = {**good, **body} if start_good else body
+        try:
+            slot, pinned = registration_from_body(b, config)
+        except HostError as exc:
+            assert 400 <= exc.status < 500 and exc.message
+        else:
+            assert slot.path.is_absolute() and slot.path.exists()
+            assert isinstance(pinned, bool)
+
+    check()
