@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 import pyarrow as pa
 import pytest
+from PySide6.QtCore import Qt
 
 from app.core.data.store import DatasetStore
 from app.core.jobs.store import JobState
@@ -108,7 +110,10 @@ def test_check_result_is_in_view_and_names_the_fitted_default(qtbot, pane) -> No
     main.resize(1200, 700)
     scroll = pane.form_scroll
     scroll.verticalScrollBar().setValue(0)
-    assert pane._fields["max_seq_len"].value() == 1024  # the default; the tiny model has 512
+    # the default (1024) is beyond the tiny model's context: fitted, with a one-line note
+    assert pane._fields["max_seq_len"].value() == 512
+    assert pane.seq_note.text() == "Fitted to the model's context: 512."
+    assert not pane.seq_note.isHidden()
     assert pane.check() is not None
     view = scroll.viewport()
 
@@ -121,8 +126,8 @@ def test_check_result_is_in_view_and_names_the_fitted_default(qtbot, pane) -> No
     assert pane.report.isVisible() and pane.report.height() > 40
     assert scroll.verticalScrollBar().value() > 0  # it was below the fold: scrolled down
     assert pane.report.wordWrap()
-    text = pane.report.text()
-    assert "Ready" in text and "max_seq_len set to 512" in text
+    text = html.unescape(pane.report.text())
+    assert "Ready" in text and "max_seq_len fitted to the model's context: 512" in text
     # a short run's time reads in seconds, not "about 0 min"
     assert "0 min" not in text and re.search(r"memory, about [\d.]+ s\.", text), text
     pane.window().grab().save("/tmp/h-finetune-check.png")
@@ -171,3 +176,91 @@ def test_learning_rate_axis_fits_a_constant_and_a_schedule(qtbot) -> None:
     qtbot.waitUntil(fits_cosine, timeout=2000)
     curves.grab().save("/tmp/h-lr-cosine.png")
     curves.close()
+
+
+QA_ROWS = [
+    {"question": f"What is the code of {w}?", "answer": f"The code of {w} is {i}{i}."}
+    for i, w in enumerate(("apple", "bridge", "candle", "desert", "engine", "feather"))
+]
+
+
+def test_a_question_answer_dataset_is_mapped_inline_and_the_run_records_it(
+    qtbot, pane, ui_watchdog
+) -> None:
+    """Fine-tune accepts any dataset: a question/answer table shows the column mapping in the
+    form, proposed with nothing typed; a wrong choice is said under its picker and Check
+    names it; a short real CPU run trains on the mapped rows and its manifest records the
+    mapping."""
+    import json
+    from pathlib import Path
+
+    ws = pane.services.workspace
+    ds = DatasetStore(ws).create_dataset("faq", pa.Table.from_pylist(QA_ROWS)).dataset_id
+    pane.refresh_inputs()
+    assert pane.mapping_box.isHidden()  # "echo" is prompt/completion already
+    pane.dataset.setCurrentIndex(pane.dataset.findData(ds))
+    assert not pane.mapping_box.isHidden()
+    m = pane.mapping
+    assert (m.pickers["user"].currentText(), m.pickers["assistant"].currentText()) == (
+        "question",
+        "answer",
+    )
+    # the same column for both turns: the message is under the picker, Check refuses
+    m.pickers["assistant"].setCurrentIndex(m.pickers["assistant"].findData("question"))
+    assert "different column" in m.messages["assistant"].text()
+    assert not m.messages["assistant"].isHidden()
+    assert pane.check() is None and "Choose the columns" in pane.report.text()
+    main = pane.window()
+    main.resize(1280, 760)
+    qtbot.wait(100)
+    assert pane.form_scroll.horizontalScrollBar().maximum() == 0  # the mapping fits the width
+    pane.form_scroll.widget().grab().save("/tmp/shots/finetune-mapping-message.png")
+    m.pickers["assistant"].setCurrentIndex(m.pickers["assistant"].findData("answer"))
+    assert m.messages["assistant"].isHidden()
+    for name, value in {"max_steps": 2, "batch_size": 2, "device": "cpu"}.items():
+        pane._set_field(name, value)
+    pane.name.setText("faq-lora")
+    jobs = pane.services.jobs
+
+    def submitted() -> list:
+        return [j for j in jobs.list_jobs() if j.kind == "train.lora"]
+
+    # the button prepares the mapped data and reads the model off the UI thread
+    with ui_watchdog.watch():
+        qtbot.mouseClick(pane.start_btn, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: bool(submitted()), timeout=30_000)
+    ui_watchdog.assert_no_stall()
+    job = submitted()[0]
+    text = pane.report.text()
+    assert "Ready" in text and "question → user, answer → assistant" in text
+    step = {
+        "name": "map_template",
+        "params": {
+            "format": "chat",
+            "system": None,
+            "user_template": "{question}",
+            "assistant_template": "{answer}",
+            "prompt_template": "{question}",
+            "completion_template": "{answer}",
+            "keep_columns": None,
+        },
+    }
+    assert job.params["data_mapping"] == step and job.params["data_format"] == "chat"
+    qtbot.wait(200)
+    pane.form_scroll.widget().grab().save("/tmp/shots/finetune-inline-mapping.png")
+    qtbot.waitUntil(
+        lambda: jobs.get(job.id).state in (JobState.SUCCEEDED, JobState.FAILED), timeout=180_000
+    )
+    final = jobs.get(job.id)
+    assert final.state == JobState.SUCCEEDED, final.error
+    manifest = json.loads(Path(final.result["manifest"]).read_text(encoding="utf-8"))
+    assert manifest["data"]["mapping"] == step
+    assert manifest["config"]["data_mapping"] == step
+    assert manifest["data"]["records"] == len(QA_ROWS)
+    first = json.loads(Path(manifest["data"]["path"]).read_text(encoding="utf-8").splitlines()[1])
+    assert first == {
+        "messages": [
+            {"role": "user", "content": "What is the code of bridge?"},
+            {"role": "assistant", "content": "The code of bridge is 11."},
+        ]
+    }

@@ -171,6 +171,13 @@ class TrainConfig:
     dataset_version: str | None = field(
         default=None, metadata=_help("Dataset version id of the data (lineage).")
     )
+    data_mapping: dict[str, Any] | None = field(
+        default=None,
+        metadata=_help(
+            "The column mapping applied to the dataset version for this run (a map_template "
+            "step: {name, params}), when its columns were not a training format."
+        ),
+    )
 
     def __post_init__(self) -> None:
         problems = self.problems()

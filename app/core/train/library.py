@@ -3,6 +3,8 @@ adapter registered back in the model library with its lineage."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,20 +16,59 @@ if TYPE_CHECKING:
     from app.core.workspace.workspace import Workspace
 
 
-def training_data_file(ws: Workspace, dataset_ref: str) -> tuple[Path, str]:
+def training_data_file(
+    ws: Workspace, dataset_ref: str, mapping: dict[str, Any] | None = None
+) -> tuple[Path, str]:
     """A JSONL copy of a dataset version for training, cached beside the version.
 
-    Versions are immutable and content-addressed, so the file is written once.
-    Returns the file and the pinned ``ID@HASH`` ref.
+    With ``mapping`` (a ``map_template`` step, ``{"name", "params"}``) the rows are mapped
+    to a training format on the way: the file is named after the step's hash, so each
+    mapping of a version is written once. Versions are immutable and content-addressed,
+    so the file is written once. Returns the file and the pinned ``ID@HASH`` ref.
     """
     from app.core.data.export import export_version
     from app.core.data.store import DatasetStore
 
-    v = DatasetStore(ws).resolve(dataset_ref)
-    out = v.path / "train.jsonl"
+    store = DatasetStore(ws)
+    v = store.resolve(dataset_ref)
+    pinned = f"{v.dataset_id}@{v.hash}"
+    if mapping is None:
+        out = v.path / "train.jsonl"
+        if not out.exists():
+            export_version(ws, pinned, "jsonl", out, overwrite=True)
+        return out, pinned
+    step = _mapping_step(mapping)
+    key = hashlib.sha256(json.dumps(step, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    out = v.path / f"train-mapped-{key}.jsonl"
     if not out.exists():
-        export_version(ws, f"{v.dataset_id}@{v.hash}", "jsonl", out, overwrite=True)
-    return out, f"{v.dataset_id}@{v.hash}"
+        from app.core.data.ops import OpContext, get_op
+        from app.core.store.files import atomic_open
+
+        spec = get_op(step["name"])
+        assert spec.make is not None
+        transform = spec.make(spec.resolve(step["params"]), OpContext())
+        pf = store.parquet_file(pinned)
+        with atomic_open(out, "w") as fh:
+            for i in range(pf.num_row_groups):
+                for row in transform(pf.read_row_group(i)).to_pylist():
+                    fh.write(json.dumps(row, ensure_ascii=False, default=str))
+                    fh.write("\n")
+    return out, pinned
+
+
+def _mapping_step(mapping: dict[str, Any]) -> dict[str, Any]:
+    """The mapping as a full ``map_template`` step (defaults filled in), checked."""
+    from app.core.data.recipes import Recipe
+
+    steps = Recipe.from_dict([mapping]).steps
+    if steps[0].name != "map_template":
+        raise ConfigError(
+            f"A training mapping is a map_template step, not '{steps[0].name}'.",
+            "Map the columns in the Fine-tune form or with Datasets › Prepare.",
+        )
+    from app.core.data.ops import get_op
+
+    return {"name": "map_template", "params": get_op("map_template").resolve(steps[0].params)}
 
 
 def config_from_library(
@@ -36,9 +77,14 @@ def config_from_library(
     dataset: str,
     *,
     preset: str | None = None,
+    mapping: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> TrainConfig:
-    """A TrainConfig for library model ``base`` (id or name) and dataset ``ID[@VERSION]``."""
+    """A TrainConfig for library model ``base`` (id or name) and dataset ``ID[@VERSION]``.
+
+    ``mapping`` (a ``map_template`` step) maps a dataset whose columns are not a training
+    format for this run; it is recorded in the config (``data_mapping``) and the manifest.
+    """
     from app.core.models.registry import ModelRegistry
 
     rec = ModelRegistry(ws).get(base)
@@ -48,7 +94,7 @@ def config_from_library(
             "(a folder with config.json and safetensors).",
             "Import the original HF model folder of the same model and train on that.",
         )
-    data, pinned = training_data_file(ws, dataset)
+    data, pinned = training_data_file(ws, dataset, mapping)
     fields: dict[str, Any] = {
         "base_model": str(rec.path),
         "data_path": str(data),
@@ -56,6 +102,11 @@ def config_from_library(
         "dataset_version": pinned,
         **overrides,
     }
+    if mapping is not None:
+        step = _mapping_step(mapping)
+        fields["data_mapping"] = step
+        if "data_format" not in overrides:
+            fields["data_format"] = step["params"]["format"]
     if "data_format" not in overrides:
         from app.core.train.data import detect_format, read_records
 
@@ -64,7 +115,8 @@ def config_from_library(
             raise ConfigError(
                 "The dataset has none of the columns training understands: 'messages', "
                 "'prompt'+'completion', or 'instruction'+'output'.",
-                "Map the columns in the Datasets pane (Prepare… > map to training format).",
+                "Choose the columns in the Fine-tune form (it offers the mapping), or map them with "
+                "Datasets › Prepare… › Map to a training format.",
             )
         fields["data_format"] = fmt
     return TrainConfig.preset(preset, **fields) if preset else TrainConfig.from_dict(fields)
@@ -82,6 +134,7 @@ def register_adapter(
     details = {
         "job_id": manifest.get("job_id"),
         "dataset_version": config.dataset_version,
+        "data_mapping": config.data_mapping,
         "data_sha256": manifest.get("data", {}).get("sha256"),
         "seed": config.seed,
         "method": config.method,

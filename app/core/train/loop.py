@@ -914,6 +914,7 @@ def build_manifest(
             "sha256": sha256_file(data_path),
             "format": cfg.data_format,
             "dataset_version": cfg.dataset_version,
+            "mapping": cfg.data_mapping,
             "records": session.n_records,
             "train_examples": session.n_train,
             "eval_examples": session.n_eval,

@@ -24,7 +24,7 @@ FORMATS = (
 #: Field -> (label in chat format, label in prompt/completion format, optional).
 FIELDS: dict[str, tuple[str, str, bool]] = {
     "user": ("User turn", "Prompt", False),
-    "extra": ("Extra input (added to it)", "Extra input (added to it)", True),
+    "extra": ("Extra input", "Extra input", True),
     "assistant": ("Assistant turn", "Completion", False),
     "system": ("System message", "System message", True),
 }

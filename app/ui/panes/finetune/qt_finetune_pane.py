@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer
@@ -25,6 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.data.recipes import training_format_of
 from app.core.errors import DemoAIError
 from app.core.jobs.store import Job, JobState
 from app.core.models.registry import ModelRegistry
@@ -32,6 +34,9 @@ from app.core.train.config import PRESETS, TrainConfig
 from app.ui.panes.finetune.qt_curves import CurvesWidget
 from app.ui.qt_errors import show_error
 from app.ui.services import Services
+from app.ui.widgets.column_mapping import ColumnMappingWidget
+from app.ui.widgets.pickers import DatasetPicker, ModelPicker
+from app.ui.widgets.status_line import StatusLine
 
 KIND = "train.lora"
 #: Job kind that evaluates a run's checkpoints (its events draw on the run's loss plot).
@@ -66,6 +71,54 @@ CHOICES = {
 }
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """The form's values, read on the UI thread."""
+
+    base: str
+    dataset: str
+    values: dict[str, Any]
+    mapping: dict[str, Any] | None
+    turns: str
+    explicit: frozenset[str]
+    seq_fit: str
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    config: TrainConfig
+    notes: list[str]
+    problems: list[str]
+    estimate: Any
+
+
+def _build(ws: Any, inputs: _Inputs) -> tuple[TrainConfig, list[str]]:
+    """The run's config from the libraries (writes the mapped data file once) and the notes
+    on what was fitted. No Qt: runs on a worker thread."""
+    from app.core.train.config import fit_to_model
+    from app.core.train.library import config_from_library
+
+    cfg = config_from_library(
+        ws, inputs.base, inputs.dataset, mapping=inputs.mapping, **inputs.values
+    )
+    cfg, notes = fit_to_model(cfg, explicit=set(inputs.explicit))
+    if inputs.seq_fit and cfg.max_seq_len == inputs.values.get("max_seq_len"):
+        notes.insert(0, f"max_seq_len {inputs.seq_fit[0].lower()}{inputs.seq_fit[1:]}")
+    if inputs.turns:
+        notes.append(f"columns mapped for this run: {inputs.turns}")
+    return cfg, notes
+
+
+def _prepare(ws: Any, inputs: _Inputs) -> _Prepared:
+    """Config, notes, problems against the model and the estimate (a worker thread's job)."""
+    from app.core.train.config import validate_against_model
+    from app.core.train.estimate import estimate_run
+
+    cfg, notes = _build(ws, inputs)
+    problems = validate_against_model(cfg)
+    return _Prepared(cfg, notes, problems, None if problems else estimate_run(cfg))
+
+
 class FinetunePane(QWidget):
     """Config on the left, runs and live curves on the right."""
 
@@ -86,10 +139,13 @@ class FinetunePane(QWidget):
         self._filling = False
 
         # -- config form
-        self.base = QComboBox()
+        self.base = ModelPicker(services, formats=("hf",))
         self.base.setObjectName("trainBase")
-        self.dataset = QComboBox()
+        self.base.setToolTip("Training needs Hugging Face weights (safetensors), not GGUF.")
+        self.dataset = DatasetPicker(services)
         self.dataset.setObjectName("trainDataset")
+        for picker in (self.base, self.dataset):  # the form is narrow: no horizontal scrolling
+            picker.setMinimumContentsLength(6)
         self.preset = QComboBox()
         self.preset.addItem("(custom)", None)
         for name in PRESETS:
@@ -97,9 +153,31 @@ class FinetunePane(QWidget):
         self.preset.currentIndexChanged.connect(self._apply_preset)
         self.name = QLineEdit()
         self.name.setPlaceholderText("name of the run and of the adapter")
+        # A dataset whose columns are not a training format: which columns become the turns.
+        self.mapping = ColumnMappingWidget()
+        self.mapping.setObjectName("trainMapping")
+        self.mapping_box = QWidget()
+        mb = QVBoxLayout(self.mapping_box)
+        mb.setContentsMargins(0, 4, 0, 4)
+        mapping_title = QLabel(
+            "<b>Map the columns</b>: this dataset is not in a training format. The mapping "
+            "is applied for this run and recorded in its manifest."
+        )
+        mapping_title.setWordWrap(True)
+        mb.addWidget(mapping_title)
+        mb.addWidget(self.mapping)
+        self.mapping_box.setVisible(False)
+        self._mapped_dataset: tuple[str, tuple[str, ...]] | None = None
+        #: The one-line note under max_seq_len when it was fitted to the model's context.
+        self.seq_note = QLabel()
+        self.seq_note.setObjectName("seqNote")
+        self.seq_note.setWordWrap(True)
+        self.seq_note.setVisible(False)
+        self._seq_fit: str = ""
         form = QFormLayout()
         form.addRow("Base model", self.base)
         form.addRow("Dataset", self.dataset)
+        form.addRow(self.mapping_box)
         form.addRow("Preset", self.preset)
         form.addRow("Name", self.name)
         for fname in FORM_FIELDS:
@@ -107,11 +185,23 @@ class FinetunePane(QWidget):
             w.setToolTip(self._help.get(fname, ""))
             self._track_user_change(fname, w)
             self._fields[fname] = w
-            form.addRow(fname.replace("_", " ").capitalize(), w)
+            label = fname.replace("_", " ").capitalize()
+            if fname == "max_seq_len":
+                box = QWidget()
+                bl = QVBoxLayout(box)
+                bl.setContentsMargins(0, 0, 0, 0)
+                bl.setSpacing(2)
+                bl.addWidget(w)
+                bl.addWidget(self.seq_note)
+                form.addRow(label, box)
+            else:
+                form.addRow(label, w)
         self.check_btn = QPushButton("Check")
         self.start_btn = QPushButton("Start training")
-        self.check_btn.clicked.connect(self.check)
-        self.start_btn.clicked.connect(self.start)
+        self.check_btn.clicked.connect(self.check_clicked)
+        self.start_btn.clicked.connect(self.start_clicked)
+        self.status = StatusLine()
+        self.status.setObjectName("trainStatus")
         self.report = QLabel("")
         self.report.setObjectName("trainReport")
         self.report.setWordWrap(True)
@@ -123,6 +213,7 @@ class FinetunePane(QWidget):
         row.addWidget(self.check_btn)
         row.addWidget(self.start_btn)
         fl.addLayout(row)
+        fl.addWidget(self.status)
         fl.addWidget(self.report)
         fl.addStretch(1)
         scroll = QScrollArea()
@@ -185,7 +276,11 @@ class FinetunePane(QWidget):
 
         services.hub.jobs_changed.connect(self._jobs_changed)
         services.hub.job_events.connect(self._job_events)
-        services.bus.models_changed.connect(self.refresh_inputs)
+        # The pickers refill themselves when models or datasets change (this window, the CLI
+        # or a job); the form follows their selection.
+        services.bus.changed.connect(self._workspace_changed)
+        self.dataset.selection_changed.connect(self._dataset_changed)
+        self.base.selection_changed.connect(self._fit_to_base)
         self._merge_jobs: set[str] = set()
         #: eval.checkpoints job id -> the training job it evaluates
         self._ckpt_of: dict[str, str] = {}
@@ -256,6 +351,75 @@ class FinetunePane(QWidget):
         finally:
             self._filling = False
         self._user_set.clear()
+        self._fit_to_base()
+
+    def _fit_to_base(self, *_: object) -> None:
+        """Fit max_seq_len to the chosen model's context (unless the user set it), with a note."""
+        from pathlib import Path
+
+        from app.core.train.config import model_context_length
+
+        self._seq_fit = ""
+        base_id = self.base.currentData()
+        if base_id is not None and "max_seq_len" not in self._user_set:
+            preset = self.preset.currentData()
+            default = int(
+                PRESETS[preset].get("max_seq_len", self._defaults["max_seq_len"])
+                if preset
+                else self._defaults["max_seq_len"]
+            )
+            try:
+                rec = self.registry.get(base_id)
+                ctx = model_context_length(Path(rec.path)) if rec.format == "hf" else None
+            except (DemoAIError, OSError, ValueError):
+                ctx = None
+            value = default
+            if ctx is not None and 8 <= ctx < default:
+                value = ctx
+                self._seq_fit = f"Fitted to the model's context: {ctx}"
+            self._filling = True
+            try:
+                self._set_field("max_seq_len", value)
+            finally:
+                self._filling = False
+        self.seq_note.setText(self._seq_fit + "." if self._seq_fit else "")
+        self.seq_note.setVisible(bool(self._seq_fit))
+
+    def _workspace_changed(self, topics: Any) -> None:
+        if {"models", "datasets"} & set(topics or ()):
+            self._update_ready()
+            self._dataset_changed()  # its columns may have changed (a new version)
+
+    def _dataset_changed(self, *_: object) -> None:
+        """Offer the column mapping inline when the dataset is not in a training format."""
+        from app.core.data.store import DatasetStore
+
+        ds_id = self.dataset.current_id()
+        columns: list[str] = []
+        if ds_id is not None:
+            try:
+                columns = list(DatasetStore(self.services.workspace).get(ds_id).columns or [])
+            except DemoAIError:  # deleted meanwhile: the picker refills
+                columns = []
+        needs = ds_id is not None and bool(columns) and training_format_of(columns) is None
+        if needs:
+            key = (str(ds_id), tuple(columns))
+            if key != self._mapped_dataset:  # a new dataset: propose from its column names
+                self.mapping.set_columns(columns)
+                self._mapped_dataset = key
+        self.mapping_box.setVisible(needs)
+
+    def mapping_step(self) -> dict[str, Any] | None:
+        """The mapping to apply for the run (a map_template step), or None when not needed."""
+        if self.mapping_box.isHidden():
+            return None
+        problems = self.mapping.problems()
+        if problems:
+            raise DemoAIError(
+                "Choose the columns that become the training turns (marked in red above).",
+                " ".join(dict.fromkeys(problems.values())),
+            )
+        return self.mapping.mapping().step().to_dict()
 
     def form_values(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -277,32 +441,15 @@ class FinetunePane(QWidget):
         return out
 
     def refresh_inputs(self) -> None:
-        from app.core.data.store import DatasetStore
+        """Refill the pickers (they also refill themselves on the change broadcast)."""
+        self.base.refresh()
+        self.dataset.refresh()
+        self._dataset_changed()
+        self._fit_to_base()
+        self._update_ready()
 
-        cur_b, cur_d = self.base.currentData(), self.dataset.currentData()
-        self.base.clear()
-        for m in self.registry.list():
-            self.base.addItem(f"{m.name}  ({m.format})", m.id)
-            if m.format != "hf":
-                i = self.base.count() - 1
-                item = self.base.model().item(i)  # type: ignore[attr-defined]
-                item.setEnabled(False)
-                item.setToolTip("Training needs Hugging Face weights (safetensors), not GGUF.")
-        self.dataset.clear()
-        for d in DatasetStore(self.services.workspace).list_datasets():
-            self.dataset.addItem(f"{d.name}  ({d.rows or 0:,} rows)", d.id)
-        for combo, cur in ((self.base, cur_b), (self.dataset, cur_d)):
-            if cur is not None and (i := combo.findData(cur)) >= 0:
-                combo.setCurrentIndex(i)
-        if self.base.currentIndex() >= 0 and self.base.currentData() is not None:
-            rec = self.registry.get(self.base.currentData())
-            if rec.format != "hf":
-                for i in range(self.base.count()):
-                    if self.registry.get(self.base.itemData(i)).format == "hf":
-                        self.base.setCurrentIndex(i)
-                        break
-        has_hf = any(m.format == "hf" for m in self.registry.list())
-        ready = has_hf and self.dataset.count() > 0
+    def _update_ready(self) -> None:
+        ready = self.base.count() > 0 and self.dataset.count() > 0
         self.start_btn.setEnabled(ready)
         self.check_btn.setEnabled(ready)
         if not ready:
@@ -315,44 +462,94 @@ class FinetunePane(QWidget):
             self.report.clear()
 
     # -- checking and starting ----------------------------------------------------------------
+    def _inputs(self) -> _Inputs:
+        """What the form says, read on the UI thread (the work happens off it)."""
+        base, ds = self.base.current_id(), self.dataset.current_id()
+        if base is None or ds is None:
+            raise DemoAIError("Choose a base model and a dataset.")
+        mapping = self.mapping_step()
+        turns = ""
+        if mapping is not None:
+            m = self.mapping.mapping()
+            turns = f"{m.user} → user, {m.assistant} → assistant"
+        return _Inputs(
+            base=base,
+            dataset=ds,
+            values=self.form_values(),
+            mapping=mapping,
+            turns=turns,
+            explicit=frozenset(self._user_set),
+            seq_fit=self._seq_fit,
+        )
+
     def build_config(self) -> TrainConfig:
         """The form's config; defaults the model cannot take are fitted (see :attr:`fit_notes`)."""
-        from app.core.train.config import fit_to_model
-        from app.core.train.library import config_from_library
-
-        if self.base.currentData() is None or self.dataset.currentData() is None:
-            raise DemoAIError("Choose a base model and a dataset.")
-        cfg = config_from_library(
-            self.services.workspace,
-            self.base.currentData(),
-            self.dataset.currentData(),
-            **self.form_values(),
-        )
-        cfg, self.fit_notes = fit_to_model(cfg, explicit=self._user_set)
+        cfg, self.fit_notes = _build(self.services.workspace, self._inputs())
         return cfg
 
     def check(self) -> TrainConfig | None:
-        """Validate the whole config and show the memory and time estimate."""
-        from app.core.train.config import validate_against_model
-        from app.core.train.estimate import estimate_run
-
+        """Validate the whole config and show the memory and time estimate (here, at once)."""
         try:
-            cfg = self.build_config()
-            problems = validate_against_model(cfg)
+            prepared = _prepare(self.services.workspace, self._inputs())
         except DemoAIError as exc:
-            self._show_report(f"<span style='color:#c0392b'>{html.escape(str(exc))}</span>")
+            self._report_error(exc)
             return None
-        if problems:
-            items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+        return self._show_prepared(prepared)
+
+    def _show_prepared(self, prepared: _Prepared) -> TrainConfig | None:
+        self.fit_notes = prepared.notes
+        if prepared.problems:
+            items = "".join(f"<li>{html.escape(p)}</li>" for p in prepared.problems)
             self._show_report(f"<span style='color:#c0392b'>Cannot start:</span><ul>{items}</ul>")
             return None
-        est = estimate_run(cfg)
-        notes = "".join(f"<br>Note: {html.escape(n)}." for n in self.fit_notes)
+        est = prepared.estimate
+        notes = "".join(f"<br>Note: {html.escape(n)}." for n in prepared.notes)
         explanation = html.escape(est.explanation).replace("\n", "<br>")
         self._show_report(
             f"<b>Ready.</b> {html.escape(est.summary())}{notes}<br><small>{explanation}</small>"
         )
-        return cfg
+        return prepared.config
+
+    def _report_error(self, exc: BaseException) -> None:
+        self.status.clear()  # said once, in the report under the buttons
+        self._show_report(f"<span style='color:#c0392b'>{html.escape(str(exc))}</span>")
+
+    def check_clicked(self) -> None:
+        """Check: the data is prepared and the model read off the UI thread."""
+        self._run_prepared("Checking the configuration", submit=False)
+
+    def start_clicked(self) -> None:
+        """Start training: checked off the UI thread, then submitted as a job."""
+        self._run_prepared("Preparing the run", submit=True)
+
+    def _run_prepared(self, title: str, *, submit: bool) -> None:
+        try:
+            inputs = self._inputs()
+        except DemoAIError as exc:
+            self._report_error(exc)
+            return
+        ws = self.services.workspace
+        self.check_btn.setEnabled(False)
+        self.start_btn.setEnabled(False)
+
+        def done(prepared: _Prepared) -> None:
+            self._update_ready()
+            cfg = self._show_prepared(prepared)
+            if submit and cfg is not None:
+                self._submit(cfg)
+
+        def failed(exc: BaseException) -> None:
+            self._update_ready()
+            self._report_error(exc)
+
+        self.services.actions.run(
+            self,
+            title,
+            lambda _progress: _prepare(ws, inputs),
+            done=done,
+            failed=failed,
+            status=self.status,
+        )
 
     def _show_report(self, text: str) -> None:
         """Show Check's result and scroll the form so that all of it is in view."""
@@ -370,9 +567,11 @@ class FinetunePane(QWidget):
         self._follow_report = False
 
     def start(self) -> Job | None:
+        """Check and submit the run (here, at once); the button does it off the UI thread."""
         cfg = self.check()
-        if cfg is None:
-            return None
+        return None if cfg is None else self._submit(cfg)
+
+    def _submit(self, cfg: TrainConfig) -> Job:
         title = f"Fine-tune {cfg.name or self.base.currentText().split('  ')[0]}"
         job = self.services.jobs.submit(KIND, cfg.to_dict(), title=title, resource="gpu")
         self.services.hub.tick()
