@@ -1,9 +1,16 @@
 """The Chat pane: pick a model, talk to it through the local model host, branch freely.
 
 The transcript is the path from the conversation's root to its shown leaf.
-Editing a message or regenerating an answer adds a sibling branch; ‹ › links
-under a message switch between siblings. Tokens are appended as they stream
-and the view is redrawn at most every 50 ms, so the window stays responsive.
+Editing a message or regenerating an answer adds a sibling branch; "‹ previous"
+and "next ›" links under a message switch between siblings. Tokens are appended
+as they stream and the view is redrawn at most every 50 ms, so the window stays
+responsive.
+
+A base model (no chat template of its own) gets a one-line note and starts in
+Completion mode: the transcript is sent as plain text to ``/v1/completions`` and
+the model continues it. Chat mode renders the messages with a chat template.
+Stop keeps the partial answer, marked "— stopped" (``usage.stopped`` in the
+saved message). The pane leases its model from the window's shared model host.
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ import time
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, QUrl
-from PySide6.QtGui import QKeyEvent, QKeySequence, QShortcut
+from PySide6.QtGui import QFont, QKeyEvent, QKeySequence, QShortcut, QTextCharFormat, QTextCursor
 from PySide6.QtWidgets import (
     QComboBox,
+    QDialog,
+    QDialogButtonBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -27,6 +36,7 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QPlainTextEdit,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QSplitter,
     QTextBrowser,
@@ -41,6 +51,11 @@ from app.core.models.registry import ModelRecord, ModelRegistry
 from app.core.store.files import atomic_write_json
 from app.ui.panes.chat.qt_stream import ChatStream
 from app.ui.services import Services
+from app.ui.widgets.pickers import ModelPicker
+
+#: Chat: messages through the chat template. Completion: the transcript as plain text.
+MODES = (("Chat", "chat"), ("Completion", "completion"))
+STOPPED_MARK = "— stopped"
 
 
 class _EnterToSend(QObject):
@@ -74,6 +89,10 @@ class ChatPane(QWidget):
         self.host = services.host
         self.conv: Conversation | None = None
         self.stream: ChatStream | None = None
+        self.edit_dialog: QDialog | None = None
+        self._lease: Any = None  # the host lease of the last answer, held until the next
+        #: model id -> True when the model has no chat template of its own (a base model)
+        self._base: dict[str, bool] = {}
         self._answer_id: str | None = None
         self._answer_text = ""
         self._t_first: float | None = None
@@ -89,6 +108,8 @@ class ChatPane(QWidget):
         self.search.textChanged.connect(self.refresh_conversations)
         self.conv_list = QListWidget()
         self.conv_list.setObjectName("conversations")
+        self.conv_list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.conv_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.conv_list.currentItemChanged.connect(self._conv_selected)
         self.new_btn = QPushButton("New chat")
         self.rename_btn = QPushButton("Rename")
@@ -110,10 +131,28 @@ class ChatPane(QWidget):
         ll.addLayout(row)
 
         # -- middle: transcript + input
-        self.model_combo = QComboBox()
+        self.model_combo = ModelPicker(services, formats=("gguf", "hf", "lora"))
         self.model_combo.setObjectName("chatModel")
         self.model_combo.setToolTip("Model (Ctrl+K)")
-        self.model_combo.currentIndexChanged.connect(self._model_changed)
+        self.model_combo.selection_changed.connect(self._model_changed)
+        self.mode = QComboBox()
+        self.mode.setObjectName("chatMode")
+        for mode_label, mode in MODES:
+            self.mode.addItem(mode_label, mode)
+        self.mode.setToolTip(
+            "Chat: your messages go through the model's chat template.\n"
+            "Completion: the conversation is sent as plain text and the model continues it "
+            "(for base models, which have no chat template)."
+        )
+        self.mode.currentIndexChanged.connect(self._mode_changed)
+        self.model_note = QLabel("")
+        self.model_note.setObjectName("chatModelNote")
+        self.model_note.setWordWrap(True)
+        self.model_note.setStyleSheet(
+            "background: palette(alternate-base); border: 1px solid palette(midlight);"
+            " border-radius: 4px; padding: 4px 8px"
+        )
+        self.model_note.hide()
         self.transcript = QTextBrowser()
         self.transcript.setObjectName("transcript")
         self.transcript.setOpenLinks(False)
@@ -142,13 +181,18 @@ class ChatPane(QWidget):
         self.regen_btn.clicked.connect(self.regenerate)
         self.stats = QLabel("")
         self.stats.setObjectName("chatStats")
+        # Long figures are cut, never widen the pane (the full text is the tooltip).
+        self.stats.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         mid = QWidget()
         ml = QVBoxLayout(mid)
         ml.setContentsMargins(0, 0, 0, 0)
         top = QHBoxLayout()
         top.addWidget(QLabel("Model"))
         top.addWidget(self.model_combo, 1)
+        top.addWidget(QLabel("Mode"))
+        top.addWidget(self.mode)
         ml.addLayout(top)
+        ml.addWidget(self.model_note)
         ml.addWidget(self.transcript, 1)
         ml.addWidget(self.banner)
         ml.addWidget(self.input)
@@ -215,24 +259,25 @@ class ChatPane(QWidget):
             ("Escape", self.stop),
         ):
             QShortcut(QKeySequence(keys), self).activated.connect(slot)
-        services.bus.models_changed.connect(self.refresh_models)
+        services.bus.changed.connect(self._bus_changed)
         self.refresh_models()
+        self._set_mode(self._default_mode())
         self.refresh_conversations()
         self._set_busy(False)
 
     # -- models -----------------------------------------------------------------------
+    def _bus_changed(self, topics: frozenset[str]) -> None:
+        if "models" in topics:  # the picker has refilled itself already
+            self._models_shown()
+        if "conversations" in topics and self.stream is None:
+            self.refresh_conversations()
+
     def refresh_models(self) -> None:
-        current = self.model_combo.currentData()
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        for m in self.registry.list():
-            if m.format in ("gguf", "hf", "lora"):
-                self.model_combo.addItem(
-                    f"{m.name}  ({m.format}{', ' + m.quantization if m.quantization else ''})", m.id
-                )
-        if current is not None and (i := self.model_combo.findData(current)) >= 0:
-            self.model_combo.setCurrentIndex(i)
-        self.model_combo.blockSignals(False)
+        self.model_combo.refresh()
+        self._models_shown()
+
+    def _models_shown(self) -> None:
+        self._update_model_note()
         if self.model_combo.count() == 0:
             self.transcript.setHtml(
                 "<h3>No model to chat with yet</h3><p>Import a GGUF file or a Hugging Face "
@@ -253,10 +298,62 @@ class ChatPane(QWidget):
         self.model_combo.setFocus()
         self.model_combo.showPopup()
 
-    def _model_changed(self, _: int) -> None:
+    def _model_changed(self, _: object = None) -> None:
         m = self.current_model()
         if self.conv is not None and m is not None and self.conv.model_id != m.id:
             self.conv = self.store.update(self.conv.id, model_id=m.id, model_sha256=m.sha256)
+        self._set_mode(self._default_mode())
+        self._update_model_note()
+
+    # -- base models and the mode ---------------------------------------------------------
+    def is_base_model(self, m: ModelRecord | None = None) -> bool:
+        """True when the model has no chat template of its own (its file says so, or the
+        model host reported it)."""
+        m = m or self.current_model()
+        if m is None:
+            return False
+        return self._base.get(m.id, not m.has_chat_template)
+
+    def _default_mode(self) -> str:
+        return "completion" if self.is_base_model() else "chat"
+
+    def _set_mode(self, mode: str) -> None:
+        i = self.mode.findData(mode)
+        if i >= 0 and i != self.mode.currentIndex():
+            self.mode.blockSignals(True)
+            self.mode.setCurrentIndex(i)
+            self.mode.blockSignals(False)
+        self._update_model_note()
+
+    def _mode_changed(self, _: int) -> None:
+        self._update_model_note()
+
+    def current_mode(self) -> str:
+        return str(self.mode.currentData())
+
+    def _update_model_note(self) -> None:
+        m = self.current_model()
+        if m is None or not self.is_base_model(m):
+            self.model_note.hide()
+            return
+        if self.current_mode() == "completion":
+            text = f"{m.name} is a base model (no chat template), so Completion mode is on."
+        else:
+            text = f"{m.name} is a base model (no chat template): Completion mode suits it."
+        self.model_note.setText(text)
+        self.model_note.setToolTip(
+            "A base model was trained to continue text, not to follow a chat. Completion mode "
+            "sends the conversation as plain text and the model carries on writing it; Chat "
+            "mode wraps it in a guessed chat template."
+        )
+        self.model_note.show()
+
+    def _on_capabilities(self, model_id: str, caps: dict[str, Any]) -> None:
+        """The model host's word on the template (``capabilities.chat_template``)."""
+        template = caps.get("chat_template")
+        if isinstance(template, str) and self.template.currentData() is None:
+            self._base[model_id] = template != "model"
+            self._update_model_note()
 
     def chat_with(self, model_id: str) -> None:
         """Start a new chat with ``model_id`` (from the Models pane)."""
@@ -272,6 +369,7 @@ class ChatPane(QWidget):
         self.conv_list.clear()
         for c in self.store.list_conversations(self.search.text().strip() or None):
             item = QListWidgetItem(c.title)
+            item.setToolTip(c.title)
             item.setData(Qt.ItemDataRole.UserRole, c.id)
             self.conv_list.addItem(item)
             if self.conv is not None and c.id == self.conv.id:
@@ -296,6 +394,7 @@ class ChatPane(QWidget):
         self.repeat.setValue(s.get("repeat_penalty", self.repeat.value()))
         self.max_tokens.setValue(s.get("max_tokens", self.max_tokens.value()))
         self.seed.setValue(s.get("seed", -1) if s.get("seed") is not None else -1)
+        self._set_mode(s.get("mode") or self._default_mode())
         self.banner.hide()
         self.render_transcript()
 
@@ -308,7 +407,7 @@ class ChatPane(QWidget):
             model_id=m.id if m else None,
             model_sha256=m.sha256 if m else None,
             system_prompt=self.system.toPlainText(),
-            sampling=self.sampling(),
+            sampling={**self.sampling(), "mode": self.current_mode()},
         )
         self.refresh_conversations()
         self.banner.hide()
@@ -402,10 +501,11 @@ class ChatPane(QWidget):
         m = self.current_model()
         assert self.conv is not None and m is not None
         sampling = self.sampling()
+        mode = self.current_mode()
         self.conv = self.store.update(
             self.conv.id,
             system_prompt=self.system.toPlainText(),
-            sampling=sampling,
+            sampling={**sampling, "mode": mode},
             model_id=m.id,
             model_sha256=m.sha256,
         )
@@ -413,15 +513,30 @@ class ChatPane(QWidget):
         messages = [{"role": x.role, "content": x.content} for x in history]
         if self.conv.system_prompt.strip():
             messages.insert(0, {"role": "system", "content": self.conv.system_prompt})
+        prompt = completion_prompt(messages) if mode == "completion" else None
         answer = self.store.add(
-            self.conv.id, user.id, "assistant", "", model_id=m.id, sampling=sampling
+            self.conv.id,
+            user.id,
+            "assistant",
+            "",
+            model_id=m.id,
+            sampling={**sampling, "mode": mode},
         )
         self._answer_id = answer.id
         self._answer_text = ""
         self._t_first = None
         self.banner.hide()
         template = self.template.currentData()
-        stream = ChatStream(lambda: self.host.prepare(m, template), m.id, messages, sampling)
+        host = self.host
+        stream = ChatStream(
+            lambda: host.lease(m, template),
+            messages,
+            sampling,
+            prompt=prompt,
+            ask_capabilities=m.id not in self._base and template is None,
+        )
+        stream.leased.connect(self._on_leased)
+        stream.capabilities.connect(lambda caps, mid=m.id: self._on_capabilities(mid, caps))
         stream.token.connect(self._on_token)
         stream.first_token.connect(self._on_first)
         stream.finished.connect(self._on_finished)
@@ -430,6 +545,12 @@ class ChatPane(QWidget):
         self.stats.setText("Loading the model…")
         self.render_transcript()
         stream.start()
+
+    def _on_leased(self, lease: Any) -> None:
+        """Hold the new lease (the model stays loaded while this pane uses it), drop the old."""
+        old, self._lease = self._lease, lease
+        if old is not None and old is not lease:
+            self.host.release(old)
 
     def stop(self) -> None:
         if self.stream is not None:
@@ -445,6 +566,7 @@ class ChatPane(QWidget):
             self._redraw.start()
 
     def _on_finished(self, usage: dict[str, Any], error: str) -> None:
+        self._redraw.stop()
         if self._answer_id is not None:
             self.store.finish(
                 self._answer_id, self._answer_text, usage=usage or None, error=error or None
@@ -469,6 +591,7 @@ class ChatPane(QWidget):
             n_ctx = min(ctx, 4096) if ctx else None
             parts.append(f"context {used:,}" + (f" / {n_ctx:,} tokens" if n_ctx else " tokens"))
         self.stats.setText(" · ".join(parts))
+        self.stats.setToolTip(self.stats.text())
         self.render_transcript()
 
     def _set_busy(self, busy: bool) -> None:
@@ -477,6 +600,7 @@ class ChatPane(QWidget):
         self.regen_btn.setEnabled(not busy and has_model and self.conv is not None)
         self.stop_btn.setEnabled(busy)
         self.model_combo.setEnabled(not busy)
+        self.mode.setEnabled(not busy)
         self.template.setEnabled(not busy)
         for b in (self.new_btn, self.delete_btn):
             b.setEnabled(not busy)
@@ -492,30 +616,67 @@ class ChatPane(QWidget):
                 self.transcript.setHtml("<p>Start typing below, or pick a chat on the left.</p>")
             return
         parts: list[str] = []
+        tips: dict[str, str] = {}
         for m in self.store.path(self.conv.id):
             content = self._answer_text if m.id == self._answer_id else m.content
             who = {"user": "You", "assistant": "Assistant", "system": "System"}.get(m.role, m.role)
-            parts.append(f"#### {who}\n\n{_markdown_safe(content) or '…'}\n")
+            body = _markdown_safe(content) or ("" if (m.usage or {}).get("stopped") else "…")
+            if (m.usage or {}).get("stopped"):
+                body += f" *{STOPPED_MARK}*"
+            parts.append(f"#### {who}\n\n{body}\n")
             sibs = self.store.siblings(m.id)
             nav = []
             if len(sibs) > 1:
                 i = [s.id for s in sibs].index(m.id)
                 if i > 0:
-                    nav.append(f"[‹](branch:{sibs[i - 1].id})")
+                    href = f"branch:{sibs[i - 1].id}"
+                    tips[href] = f"previous version {i}/{len(sibs)}"
+                    nav.append(f"[‹ previous]({href})")
                 nav.append(f"{i + 1}/{len(sibs)}")
                 if i < len(sibs) - 1:
-                    nav.append(f"[›](branch:{sibs[i + 1].id})")
+                    href = f"branch:{sibs[i + 1].id}"
+                    tips[href] = f"next version {i + 2}/{len(sibs)}"
+                    nav.append(f"[next ›]({href})")
             if m.role == "user" and self.stream is None:
+                tips[f"edit:{m.id}"] = "Edit this message (the answer is kept as another version)"
                 nav.append(f"[edit](edit:{m.id})")
             if m.error:
                 nav.append(f"*⚠ {_markdown_safe(m.error)}*")
             if nav:
-                parts.append(" ".join(nav) + "\n")
+                parts.append(" \u2003 ".join(nav) + "\n")
         bar = self.transcript.verticalScrollBar()
         at_end = bar.value() >= bar.maximum() - 4
         self.transcript.setMarkdown("\n".join(parts))
+        self._style_links(tips)
         if at_end:
             bar.setValue(bar.maximum())
+
+    def _style_links(self, tips: dict[str, str]) -> None:
+        """Tooltips on branch and edit links; the branch links in a larger, bold face."""
+        doc = self.transcript.document()
+        block = doc.begin()
+        spans: list[tuple[int, int, str]] = []
+        while block.isValid():
+            it = block.begin()
+            while not it.atEnd():
+                frag = it.fragment()
+                href = frag.charFormat().anchorHref()
+                if href in tips:
+                    spans.append((frag.position(), frag.position() + frag.length(), href))
+                it += 1
+            block = block.next()
+        cursor = QTextCursor(doc)
+        for start, end, href in spans:
+            fmt = QTextCharFormat()
+            fmt.setToolTip(tips[href])
+            if href.startswith("branch:"):
+                fmt.setFontWeight(QFont.Weight.DemiBold)
+                base = self.transcript.font().pointSizeF()
+                if base > 0:
+                    fmt.setFontPointSize(base * 1.1)
+            cursor.setPosition(start)
+            cursor.setPosition(end, QTextCursor.MoveMode.KeepAnchor)
+            cursor.mergeCharFormat(fmt)
 
     def _link(self, url: QUrl) -> None:
         kind, _, target = url.toString().partition(":")
@@ -525,17 +686,82 @@ class ChatPane(QWidget):
             self.store.switch_to(target)
             self.render_transcript()
         elif kind == "edit":
-            old = self.store.message(target)
-            text, ok = QInputDialog.getMultiLineText(self, "Edit message", "Message", old.content)
-            if ok and text.strip() and text != old.content:
-                self.edit_message(target, text)
+            self.open_edit_dialog(target)
+
+    def open_edit_dialog(self, msg_id: str) -> QDialog:
+        """A resizable editor sized to the message; OK makes a new branch, answered at once."""
+        old = self.store.message(msg_id)
+        dlg = QDialog(self)
+        dlg.setWindowTitle("Edit message")
+        dlg.setObjectName("editMessageDialog")
+        dlg.setSizeGripEnabled(True)
+        editor = QPlainTextEdit(old.content)
+        editor.setObjectName("editMessageText")
+        note = QLabel("The edited message starts a new version; the old one stays one click away.")
+        note.setWordWrap(True)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Send edited")
+        buttons.accepted.connect(dlg.accept)
+        buttons.rejected.connect(dlg.reject)
+        lay = QVBoxLayout(dlg)
+        lay.addWidget(editor, 1)
+        lay.addWidget(note)
+        lay.addWidget(buttons)
+        dlg.resize(*_editor_size(editor, old.content, self))
+
+        def done() -> None:
+            text = editor.toPlainText()
+            if text.strip() and text != old.content:
+                self.edit_message(msg_id, text)
+
+        dlg.accepted.connect(done)
+        dlg.finished.connect(lambda _r: setattr(self, "edit_dialog", None))
+        dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.edit_dialog = dlg
+        editor.setFocus()
+        dlg.open()
+        return dlg
 
     def shutdown(self) -> None:
-        """Stop streaming and the model host (the window is closing)."""
+        """Stop streaming and give the model back (the window stops the shared host)."""
         if self.stream is not None:
             self.stream.stop()
             self.stream.wait(5)
-        self.host.stop()
+        lease, self._lease = self._lease, None
+        self.host.release(lease)
+
+
+def completion_prompt(messages: list[dict[str, str]]) -> str:
+    """The conversation as one plain text for a base model to continue.
+
+    A system prompt leads, followed by a blank line; each answer continues the
+    text before it directly; a new message after an answer starts on a new line.
+    """
+    out = ""
+    for i, msg in enumerate(messages):
+        text = msg["content"]
+        if msg["role"] == "system":
+            out += text.rstrip() + "\n\n" if text.strip() else ""
+        elif msg["role"] == "user" and i > 0 and messages[i - 1]["role"] == "assistant":
+            out += text if not out or out[-1].isspace() else "\n" + text
+        else:
+            out += text
+    return out
+
+
+def _editor_size(editor: QPlainTextEdit, text: str, anchor: QWidget) -> tuple[int, int]:
+    """At least 560x300, grown to the text's longest line and line count, within the screen."""
+    fm = editor.fontMetrics()
+    lines = text.split("\n") or [""]
+    width = max(fm.horizontalAdvance(line) for line in lines[:500]) + 80
+    height = fm.lineSpacing() * (len(lines) + 2) + 110
+    screen = anchor.screen()
+    avail = screen.availableGeometry() if screen is not None else None
+    max_w = int(avail.width() * 0.8) if avail is not None else 1200
+    max_h = int(avail.height() * 0.8) if avail is not None else 900
+    return max(560, min(width, max_w)), max(300, min(height, max_h))
 
 
 def _markdown_safe(text: str) -> str:

@@ -1,57 +1,69 @@
-"""Streams a chat completion from the model host on a background thread.
+"""Streams an answer from the model host on a background thread.
 
-Plain ``http.client`` (no heavy imports in the window process). Tokens arrive
-as Qt signals; ``stop()`` closes the connection, which the host sees as a
-client that went away.
+Through :class:`~app.core.openai_client.OpenAIClient` (httpx2 and its
+server-sent events; no inference library in the window process). Chat mode
+streams ``/v1/chat/completions``; completion mode streams ``/v1/completions``,
+plain text continuation for a base model. Tokens arrive as Qt signals;
+``stop()`` closes the client, which ends the stream at once and which the host
+sees as a client that went away.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlparse
 
 from PySide6.QtCore import QObject, Signal
 
+from app.core.errors import DemoAIError
+from app.core.openai_client import OpenAIClient
+
 
 class ChatStream(QObject):
-    """``token(str)``, then ``finished(dict usage, str error)`` exactly once."""
+    """``leased(lease)``, ``capabilities(dict)``, ``token(str)``, then ``finished(usage,
+    error)`` exactly once. ``usage`` has ``stopped: True`` when :meth:`stop` cut it short.
 
+    ``prepare()`` runs on the stream's thread and returns the host lease (an object with
+    ``base_url``, ``token`` and ``model``, the name to request); it may start the host.
+    ``prompt`` set means completion mode (``messages`` are then ignored).
+    """
+
+    leased = Signal(object)
+    capabilities = Signal(dict)
     token = Signal(str)
     first_token = Signal(float)  # seconds to the first token
     finished = Signal(dict, str)
 
     def __init__(
         self,
-        prepare: Callable[[], tuple[str, str]],
-        model: str,
+        prepare: Callable[[], Any],
         messages: list[dict[str, str]],
         sampling: dict[str, Any],
+        *,
+        prompt: str | None = None,
+        ask_capabilities: bool = False,
     ) -> None:
         super().__init__()
-        self._prepare = prepare  # -> (base_url, token); may start the host (slow)
-        self.model = model
+        self._prepare = prepare
         self.messages = messages
+        self.prompt = prompt
         self.sampling = sampling
+        self.ask_capabilities = ask_capabilities
         self._stop = threading.Event()
-        self._conn: http.client.HTTPConnection | None = None
+        self._client: OpenAIClient | None = None
         self._thread = threading.Thread(target=self._run, name="chat-stream", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
+        """End the answer now (any thread); the text so far is kept."""
         self._stop.set()
-        conn = self._conn
-        if conn is not None and conn.sock is not None:
-            try:
-                conn.sock.shutdown(2)
-            except OSError:
-                pass
+        client = self._client
+        if client is not None:
+            client.close()
 
     def wait(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -60,66 +72,39 @@ class ChatStream(QObject):
         usage: dict[str, Any] = {}
         error = ""
         t0 = time.monotonic()
+        complete = False
         try:
-            base_url, token = self._prepare()
-            u = urlparse(base_url)
-            body = {
-                "model": self.model,
-                "messages": self.messages,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-                **self.sampling,
-            }
-            self._conn = conn = http.client.HTTPConnection(
-                u.hostname or "127.0.0.1", u.port, timeout=600
-            )
-            conn.request(
-                "POST",
-                u.path.rstrip("/") + "/chat/completions",
-                body=json.dumps(body),
-                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-            )
-            resp = conn.getresponse()
-            if resp.status != 200:
-                data = resp.read().decode("utf-8", "replace")
-                try:
-                    error = json.loads(data)["error"]["message"]
-                except (ValueError, KeyError, TypeError):
-                    error = f"HTTP {resp.status}: {data[:300]}"
-                return
-            got_first = False
-            for raw in resp:
-                if self._stop.is_set():
-                    break
-                line = raw.decode("utf-8", "replace").strip()
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    break
-                chunk = json.loads(payload)
-                if chunk.get("error"):
-                    error = str(chunk["error"].get("message", chunk["error"]))
-                    break
-                if chunk.get("usage"):
-                    usage = dict(chunk["usage"])
-                for choice in chunk.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content") or ""
-                    if text:
-                        if not got_first:
-                            got_first = True
-                            self.first_token.emit(time.monotonic() - t0)
-                        self.token.emit(text)
+            lease = self._prepare()
+            self.leased.emit(lease)
+            self._client = client = OpenAIClient(lease.base_url, lease.token, model=lease.model)
+            if self._stop.is_set():
+                client.close()
+            if self.ask_capabilities and not client.closed:
+                caps = client.model_info().get("capabilities")
+                if isinstance(caps, dict):
+                    self.capabilities.emit(caps)
+            if self.prompt is not None:
+                deltas = client.stream_complete(self.prompt, **self.sampling)
             else:
-                if not self._stop.is_set():
-                    error = "The model host closed the connection before the answer was complete."
-        except (OSError, http.client.HTTPException, ValueError) as exc:
+                deltas = client.stream_chat(self.messages, **self.sampling)
+            got_first = False
+            for delta in deltas:
+                if delta.usage:
+                    usage = dict(delta.usage)
+                if delta.finish_reason:
+                    complete = True
+                if delta.text:
+                    if not got_first:
+                        got_first = True
+                        self.first_token.emit(time.monotonic() - t0)
+                    self.token.emit(delta.text)
+        except DemoAIError as exc:
             if not self._stop.is_set():
-                error = f"The model host stopped answering ({type(exc).__name__}: {exc})."
+                error = str(exc)
         except Exception as exc:  # the thread must always report back
             error = f"{type(exc).__name__}: {exc}"
         finally:
-            if self._conn is not None:
-                self._conn.close()
+            if self._stop.is_set() and not error and not complete:
+                usage["stopped"] = True
             usage["elapsed_s"] = time.monotonic() - t0
             self.finished.emit(usage, error)
