@@ -569,3 +569,58 @@ def test_chosen_theme_is_used_at_the_next_start(tmp_path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert f"WINDOW={DARK.window}" in r.stdout
+
+
+ICONS_PROBE = r"""
+import sys, time
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QApplication
+app = QApplication(sys.argv)
+from app.core.workspace import Workspace
+from app.ui.app import create_main_window
+import app.ui.theme as theme
+from tests.support.watchdog import UiWatchdog
+w = create_main_window(Workspace.open(sys.argv[1]))
+w.show()
+app.processEvents()
+dog = UiWatchdog()
+with dog.watch():
+    # a theme change before the icons are there must not import qtawesome on this thread
+    QGuiApplication.styleHints().colorSchemeChanged.emit(Qt.ColorScheme.Dark)
+    app.processEvents()
+    print("LOADED_AT_SHOW=" + str(theme.icons_loaded()))
+    deadline = time.monotonic() + 30
+    home = w.pane("home")
+    while time.monotonic() < deadline and (
+        w.sidebar.item(1).icon().isNull() or home.cards["data"].mark.pixmap().isNull()
+    ):
+        app.processEvents()
+        time.sleep(0.005)
+print("SIDEBAR_ICON=" + str(not w.sidebar.item(1).icon().isNull()))
+print("HOME_ICON=" + str(not home.cards["data"].mark.pixmap().isNull()))
+print("SCHEME=" + w.theme.scheme)
+print("STALLS=" + dog.report().replace("\n", " | "))
+w.close()
+"""
+
+
+def test_icons_arrive_after_the_first_paint_without_stalling_the_ui(tmp_path) -> None:
+    """qtawesome (0.2-0.4 s to import) is loaded off the UI thread after the window is
+    shown; the sidebar and Home get their icons, and the UI thread never stalls for it,
+    even when the theme changes before they arrive."""
+    import os
+
+    r = subprocess.run(
+        [sys.executable, "-c", ICONS_PROBE, str(tmp_path / "ws")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+    )
+    assert r.returncode == 0, r.stderr
+    out = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    assert out["LOADED_AT_SHOW"] == "False", r.stdout  # the window did not wait for icons
+    assert out["SIDEBAR_ICON"] == "True" and out["HOME_ICON"] == "True", r.stdout
+    assert out["SCHEME"] == "dark"
+    assert out["STALLS"] == "", out["STALLS"]

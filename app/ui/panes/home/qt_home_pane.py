@@ -181,6 +181,7 @@ class HomePane(QWidget):
         outer.addStretch(0)
 
         self._icons_asked = False
+        self._icons_ready = False
         services.bus.changed.connect(self._changed)
         self.refresh(steps)
 
@@ -266,10 +267,12 @@ class HomePane(QWidget):
             after_first_paint(self, lambda: when_icons_ready(self.update_icons, self))
 
     def update_icons(self) -> None:
+        self._icons_ready = True
         for card in self.cards.values():
             card.update_icon()
 
     def changeEvent(self, event: QEvent) -> None:
         super().changeEvent(event)
-        if event.type() == QEvent.Type.PaletteChange and getattr(self, "_icons_asked", False):
+        # re-tint on a theme change, once the icons are there (never import them here)
+        if event.type() == QEvent.Type.PaletteChange and getattr(self, "_icons_ready", False):
             self.update_icons()
