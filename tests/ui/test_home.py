@@ -194,5 +194,7 @@ def test_add_sample_model_puts_gemma_in_the_library(qtbot, main_window, ui_watch
     assert not [p for p in ws.models_dir.iterdir() if p.name.startswith(".sample-")]
     assert home.cards["model"].detail.text().startswith("Done: 1 model")
     assert not home.sample_model_btn.isVisible()
+    qtbot.waitUntil(lambda: "Added gemma-3-270m-it" in home.model_status.label.text())
+    main_window.grab().save("/tmp/H5-home-sample-model.png")
     assert add_sample_model(ws).id == rec.id  # idempotent: no second copy
     assert len(ModelRegistry(ws).list()) == 1

@@ -69,8 +69,8 @@ def first_run_steps(ws: Workspace) -> list[Step]:
         Step(
             "model",
             "Add a model",
-            "A small model to try everything with: the sample is Gemma 3 270M instruct "
-            "(253 MB, answers on a CPU).",
+            "A small model to chat with: the sample is Gemma 3 270M instruct, a 253 MB GGUF "
+            "that answers on a CPU.",
             "models",
             "Models",
             models > 0,
@@ -100,8 +100,9 @@ def first_run_steps(ws: Workspace) -> list[Step]:
         Step(
             "finetune",
             "Fine-tune it on the data",
-            "Train a LoRA adapter; the form maps question to the user turn and answer to the "
-            "assistant turn.",
+            "Train a LoRA adapter on a Hugging Face model (import its folder in Models: a GGUF "
+            "file cannot be trained). The form maps question to the user turn and answer to "
+            "the assistant turn.",
             "finetune",
             "Fine-tune",
             trained > 0,
