@@ -296,3 +296,42 @@ def test_pane_uses_a_lease_of_the_shared_host(qtbot, chat) -> None:
     assert host.leased().get(pane._lease.model) == 1  # the older lease was given back
     pane.shutdown()
     assert host.leased().get(pane.current_model().id, 0) == 0
+
+
+def test_rename_delete_and_export_run_as_actions(qtbot, main_window, tmp_path) -> None:
+    pane = main_window.pane("chat")
+    store = ConversationStore(pane.services.workspace.db)
+    keep = store.create("Keep me")
+    conv = store.create("Old title")
+    store.add(conv.id, None, "user", "Hello")
+    pane.refresh_conversations()
+    pane.open_conversation(conv.id)
+
+    pane.rename_to("New title")
+    qtbot.waitUntil(lambda: store.get(conv.id).title == "New title", timeout=5_000)
+    qtbot.waitUntil(
+        lambda: (
+            "New title" in [pane.conv_list.item(i).text() for i in range(pane.conv_list.count())]
+        ),
+        timeout=5_000,
+    )
+    assert pane.conv.title == "New title"
+
+    out = tmp_path / "chat.json"
+    pane.export_to(str(out))
+    qtbot.waitUntil(out.exists, timeout=5_000)
+    assert json.loads(out.read_text())["messages"][0]["content"] == "Hello"
+    qtbot.waitUntil(lambda: "Exported" in pane.action_status.text, timeout=5_000)
+    # A failure is shown next to the buttons, and nothing half-written is left.
+    (tmp_path / "a-file").write_text("not a folder")
+    bad = tmp_path / "a-file" / "chat.json"
+    pane.export_to(str(bad))
+    qtbot.waitUntil(lambda: pane.action_status.state == "error", timeout=5_000)
+    assert pane.action_status.isVisible() and f"Cannot write {bad}" in pane.action_status.text
+    assert "Choose another folder" in pane.action_status.text
+    assert (tmp_path / "a-file").read_text() == "not a folder"
+
+    pane.delete_chat()
+    qtbot.waitUntil(lambda: pane.conv is None, timeout=5_000)
+    assert [c.id for c in store.list_conversations()] == [keep.id]
+    assert pane.conv_list.count() == 1

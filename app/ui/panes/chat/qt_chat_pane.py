@@ -52,6 +52,7 @@ from app.core.store.files import atomic_write_json
 from app.ui.panes.chat.qt_stream import ChatStream
 from app.ui.services import Services
 from app.ui.widgets.pickers import ModelPicker
+from app.ui.widgets.status_line import StatusLine
 
 #: Chat: messages through the chat template. Completion: the transcript as plain text.
 MODES = (("Chat", "chat"), ("Completion", "completion"))
@@ -129,6 +130,9 @@ class ChatPane(QWidget):
         for b in (self.rename_btn, self.delete_btn, self.export_btn):
             row.addWidget(b)
         ll.addLayout(row)
+        self.action_status = StatusLine()  # rename, delete, export: progress and errors here
+        self.action_status.setObjectName("chatActionStatus")
+        ll.addWidget(self.action_status)
 
         # -- middle: transcript + input
         self.model_combo = ModelPicker(services, formats=("gguf", "hf", "lora"))
@@ -418,17 +422,49 @@ class ChatPane(QWidget):
         if self.conv is None:
             return
         title, ok = QInputDialog.getText(self, "Rename chat", "Title", text=self.conv.title)
-        if ok:
-            self.conv = self.store.rename(self.conv.id, title)
+        if ok and title.strip():
+            self.rename_to(title.strip())
+
+    def rename_to(self, title: str) -> None:
+        """Rename the open chat (an action: off the UI thread, errors next to the buttons)."""
+        if self.conv is None:
+            return
+        conv_id, store = self.conv.id, self.store
+
+        def done(conv: Conversation) -> None:
+            if self.conv is not None and self.conv.id == conv.id:
+                self.conv = conv
             self.refresh_conversations()
+
+        self.services.actions.run(
+            self,
+            "Renaming the chat",
+            lambda _p: store.rename(conv_id, title),
+            changes={"conversations"},
+            status=self.action_status,
+            done=done,
+        )
 
     def delete_chat(self) -> None:
         if self.conv is None or self.stream is not None:
             return
-        self.store.delete(self.conv.id)
-        self.conv = None
-        self.refresh_conversations()
-        self.render_transcript()
+        conv_id, store, title = self.conv.id, self.store, self.conv.title
+
+        def done(_: object) -> None:
+            if self.conv is not None and self.conv.id == conv_id:
+                self.conv = None
+                self.render_transcript()
+            self.refresh_conversations()
+            self.action_status.ok(f"Deleted “{title}”.")
+
+        self.services.actions.run(
+            self,
+            f"Deleting “{title}”",
+            lambda _p: store.delete(conv_id),
+            changes={"conversations"},
+            status=self.action_status,
+            done=done,
+        )
 
     def export_chat(self) -> None:
         if self.conv is None:
@@ -437,7 +473,31 @@ class ChatPane(QWidget):
             self, "Export chat", f"{self.conv.title}.json", "JSON (*.json)"
         )
         if path:
-            atomic_write_json(path, self.store.export(self.conv.id))
+            self.export_to(path)
+
+    def export_to(self, path: str) -> None:
+        """Write the open chat (all branches) as JSON, atomically, off the UI thread."""
+        if self.conv is None:
+            return
+        conv_id, store = self.conv.id, self.store
+
+        def write(_p: object) -> None:
+            data = store.export(conv_id)
+            try:
+                atomic_write_json(path, data)
+            except OSError as exc:
+                raise DemoAIError(
+                    f"Cannot write {path}: {exc.strerror or exc}.",
+                    "Choose another folder or file name.",
+                ) from exc
+
+        self.services.actions.run(
+            self,
+            "Exporting the chat",
+            write,
+            status=self.action_status,
+            done=lambda _r: self.action_status.ok(f"Exported to {path}"),
+        )
 
     # -- sending ----------------------------------------------------------------------------
     def sampling(self) -> dict[str, Any]:
