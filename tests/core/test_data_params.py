@@ -164,10 +164,12 @@ def test_recipe_steps_read_as_names_not_ids(workspace) -> None:
     """Versions made by a recipe and its progress say "Step 1 of 2: Map to a training format"
     (they said "recipe step 1: map_template")."""
     store = DatasetStore(workspace)
-    v = store.create_dataset("qa", pa.table({"question": ["a", "b", ""], "answer": ["x", "y", ""]}))
+    v = store.create_dataset(
+        "qa", pa.table({"question": ["a", "b", "a"], "answer": ["x", "y", "x"]})
+    )
     recipe = Recipe.from_dict(
         [
-            {"name": "drop_empty", "params": {}},
+            {"name": "dedupe", "params": {}},
             ColumnMapping(user="question", assistant="answer").step().to_dict(),
         ]
     )
@@ -176,8 +178,9 @@ def test_recipe_steps_read_as_names_not_ids(workspace) -> None:
         workspace, f"{v.dataset_id}@{v.hash}", recipe, progress=lambda f, m="": seen.append(m)
     )
     assert [x.message for x in out] == [
-        "Step 1 of 2: Drop empty rows",
+        "Step 1 of 2: Drop exact duplicates",
         "Step 2 of 2: Map to a training format",
     ]
-    assert any(m.startswith("Step 2 of 2: Map to a training format · ") for m in seen), seen
-    assert not any("map_template" in m for m in seen)
+    assert "Step 1 of 2: Drop exact duplicates · 3 rows read" in seen, seen
+    assert "Step 2 of 2: Map to a training format · block 1 of 1" in seen, seen
+    assert not any("map_template" in m or "dedupe" in m for m in seen), seen

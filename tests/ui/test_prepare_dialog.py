@@ -133,18 +133,27 @@ def test_a_wrong_column_is_said_next_to_its_field(qtbot, workspace, tmp_path: Pa
     assert not dlg.apply_btn.isEnabled()
 
 
-def test_live_preview_shows_only_the_newest_result(qtbot, workspace, tmp_path: Path) -> None:
-    """Edits in quick succession give one preview, for the last parameters; a step that fails
-    on the data says so in red, and the next good preview replaces it."""
+def test_live_preview_shows_only_the_newest_result(
+    qtbot, workspace, tmp_path: Path, ui_watchdog
+) -> None:
+    """Edits in quick succession give one preview, for the last parameters, computed off the
+    UI thread; a step that fails on the data says so in red, and the next good preview
+    replaces it."""
     table = pa.table({"text": ["apple", "banana", "cherry", "apricot"], "k": ["1", "2", "3", "4"]})
     ref = _dataset(workspace, tmp_path, "fruit", table)
-    dlg = _dialog(qtbot, workspace, ref)
-    dlg.op.setCurrentIndex(dlg.op.findData("regex_filter"))
-    assert dlg.form is not None
-    line = dlg.form.editors["pattern"].widget
-    for typed in ("^", "^a", "^ap", "^apr"):
-        line.setText(typed)
-    text = _settled(qtbot, dlg)
+    with ui_watchdog.watch():
+        dlg = _dialog(qtbot, workspace, ref)
+        dlg.op.setCurrentIndex(dlg.op.findData("regex_filter"))
+        assert dlg.form is not None
+        line = dlg.form.editors["pattern"].widget
+        started = []
+        dlg._timer.timeout.connect(lambda: started.append(dlg.params().get("pattern")))
+        for typed in ("^", "^a", "^ap", "^apr"):
+            line.setText(typed)
+        text = _settled(qtbot, dlg)
+    ui_watchdog.assert_no_stall()
+    assert started == ["^apr"]  # debounced: one preview for the last edit
+    started.clear()
     assert "4 rows in, 1 rows out" in text and "apricot" in text and "apple" not in text
     # a length filter on tokens without a tokenizer: the message is on the tokenizer field
     dlg.op.setCurrentIndex(dlg.op.findData("length_filter"))
@@ -256,6 +265,7 @@ def test_prepare_from_the_datasets_pane(qtbot, main_window, workspace) -> None:
     assert "2 rows in, 2 rows out" in text and "user: Add 2 and 3\nassistant: 5" in text
     dlg.accept()
     job = pane.prepare(dlg.chosen)
+    assert job is not None and job.title == "Prepare sft: Map to a training format"
     assert job is not None and job.params["steps"][0]["params"]["user_template"] == (
         "{instruction}\n\n{input}"
     )

@@ -111,10 +111,16 @@ def apply_op(
     spec = get_op(op)
     full = spec.resolve(dict(params or {}))
     report = progress or _noop
+
+    def named(fraction: float | None, message: str = "") -> None:
+        # Operations report "dedupe: 1,000 rows read": a person reads the title instead.
+        detail = message.removeprefix(f"{op}: ")
+        report(fraction, f"{spec.title}: {detail}" if detail else spec.title)
+
     ctx = OpContext(
         open_version=lambda r: Rows.of(store.parquet_file(r)),
         scratch=store.root,
-        progress=report,
+        progress=named,
         check_cancelled=check_cancelled,
     )
     pf = store.parquet_file(f"{src.dataset_id}@{src.hash}")
@@ -123,7 +129,7 @@ def apply_op(
             fn = spec.make(full, ctx)
             n = max(pf.num_row_groups, 1)
             for i in range(pf.num_row_groups):
-                ctx.step(i / n, f"{spec.title}: block {i + 1} of {n}")
+                ctx.step(i / n, f"block {i + 1} of {n}")
                 w.write(fn(pf.read_row_group(i)))
         else:
             assert spec.plan is not None
@@ -161,9 +167,20 @@ def apply_recipe(
     total = max(len(recipe.steps), 1)
     for i, step in enumerate(recipe.steps):
         label = step_label(i, len(recipe.steps), step.name)
+        title = f"{get_op(step.name).title}: "
 
-        def sub(fraction: float | None, message: str = "", i: int = i, label: str = label) -> None:
-            report(None if fraction is None else (i + fraction) / total, f"{label} · {message}")
+        def sub(
+            fraction: float | None,
+            message: str = "",
+            i: int = i,
+            label: str = label,
+            title: str = title,
+        ) -> None:
+            detail = message.removeprefix(title)
+            report(
+                None if fraction is None else (i + fraction) / total,
+                f"{label} · {detail}" if detail else label,
+            )
 
         v = apply_op(
             workspace,

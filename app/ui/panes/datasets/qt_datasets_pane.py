@@ -202,10 +202,12 @@ class DatasetsPane(QWidget):
             if not dlg.exec():
                 return None
             step = dlg.chosen
+        from app.core.data.recipes import step_label
+
         job = self.services.jobs.submit(
             "data.apply",
             {"dataset": self.ref(), "steps": [step]},
-            title=f"Prepare {self.dataset.name}: {step['name']}",
+            title=f"Prepare {self.dataset.name}: {step_label(0, 1, step['name'])}",
         )
         return self._started(job)
 
