@@ -144,7 +144,7 @@ def apply_op(
     return store.commit(
         w,
         dataset_id=src.dataset_id,
-        message=message or op,
+        message=message or spec.title,
         operation={"name": op, "params": full},
         parent=src.hash,
         empty_schema=empty,
