@@ -596,7 +596,7 @@ class ChatPane(QWidget):
             ask_capabilities=m.id not in self._base and template is None,
         )
         stream.leased.connect(self._on_leased)
-        stream.capabilities.connect(lambda caps, mid=m.id: self._on_capabilities(mid, caps))
+        stream.capabilities.connect(self._on_capabilities)
         stream.token.connect(self._on_token)
         stream.first_token.connect(self._on_first)
         stream.finished.connect(self._on_finished)

@@ -22,7 +22,7 @@ from app.core.openai_client import OpenAIClient
 
 
 class ChatStream(QObject):
-    """``leased(lease)``, ``capabilities(dict)``, ``token(str)``, then ``finished(usage,
+    """``leased(lease)``, ``capabilities(model_id, dict)``, ``token(str)``, then ``finished(usage,
     error)`` exactly once. ``usage`` has ``stopped: True`` when :meth:`stop` cut it short.
 
     ``prepare()`` runs on the stream's thread and returns the host lease (an object with
@@ -31,7 +31,7 @@ class ChatStream(QObject):
     """
 
     leased = Signal(object)
-    capabilities = Signal(dict)
+    capabilities = Signal(str, dict)  # model id, the host's capabilities of it
     token = Signal(str)
     first_token = Signal(float)  # seconds to the first token
     finished = Signal(dict, str)
@@ -82,7 +82,7 @@ class ChatStream(QObject):
             if self.ask_capabilities and not client.closed:
                 caps = client.model_info().get("capabilities")
                 if isinstance(caps, dict):
-                    self.capabilities.emit(caps)
+                    self.capabilities.emit(getattr(lease, "model_id", lease.model), caps)
             if self.prompt is not None:
                 deltas = client.stream_complete(self.prompt, **self.sampling)
             else:
