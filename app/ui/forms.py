@@ -275,10 +275,16 @@ class _Table(Editor):
     label) the keys are listed and an empty value leaves that key out; otherwise the last row
     is empty for a new entry."""
 
-    def __init__(self, value_type: Any, optional: bool, keys: Sequence[str] | None) -> None:
+    def __init__(
+        self,
+        value_type: Any,
+        optional: bool,
+        keys: Sequence[str] | None,
+        headers: Sequence[str] = ("Name", "Value"),
+    ) -> None:
         super().__init__(QTableWidget(0, 2))
         self.table: QTableWidget = self.widget  # type: ignore[assignment]
-        self.table.setHorizontalHeaderLabels(["Name", "Value"])
+        self.table.setHorizontalHeaderLabels(list(headers))
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setVisible(False)
         self.value_type, self.optional = value_type, optional
@@ -446,7 +452,7 @@ class DataclassForm(QWidget):
                 keys = self._columns
             elif meta.get("choices"):
                 keys = list(meta["choices"])
-            return _Table(value_type, optional, keys)
+            return _Table(value_type, optional, keys, meta.get("headers") or ("Name", "Value"))
         raise TypeError(f"No form editor for {f.name}: {tp!r}")
 
     def set_columns(

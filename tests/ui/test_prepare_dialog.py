@@ -230,6 +230,8 @@ def test_table_and_list_fields_edit_without_json(qtbot, workspace, tmp_path: Pat
         expect = "Found in the first 3 rows: nothing"
     text = _settled(qtbot, dlg)
     assert expect in text, text
+    dlg.resize(900, 600)
+    _shot(qtbot, dlg, f"prepare-{op}.png")
     dlg.accept()
     assert dlg.result() == 1
     if op == "split":

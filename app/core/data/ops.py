@@ -716,9 +716,12 @@ def meta(
     minimum: float | None = None,
     maximum: float | None = None,
     choices: tuple[str, ...] = (),
+    headers: tuple[str, str] = ("Name", "Value"),
 ) -> dict[str, Any]:
-    """A parameter field's metadata: its help text and what the form and the checks need."""
+    """A parameter field's metadata: its help text and what the form and the checks need
+    (``headers``: the two columns of a dict's table)."""
     return {
+        "headers": headers,
         "help": help,
         "label": label,
         "kind": kind,
@@ -819,7 +822,11 @@ class RedactPiiParams:
     )
     labels: dict[str, str] | None = field(
         default=None,
-        metadata=meta(help="Replacement text per type (default: [EMAIL], [PHONE], ...)."),
+        metadata=meta(
+            help="Replacement text per type (empty: [EMAIL], [PHONE], ...).",
+            choices=pii.PII_TYPES,
+            headers=("Type", "Replacement"),
+        ),
     )
 
 
@@ -859,7 +866,10 @@ class SelectColumnsParams:
         metadata=meta(help="Columns kept, in order (none ticked: all).", kind="columns"),
     )
     rename: dict[str, str] | None = field(
-        default=None, metadata=meta(help="New names for some columns.", kind="rename")
+        default=None,
+        metadata=meta(
+            help="New names for some columns.", kind="rename", headers=("Column", "New name")
+        ),
     )
 
 
@@ -897,7 +907,7 @@ class NearDedupeParams:
 class SplitParams:
     ratios: dict[str, float] = field(
         default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1},
-        metadata=meta(help="Share of rows per part."),
+        metadata=meta(help="Share of rows per part (any scale).", headers=("Part", "Share")),
     )
     seed: int = field(default=0, metadata=meta(help="Seed of the random assignment.", minimum=0))
     stratify: str | None = field(
