@@ -264,3 +264,22 @@ def test_a_question_answer_dataset_is_mapped_inline_and_the_run_records_it(
             {"role": "assistant", "content": "The code of bridge is 11."},
         ]
     }
+
+
+def test_a_dataset_added_elsewhere_appears_and_gets_the_mapping_without_refresh(
+    qtbot, pane
+) -> None:
+    """A question/answer dataset added while the form is open (here by the core, as the CLI
+    or a job would) shows up in the picker; choosing it offers the mapping."""
+    ws = pane.services.workspace
+    ds = DatasetStore(ws).create_dataset("later", pa.Table.from_pylist(QA_ROWS)).dataset_id
+    qtbot.waitUntil(lambda: pane.dataset.findData(ds) >= 0, timeout=5000)
+    pane.dataset.select(ds)
+    assert not pane.mapping_box.isHidden()
+    assert pane.mapping.mapping().user == "question"
+    # a new version in a training format: the mapping goes away by itself
+    from app.core.data.recipes import ColumnMapping, apply_op
+
+    step = ColumnMapping(user="question", assistant="answer").step()
+    apply_op(ws, ds, step.name, step.params)
+    qtbot.waitUntil(lambda: pane.mapping_box.isHidden(), timeout=5000)

@@ -386,7 +386,7 @@ class FinetunePane(QWidget):
         self.seq_note.setVisible(bool(self._seq_fit))
 
     def _workspace_changed(self, topics: Any) -> None:
-        if {"models", "datasets"} & set(topics or ()):
+        if {"models", "datasets", "versions"} & set(topics or ()):
             self._update_ready()
             self._dataset_changed()  # its columns may have changed (a new version)
 
