@@ -184,3 +184,23 @@ def test_recipe_steps_read_as_names_not_ids(workspace) -> None:
     assert "Step 1 of 2: Drop exact duplicates · 3 rows read" in seen, seen
     assert "Step 2 of 2: Map to a training format · block 1 of 1" in seen, seen
     assert not any("map_template" in m or "dedupe" in m for m in seen), seen
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(st.sampled_from(sorted(OPS)), st.data())
+def test_field_problems_never_crash_on_any_json(op: str, data: st.DataObject) -> None:
+    """Parameters from a recipe file are untrusted: any JSON value in any field gives messages
+    (or none), never an exception."""
+    names = [*OPS[op].defaults, *OPS[op].required]
+    params = data.draw(st.dictionaries(st.sampled_from(names), _JSON, max_size=len(names)))
+    problems = field_problems(op, params, SCHEMA)
+    assert all(isinstance(k, str) and isinstance(v, str) and v for k, v in problems.items())

@@ -23,10 +23,13 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import shutil
 import string
 import tempfile
+import types
+import typing
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -1084,6 +1087,40 @@ def template_columns(template: str) -> list[str]:
     return [name for _, name, _, _ in parts if name is not None]
 
 
+def _type_problem(tp: Any, v: Any) -> str:
+    """What is wrong with the type of ``v`` for a field annotated ``tp`` ("" when it fits):
+    parameters from a recipe file are untrusted JSON."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        if v is None and len(args) < len(typing.get_args(tp)):
+            return ""
+        tp = args[0] if len(args) == 1 else tp
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        return "" if v in allowed else f"Choose one of: {', '.join(map(str, allowed))}."
+    if tp is bool:
+        return "" if isinstance(v, bool) else "Expected yes or no."
+    if tp is int:
+        ok = isinstance(v, int) and not isinstance(v, bool)
+        return "" if ok else "Expected a whole number."
+    if tp is float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        return "" if ok else "Expected a number."
+    if tp is str:
+        return "" if isinstance(v, str) else "Expected text."
+    if origin is list:
+        ok = isinstance(v, list) and all(isinstance(x, str) for x in v)
+        return "" if ok else "Expected a list of names."
+    if origin is dict:
+        value_type = typing.get_args(tp)[1]
+        ok = isinstance(v, dict) and all(
+            isinstance(k, str) and not _type_problem(value_type, x) for k, x in v.items()
+        )
+        return "" if ok else "Expected names with a value each."
+    return ""
+
+
 def field_problems(op: str, params: dict[str, Any], schema: pa.Schema) -> dict[str, str]:
     """What is wrong with each parameter of ``op`` on data of ``schema``: field -> message.
 
@@ -1101,6 +1138,7 @@ def field_problems(op: str, params: dict[str, Any], schema: pa.Schema) -> dict[s
     full = {**spec.defaults, **params}
     names = schema.names
     have = ", ".join(names) or "no columns"
+    hints = typing.get_type_hints(spec.params_type)
     for f in dataclasses.fields(spec.params_type):
         v = full.get(f.name)
         meta = f.metadata
@@ -1108,6 +1146,9 @@ def field_problems(op: str, params: dict[str, Any], schema: pa.Schema) -> dict[s
         if v is None or v == "" or v == []:
             if f.name in spec.required:
                 out[f.name] = "Choose a column." if kind == "column" else "Required."
+            continue
+        if wrong := _type_problem(hints[f.name], v):
+            out[f.name] = wrong
             continue
         if kind == "column":
             if v not in names:
@@ -1151,8 +1192,8 @@ def field_problems(op: str, params: dict[str, Any], schema: pa.Schema) -> dict[s
         for k in unused:
             out.pop(k, None)
     if op == "length_filter" and full.get("unit") == "tokens" and not full.get("tokenizer"):
-        out["tokenizer"] = "Counting tokens needs a tokenizer.json file."
-    if op == "split":
+        out.setdefault("tokenizer", "Counting tokens needs a tokenizer.json file.")
+    if op == "split" and "ratios" not in out:
         ratios = full.get("ratios") or {}
         if not ratios or sum(ratios.values()) <= 0 or any(r < 0 for r in ratios.values()):
             out["ratios"] = "Give each part a share of zero or more, not all zero."
