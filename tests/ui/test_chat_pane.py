@@ -89,8 +89,8 @@ def test_stream_branch_by_edit_and_switch(qtbot, chat) -> None:
     from PySide6.QtCore import QUrl
 
     pane._link(QUrl(f"branch:{path[0].id}"))
+    qtbot.waitUntil(lambda: "1/2" in pane.transcript.toPlainText(), timeout=5_000)
     assert [m.id for m in store.path(pane.conv.id)] == [path[0].id, path[1].id]
-    assert "1/2" in pane.transcript.toPlainText()
 
     # regenerate with the same seed and settings: same text, kept as a sibling
     pane.regenerate()
@@ -127,7 +127,11 @@ def test_conversations_persist_and_search(qtbot, chat) -> None:
     _send(qtbot, pane, "Zebras are")
     conv_id = pane.conv.id
     pane.new_chat()
-    assert pane.conv.id != conv_id
+    assert pane.conv is None and "Start typing" in pane.transcript.toPlainText()
+    assert not pane.conv_list.selectedItems()
+    _send(qtbot, pane, "Giraffes are")  # a new chat is saved with its first message
+    assert pane.conv.id != conv_id and pane.conv.title == "Giraffes are"
+    assert pane.conv_list.count() == 2
     pane.search.setText("zebras")
     assert pane.conv_list.count() == 1
     assert pane.conv_list.item(0).data(0x0100) == conv_id
@@ -268,6 +272,7 @@ def test_branch_links_are_wide_targets_with_tooltips(qtbot, chat) -> None:
     pane.edit_message(store.path(pane.conv.id)[0].id, "Three")
     qtbot.waitUntil(lambda: pane.stream is None, timeout=120_000)
     pane._link(QUrl(f"branch:{store.siblings(first.id)[1].id}"))  # the middle of three
+    qtbot.waitUntil(lambda: "2/3" in pane.transcript.toPlainText(), timeout=5_000)
     spans = _link_spans(pane, "branch:")
     assert sorted(tip for *_, tip in spans) == ["next version 3/3", "previous version 1/3"]
     for start, end, href, _tip in spans:
@@ -284,7 +289,8 @@ def test_branch_links_are_wide_targets_with_tooltips(qtbot, chat) -> None:
     # Clicking "next ›" goes to version 3.
     nxt = next(href for *_, href, tip in spans if tip.startswith("next"))
     pane._link(QUrl(nxt))
-    assert store.path(pane.conv.id)[0].content == "Three" and "3/3" in pane.transcript.toPlainText()
+    qtbot.waitUntil(lambda: "3/3" in pane.transcript.toPlainText(), timeout=5_000)
+    assert store.path(pane.conv.id)[0].content == "Three"
 
 
 def test_pane_uses_a_lease_of_the_shared_host(qtbot, chat) -> None:
@@ -335,3 +341,32 @@ def test_rename_delete_and_export_run_as_actions(qtbot, main_window, tmp_path) -
     qtbot.waitUntil(lambda: pane.conv is None, timeout=5_000)
     assert [c.id for c in store.list_conversations()] == [keep.id]
     assert pane.conv_list.count() == 1
+
+
+def test_sending_saves_off_the_ui_thread(qtbot, chat, ui_watchdog) -> None:
+    """The message and the answer are written by the action layer; no stall on the UI thread."""
+    pane = chat
+    pane.max_tokens.setValue(4)
+    with ui_watchdog.watch():
+        pane.input.setPlainText("Hello")
+        pane.send()
+        assert pane.stream is not None and not pane.send_btn.isEnabled()  # busy at once
+        qtbot.waitUntil(lambda: pane.stream is None, timeout=120_000)
+        pane.regenerate()
+        qtbot.waitUntil(lambda: pane.stream is None, timeout=120_000)
+    ui_watchdog.assert_no_stall()
+    store = ConversationStore(pane.services.workspace.db)
+    path = store.path(pane.conv.id)
+    assert [m.role for m in path] == ["user", "assistant"] and path[1].content.strip()
+    assert len(store.siblings(path[1].id)) == 2
+
+
+def test_stop_before_the_message_is_saved(qtbot, chat) -> None:
+    pane = chat
+    pane.input.setPlainText("Hello")
+    pane.send()
+    pane.stop()  # before the action saved the message: no model call at all
+    qtbot.waitUntil(lambda: pane.stream is None, timeout=10_000)
+    answer = ConversationStore(pane.services.workspace.db).path(pane.conv.id)[-1]
+    assert answer.role == "assistant" and answer.usage["stopped"] is True
+    assert answer.content == "" and "— stopped" in pane.transcript.toPlainText()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, QUrl
@@ -303,9 +304,7 @@ class ChatPane(QWidget):
         self.model_combo.showPopup()
 
     def _model_changed(self, _: object = None) -> None:
-        m = self.current_model()
-        if self.conv is not None and m is not None and self.conv.model_id != m.id:
-            self.conv = self.store.update(self.conv.id, model_id=m.id, model_sha256=m.sha256)
+        # The conversation records the model with its next answer.
         self._set_mode(self._default_mode())
         self._update_model_note()
 
@@ -403,18 +402,16 @@ class ChatPane(QWidget):
         self.render_transcript()
 
     def new_chat(self) -> None:
+        """An empty transcript; the conversation is saved with its first message."""
         if self.stream is not None:
             return
-        m = self.current_model()
-        self.conv = self.store.create(
-            "New chat",
-            model_id=m.id if m else None,
-            model_sha256=m.sha256 if m else None,
-            system_prompt=self.system.toPlainText(),
-            sampling={**self.sampling(), "mode": self.current_mode()},
-        )
-        self.refresh_conversations()
+        self.conv = None
+        self.conv_list.blockSignals(True)
+        self.conv_list.clearSelection()
+        self.conv_list.setCurrentRow(-1)
+        self.conv_list.blockSignals(False)
         self.banner.hide()
+        self._set_busy(False)
         self.render_transcript()
         self.input.setFocus()
 
@@ -519,16 +516,13 @@ class ChatPane(QWidget):
         if self.current_model() is None:
             self._error("Choose a model first (import one in the Models pane).")
             return
-        if self.conv is None:
-            self.new_chat()
-        assert self.conv is not None
-        if self.conv.title == "New chat":
-            self.conv = self.store.rename(self.conv.id, text.splitlines()[0][:60])
-            self.refresh_conversations()
-        path = self.store.path(self.conv.id)
-        user = self.store.add(self.conv.id, path[-1].id if path else None, "user", text)
+
+        def user(store: ConversationStore, conv: Conversation) -> Message:
+            path = store.path(conv.id)
+            return store.add(conv.id, path[-1].id if path else None, "user", text)
+
         self.input.clear()
-        self._answer(user)
+        self._answer(user, restore=text)
 
     def insert_prompt(self) -> QWidget:
         """Open the prompt picker; the rendered prompt goes into the composer at the cursor."""
@@ -545,54 +539,41 @@ class ChatPane(QWidget):
         """A new answer to the last user message, kept as a sibling of the old one."""
         if self.conv is None or self.stream is not None:
             return
-        path = self.store.path(self.conv.id)
-        users = [m for m in path if m.role == "user"]
-        if users:
-            self._answer(users[-1])
+
+        def last_user(store: ConversationStore, conv: Conversation) -> Message | None:
+            users = [m for m in store.path(conv.id) if m.role == "user"]
+            return users[-1] if users else None
+
+        self._answer(last_user)
 
     def edit_message(self, msg_id: str, new_text: str) -> None:
         """Edit a user message: a new branch with the new text, answered at once."""
         if self.stream is not None:
             return
-        msg = self.store.edit(msg_id, new_text)
-        self._answer(msg)
+        self._answer(lambda store, _conv: store.edit(msg_id, new_text))
 
-    def _answer(self, user: Message) -> None:
+    def _answer(
+        self,
+        make_user: Callable[[ConversationStore, Conversation], Message | None],
+        *,
+        restore: str = "",
+    ) -> None:
+        """Save the user's message and an empty answer (an action, off the UI thread), then
+        stream the answer into it. ``self.stream`` is set at once: the pane is busy from
+        the click until the answer is saved."""
         m = self.current_model()
-        assert self.conv is not None and m is not None
+        assert m is not None
         sampling = self.sampling()
         mode = self.current_mode()
-        self.conv = self.store.update(
-            self.conv.id,
-            system_prompt=self.system.toPlainText(),
-            sampling={**sampling, "mode": mode},
-            model_id=m.id,
-            model_sha256=m.sha256,
-        )
-        history = self.store.path(self.conv.id, user.id)
-        messages = [{"role": x.role, "content": x.content} for x in history]
-        if self.conv.system_prompt.strip():
-            messages.insert(0, {"role": "system", "content": self.conv.system_prompt})
-        prompt = completion_prompt(messages) if mode == "completion" else None
-        answer = self.store.add(
-            self.conv.id,
-            user.id,
-            "assistant",
-            "",
-            model_id=m.id,
-            sampling={**sampling, "mode": mode},
-        )
-        self._answer_id = answer.id
-        self._answer_text = ""
-        self._t_first = None
-        self.banner.hide()
+        system = self.system.toPlainText()
         template = self.template.currentData()
-        host = self.host
+        conv_id = self.conv.id if self.conv is not None else None
+        store, host = self.store, self.host
+        saved = {**sampling, "mode": mode}
         stream = ChatStream(
             lambda: host.lease(m, template),
-            messages,
+            [],
             sampling,
-            prompt=prompt,
             ask_capabilities=m.id not in self._base and template is None,
         )
         stream.leased.connect(self._on_leased)
@@ -601,10 +582,76 @@ class ChatPane(QWidget):
         stream.first_token.connect(self._on_first)
         stream.finished.connect(self._on_finished)
         self.stream = stream
+        self._answer_id = None
+        self._answer_text = ""
+        self._t_first = None
         self._set_busy(True)
-        self.stats.setText("Loading the model…")
-        self.render_transcript()
-        stream.start()
+        self.banner.hide()
+        self.stats.setText("Saving…")
+
+        def write(_p: object) -> tuple[Conversation, str, list[dict[str, str]]] | None:
+            if conv_id is None:
+                conv = store.create(
+                    "New chat",
+                    model_id=m.id,
+                    model_sha256=m.sha256,
+                    system_prompt=system,
+                    sampling=saved,
+                )
+            else:
+                conv = store.get(conv_id)
+            user = make_user(store, conv)
+            if user is None:
+                return None
+            if conv.title == "New chat":
+                conv = store.rename(conv.id, user.content.strip().splitlines()[0][:60])
+            conv = store.update(
+                conv.id, system_prompt=system, sampling=saved, model_id=m.id, model_sha256=m.sha256
+            )
+            messages = [
+                {"role": x.role, "content": x.content} for x in store.path(conv.id, user.id)
+            ]
+            if system.strip():
+                messages.insert(0, {"role": "system", "content": system})
+            answer = store.add(conv.id, user.id, "assistant", "", model_id=m.id, sampling=saved)
+            return conv, answer.id, messages
+
+        def done(result: tuple[Conversation, str, list[dict[str, str]]] | None) -> None:
+            if self.stream is not stream:
+                return
+            if result is None:
+                self.stream = None
+                self._set_busy(False)
+                self.stats.setText("")
+                return
+            self.conv, self._answer_id, messages = result
+            stream.messages = messages
+            stream.prompt = completion_prompt(messages) if mode == "completion" else None
+            self.refresh_conversations()
+            if stream.stopped:  # Stop before the message was even saved
+                self._on_finished({"stopped": True}, "")
+                return
+            self.stats.setText("Loading the model…")
+            self.render_transcript()
+            stream.start()
+
+        def failed(exc: BaseException) -> None:
+            if self.stream is stream:
+                self.stream = None
+                self._set_busy(False)
+            if restore and not self.input.toPlainText().strip():
+                self.input.setPlainText(restore)
+            self.stats.setText("")
+            self._error(f"Your message was not saved: {exc}")
+
+        self.services.actions.run(
+            self,
+            "Saving the message",
+            write,
+            changes={"conversations"},
+            done=done,
+            failed=failed,
+        )
 
     def _on_leased(self, lease: Any) -> None:
         """Hold the new lease (the model stays loaded while this pane uses it), drop the old."""
@@ -626,19 +673,36 @@ class ChatPane(QWidget):
             self._redraw.start()
 
     def _on_finished(self, usage: dict[str, Any], error: str) -> None:
+        """Save the answer (an action), then show it; the pane stays busy until it is saved."""
         self._redraw.stop()
-        if self._answer_id is not None:
-            self.store.finish(
-                self._answer_id, self._answer_text, usage=usage or None, error=error or None
-            )
-        self.stream = None
-        self._answer_id = None
-        self._set_busy(False)
-        if error:
-            self._error(
-                error
-                + " The conversation so far is kept; your next message restarts the model host."
-            )
+        stream, answer_id, text, store = self.stream, self._answer_id, self._answer_text, self.store
+
+        def write(_p: object) -> None:
+            if answer_id is not None:
+                store.finish(answer_id, text, usage=usage or None, error=error or None)
+
+        def done(_: object = None) -> None:
+            if self.stream is stream:
+                self.stream = None
+                self._answer_id = None
+                self._set_busy(False)
+            if error:
+                self._error(
+                    error + " The conversation so far is kept; your next message restarts the model"
+                    " host."
+                )
+            self._show_stats(usage)
+            self.render_transcript()
+
+        def failed(exc: BaseException) -> None:
+            done()
+            self._error(f"The answer was not saved: {exc}")
+
+        self.services.actions.run(
+            self, "Saving the answer", write, changes={"conversations"}, done=done, failed=failed
+        )
+
+    def _show_stats(self, usage: dict[str, Any]) -> None:
         comp = usage.get("completion_tokens")
         gen_s = time.monotonic() - self._t_first if self._t_first else None
         parts = []
@@ -652,7 +716,6 @@ class ChatPane(QWidget):
             parts.append(f"context {used:,}" + (f" / {n_ctx:,} tokens" if n_ctx else " tokens"))
         self.stats.setText(" · ".join(parts))
         self.stats.setToolTip(self.stats.text())
-        self.render_transcript()
 
     def _set_busy(self, busy: bool) -> None:
         has_model = self.model_combo.count() > 0
@@ -743,8 +806,15 @@ class ChatPane(QWidget):
         if self.stream is not None:
             return
         if kind == "branch":
-            self.store.switch_to(target)
-            self.render_transcript()
+            store = self.store
+            self.services.actions.run(
+                self,
+                "Switching version",
+                lambda _p: store.switch_to(target),
+                changes={"conversations"},
+                done=lambda _r: self.render_transcript(),
+                failed=lambda exc: self._error(str(exc)),
+            )
         elif kind == "edit":
             self.open_edit_dialog(target)
 

@@ -65,8 +65,14 @@ class ChatStream(QObject):
         if client is not None:
             client.close()
 
+    @property
+    def stopped(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stop.is_set()
+
     def wait(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # never started: nothing to wait for
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         usage: dict[str, Any] = {}
