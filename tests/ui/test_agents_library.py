@@ -47,6 +47,12 @@ def _click(qtbot: Any, button: Any) -> None:
     qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
 
 
+def _save(qtbot: Any, pane: Any) -> None:
+    """Click Save and wait for the action layer to finish the save."""
+    _click(qtbot, pane.form.save_btn)
+    qtbot.waitUntil(lambda: not pane.saving, timeout=10_000)
+
+
 def test_prompt_versions_variables_preview_and_diff(
     qtbot: Any, pane: Any, no_modal_dialogs: list[str]
 ) -> None:
@@ -117,9 +123,9 @@ def test_export_agent_and_import_into_fresh_workspace(
     pane.form.description.setText("answers questions")
     pane.form.model_combo.setCurrentIndex(pane.form.model_combo.findData(rec.id))
     pane.form.system_prompt.setPlainText("You help.")
-    _click(qtbot, pane.form.save_btn)
+    _save(qtbot, pane)
     pane.form.system_prompt.setPlainText("You help, briefly.")
-    _click(qtbot, pane.form.save_btn)
+    _save(qtbot, pane)
 
     view = pane.store_view
     pane.tabs.setCurrentWidget(view)
@@ -281,18 +287,18 @@ def test_form_keeps_and_edits_tool_mode_and_template(qtbot: Any, pane: Any) -> N
         "chatml",
     )
     pane.form.description.setText("edited in the form")
-    _click(qtbot, pane.form.save_btn)
+    _save(qtbot, pane)
     saved = store.get("native")
     assert saved.version == 2 and saved.description == "edited in the form"
     assert (saved.tool_mode, saved.template) == ("json", "chatml")
     pane.form.tool_mode.setCurrentIndex(pane.form.tool_mode.findData("native"))
     pane.form.template.setCurrentIndex(pane.form.template.findData("hermes"))
-    _click(qtbot, pane.form.save_btn)
+    _save(qtbot, pane)
     assert (store.get("native").tool_mode, store.get("native").template) == ("native", "hermes")
     # a new agent from the form gets the defaults
     pane.new_agent()
     pane.form.name.setText("fresh")
-    _click(qtbot, pane.form.save_btn)
+    _save(qtbot, pane)
     assert (store.get("fresh").tool_mode, store.get("fresh").template) == ("auto", None)
 
 
@@ -313,7 +319,7 @@ def test_document_search_embedding_model_in_the_form(
     pane.form.folder.setText(str(tmp_path))
     assert pane.form.embedding_combo.currentData() is None  # keywords only by default
     pane.form.embedding_combo.setCurrentIndex(pane.form.embedding_combo.findData(rec.id))
-    _click(qtbot, pane.form.save_btn)
+    _save(qtbot, pane)
     tools = {t.name: t for t in store.get("finder").tools}
     assert tools["search_documents"].embedding_model == rec.id
     assert tools["read_file"].embedding_model is None

@@ -94,6 +94,7 @@ def test_run_approve_and_fork(
     pane.form.seed.setValue(3)
     pane.form.max_steps.setValue(6)
     qtbot.mouseClick(pane.form.save_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not pane.saving, timeout=10_000)
     assert pane.form.version_label.text().startswith("v1")
     spec = store.get("copier")
     assert spec.version == 1 and spec.seed == 3 and spec.limits.max_steps == 6
@@ -103,6 +104,7 @@ def test_run_approve_and_fork(
     }
     pane.form.description.setText("copies notes, v2")
     qtbot.mouseClick(pane.form.save_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not pane.saving, timeout=10_000)
     assert pane.form.version_label.text().startswith("v2") and store.versions("copier") == [1, 2]
     assert pane.agent_list.count() == 1
 
@@ -182,9 +184,10 @@ def test_deny_and_shutdown_while_waiting(qtbot: Any, pane: Any, tmp_path: Path) 
     _check_tool(pane, "write_file")
     pane.form.folder.setText(str(granted))
     pane.view.input.setPlainText("Copy")
-    pane.run()  # saves the form first (v1)
-    assert AgentStore(pane.services.workspace.db).versions("denied") == [1]
+    pane.run()  # saves the form first (v1, in the action layer), then runs it
+    assert pane.busy  # saving counts as busy: a second Run does nothing meanwhile
     qtbot.waitUntil(lambda: not pane.view.approval_bar.isHidden(), timeout=30_000)
+    assert AgentStore(pane.services.workspace.db).versions("denied") == [1]
     qtbot.mouseClick(pane.view.approval_bar.deny_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
     assert not (granted / "out.txt").exists()
@@ -368,6 +371,7 @@ def test_native_tool_calls_from_the_pane(qtbot: Any, main_window: Any, tmp_path:
             p.form.folder.setText(str(granted))
             assert p.form.tool_mode.currentData() == "auto"
             qtbot.mouseClick(p.form.save_btn, Qt.MouseButton.LeftButton)
+            qtbot.waitUntil(lambda: not p.saving, timeout=10_000)
             p.view.input.setPlainText("write hi to out.txt")
             qtbot.mouseClick(p.view.run_btn, Qt.MouseButton.LeftButton)
             qtbot.waitUntil(lambda: not p.view.approval_bar.isHidden(), timeout=30_000)
@@ -422,7 +426,9 @@ def test_python_folder_and_writable_round_trip_into_the_saved_spec(
         with pytest.raises(ConfigError, match="writable but has no folder"):
             p.form.spec_from_form()
         p.form.py_folder.setText(str(data))
-        saved = p.save_agent()
+        assert p.save_agent() is not None
+        qtbot.waitUntil(lambda: not p.saving, timeout=10_000)
+        saved = p.spec
         assert saved is not None
         stored = AgentStore(main_window.services.workspace.db).get("pyagent")
         tools = {t.name: t for t in stored.tools}
@@ -438,7 +444,9 @@ def test_python_folder_and_writable_round_trip_into_the_saved_spec(
         assert p.form.folder.text() == str(docs)  # not run_python's folder
 
         p.form.py_writable.setChecked(False)
-        v2 = p.save_agent()
+        assert p.save_agent() is not None
+        qtbot.waitUntil(lambda: not p.saving, timeout=10_000)
+        v2 = p.spec
         assert v2 is not None and v2.version == stored.version + 1
         py = next(t for t in v2.tools if t.name == "run_python")
         assert py == ToolGrant("run_python", str(data)) and "writable" not in py.to_dict()
@@ -542,3 +550,25 @@ def test_approval_bar_shows_arguments_once_and_what_write_file_does(
     pane.grab().save("/tmp/G-approval-create.png")
     qtbot.mouseClick(pane.view.approval_bar.deny_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not pane.busy, timeout=30_000)
+
+
+def test_save_error_is_shown_under_save_not_in_a_dialog(
+    qtbot: Any, pane: Any, no_modal_dialogs: list[str]
+) -> None:
+    pane.new_agent()
+    pane.form.name.setText("not a valid name!")
+    qtbot.mouseClick(pane.form.save_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not pane.saving, timeout=10_000)
+    status = pane.form.save_status
+    qtbot.waitUntil(lambda: status.isVisible() and bool(status.label.text()), timeout=10_000)
+    assert "name" in status.label.text().lower()
+    Path("/tmp/shots").mkdir(parents=True, exist_ok=True)
+    pane.form.grab().save("/tmp/shots/agents_save_error.png")
+    assert no_modal_dialogs == []
+    assert AgentStore(pane.services.workspace.db).list() == []
+    assert pane.form.save_btn.isEnabled()  # the user can fix the name and save again
+    pane.form.name.setText("valid-name")
+    qtbot.mouseClick(pane.form.save_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not pane.saving, timeout=10_000)
+    assert [s.name for s in AgentStore(pane.services.workspace.db).list()] == ["valid-name"]
+    assert pane.form.version_label.text().startswith("v1")

@@ -77,6 +77,7 @@ class AgentsPane(QWidget):
         self.runs = RunStore(db)
         self.host = services.host
         self.fork_dialog: ForkDialog | None = None
+        self.saving = False  # a save runs in the action layer
         self.last_replay: ReplayReport | None = None
         self.runner = AgentRunner(services, self.runs, self)
         self.runner.step.connect(self._on_step)
@@ -105,7 +106,7 @@ class AgentsPane(QWidget):
         ll.addWidget(self.run_list, 3)
 
         self.form = AgentForm(services)
-        self.form.save_btn.clicked.connect(self.save_agent)
+        self.form.save_btn.clicked.connect(lambda: self.save_agent())
         self.view = RunView(self.runs)
         self.view.run_btn.clicked.connect(self.run)
         self.view.fork_btn.clicked.connect(self.fork_selected)
@@ -189,19 +190,43 @@ class AgentsPane(QWidget):
         """Show a saved agent version in the form."""
         self.form.load(spec)
 
-    def save_agent(self) -> AgentSpec | None:
-        """Save the form as the agent's next version."""
+    def save_agent(self, then: Callable[[AgentSpec], Any] | None = None) -> Any:
+        """Save the form as the agent's next version through the action layer (off the UI
+        thread; the error, if any, under the Save button); ``then(saved)`` afterwards.
+
+        Returns the action's handle, None when the form is not valid."""
         try:
-            saved = self.agents.save(self.form.spec_from_form())
+            spec = self.form.spec_from_form()
         except DemoAIError as exc:
-            show_error(self, "Cannot save the agent", exc)
+            self.form.save_status.error(exc)
             return None
-        self.form.spec = saved
-        self.refresh_agents()
-        self.store_view.refresh()
-        self.form.show_version(saved)
-        self.view.status.setText(f"Saved {saved.name} v{saved.version}.")
-        return saved
+        self.saving = True
+        self._set_busy(True)
+
+        def done(saved: AgentSpec) -> None:
+            self.saving = False
+            self.form.spec = saved
+            self.refresh_agents()
+            self.store_view.refresh()
+            self.form.show_version(saved)
+            self.view.status.setText(f"Saved {saved.name} v{saved.version}.")
+            self._set_busy(self.busy)
+            if then is not None:
+                then(saved)
+
+        def failed(_exc: BaseException) -> None:
+            self.saving = False
+            self._set_busy(self.busy)
+
+        return self.services.actions.run(
+            self,
+            f"Saving {spec.name}",
+            lambda _progress: self.agents.save(spec),
+            changes=("agents",),
+            done=done,
+            failed=failed,
+            status=self.form.save_status,
+        )
 
     def open_agent(self, name: str) -> None:
         """Show the agent in the form (Agents tab)."""
@@ -264,7 +289,8 @@ class AgentsPane(QWidget):
     # -- running ------------------------------------------------------------------------
     @property
     def busy(self) -> bool:
-        return self.runner.busy
+        """A run, fork or replay is under way, or the form is being saved."""
+        return self.runner.busy or self.saving
 
     def _set_busy(self, busy: bool) -> None:
         self.view.set_busy(busy)
@@ -285,11 +311,12 @@ class AgentsPane(QWidget):
             return
         spec = self.form.spec
         if spec is None or spec.content_dict() != form.content_dict():
-            spec = self.save_agent()
-            if spec is None:
-                return
+            self.save_agent(then=lambda saved: self._run_saved(saved, text))
+        else:
+            self._run_saved(spec, text)
+
+    def _run_saved(self, saved: AgentSpec, text: str) -> None:
         self.view.clear_run("Running…")
-        saved = spec
         runner = self.runner
 
         def work(approve: Callable[[ToolCall], str], on_step: Callable[[Step], None]) -> Any:
@@ -300,7 +327,7 @@ class AgentsPane(QWidget):
                     approve=approve, agents=self.agents, on_step=on_step,
                 )  # fmt: skip
 
-        self._start(f"Running {spec.name} v{spec.version}…", work)
+        self._start(f"Running {saved.name} v{saved.version}…", work)
 
     def fork_selected(self) -> ForkDialog | None:
         """Open the fork dialog for the selected step (non-blocking; see :attr:`fork_dialog`)."""
