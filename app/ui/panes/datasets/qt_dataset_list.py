@@ -123,19 +123,30 @@ class DatasetList(QWidget):
         self.chosen.emit(ds)
 
     # -- actions ----------------------------------------------------------------------
-    def import_file(self, path: str | None = None) -> Job | None:
-        """Import as a background job (large files stream); the result is selected."""
+    def import_file(self, path: str | None = None) -> Any:
+        """Import as a background job (large files stream); the result is selected.
+
+        The job is queued off the UI thread; the jobs hub starts it within its next tick."""
         if not path:
             path, _ = QFileDialog.getOpenFileName(self, "Import data", "", IMPORT_FILTER)
         if not path:
             return None
-        job = self.services.jobs.submit(
-            "data.import", {"path": path}, title=f"Import {Path(path).name}"
+        name = Path(path).name
+        jobs, params = self.services.jobs, {"path": path}
+
+        def queued(job: Job) -> None:
+            self._jobs.add(job.id)
+            self.status.busy(f"Importing {name}")
+            self._jobs_changed([jobs.get(job.id)])  # in case it finished already
+
+        return self.services.actions.run(
+            self,
+            f"Queueing the import of {name}",
+            lambda _p: jobs.submit("data.import", params, title=f"Import {name}"),
+            changes=("jobs",),
+            done=queued,
+            status=self.status,
         )
-        self._jobs.add(job.id)
-        self.status.busy(f"Importing {Path(path).name}")
-        self.services.hub.tick()
-        return job
 
     def _jobs_changed(self, jobs: list[Job]) -> None:
         for job in jobs:

@@ -186,7 +186,7 @@ class DatasetsPane(QWidget):
     def save_version(self, message: str | None = None) -> Any:
         return self.editor.save_version(message)
 
-    def import_file(self, path: str | None = None) -> Job | None:
+    def import_file(self, path: str | None = None) -> Any:
         return self.list.import_file(path)
 
     def add_sample(self) -> Any:
@@ -227,8 +227,7 @@ class DatasetsPane(QWidget):
 
     def _started(self, job: Job) -> Job:
         self._jobs.add(job.id)
-        self.editor.status.busy(f"{job.title} (in Jobs)")
-        self.services.hub.tick()
+        self.editor.status.busy(f"{job.title} (in Jobs)")  # the hub starts it on its next tick
         return job
 
     def _jobs_changed(self, jobs: list[Job]) -> None:

@@ -10,12 +10,21 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
-from PySide6.QtGui import QBrush, QColor, QFont
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    QRect,
+    QSize,
+    Qt,
+)
+from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPalette
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QTableView,
     QVBoxLayout,
     QWidget,
@@ -40,6 +49,8 @@ TINT = {
 }
 CELL_CHANGED = QColor(255, 170, 0, 150)
 ARROW = "  →  "
+#: Widest a data column starts (a changed cell holds before and after).
+MAX_COLUMN_PX = 360
 
 
 def row_label(c: RowChange) -> str:
@@ -119,6 +130,58 @@ class DiffModel(QAbstractTableModel):
         return None
 
 
+class DiffCellDelegate(QStyledItemDelegate):
+    """A changed cell in two lines: the value before (struck out), the value after."""
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: _Index) -> QSize:
+        hint = super().sizeHint(option, index)
+        model = index.model()
+        if isinstance(model, DiffModel) and index.column() >= 2:
+            text, changed, _ = model.cell(index.row(), index.column())
+            if changed:
+                bold = QFont(option.font)
+                bold.setBold(True)
+                before, _, after = text.partition(ARROW)
+                wide = max(
+                    QFontMetrics(option.font).horizontalAdvance(before),
+                    QFontMetrics(bold).horizontalAdvance(after),
+                )
+                hint.setWidth(wide + 12)
+        return hint
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: _Index) -> None:
+        model = index.model()
+        if not isinstance(model, DiffModel) or index.column() < 2:
+            super().paint(painter, option, index)
+            return
+        text, changed, _ = model.cell(index.row(), index.column())
+        if not changed:
+            super().paint(painter, option, index)
+            return
+        before, _, after = text.partition(ARROW)
+        painter.save()
+        painter.fillRect(option.rect, CELL_CHANGED)
+        rect = option.rect.adjusted(4, 2, -4, -2)
+        half = rect.height() // 2
+        top = QRect(rect.left(), rect.top(), rect.width(), half)
+        bottom = QRect(rect.left(), rect.top() + half, rect.width(), rect.height() - half)
+        metrics = QFontMetrics(option.font)
+        font = QFont(option.font)
+        font.setStrikeOut(True)
+        painter.setFont(font)
+        painter.setPen(option.palette.color(QPalette.ColorRole.PlaceholderText))
+        flags = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
+        elide = Qt.TextElideMode.ElideRight
+        painter.drawText(top, flags, metrics.elidedText(before, elide, top.width()))
+        font.setStrikeOut(False)
+        font.setBold(True)
+        painter.setFont(font)
+        painter.setPen(option.palette.color(QPalette.ColorRole.Text))
+        bold = QFontMetrics(font)
+        painter.drawText(bottom, flags, bold.elidedText(after, elide, bottom.width()))
+        painter.restore()
+
+
 class DiffView(QWidget):
     """Compares two versions off the UI thread and pages through the changed rows."""
 
@@ -137,8 +200,11 @@ class DiffView(QWidget):
         self.table.setObjectName("diffTable")
         self.table.setModel(self.model)
         self.table.setWordWrap(False)
+        self.table.setItemDelegate(DiffCellDelegate(self.table))
         self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setDefaultSectionSize(220)
+        # two lines a row: a changed cell shows its value before over its value after
+        line = self.table.fontMetrics().height()
+        self.table.verticalHeader().setDefaultSectionSize(2 * line + 8)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.prev_btn = QPushButton("‹ Previous")
         self.next_btn = QPushButton("Next ›")
@@ -205,7 +271,23 @@ class DiffView(QWidget):
         self.diff, self.start = d, start
         self.model.set_page(d.columns, rows)
         self.summary.setText(summary_html(d))
+        self._fit_columns()
         self._update_nav()
+
+    def _fit_columns(self) -> None:
+        """Every column as wide as its text (up to a limit); data columns shrink in
+        proportion when together they are wider than the view."""
+        header = self.table.horizontalHeader()
+        widths = []
+        for c in range(self.model.columnCount()):
+            self.table.resizeColumnToContents(c)
+            widths.append(header.sectionSize(c))
+        data = [max(60, min(MAX_COLUMN_PX, w)) for w in widths[2:]]
+        room = self.table.viewport().width() - sum(widths[:2])
+        if data and sum(data) > room > 0:
+            data = [max(80, w * room // sum(data)) for w in data]
+        for c, w in enumerate(data, 2):
+            header.resizeSection(c, w)
 
     def _update_nav(self) -> None:
         d = self.diff

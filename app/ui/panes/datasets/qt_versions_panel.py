@@ -89,8 +89,8 @@ class VersionsPanel(QWidget):
             op = v.operation.get("name", "")
             mark = "● " if ds is not None and v.hash == ds.current_version else ""
             item = QListWidgetItem(
-                f"{mark}{self.labels[v.hash]}  {v.message or op}  ·  {v.rows:,} rows  ·  "
-                f"{relative_time(v.created_at)}"
+                f"{mark}{self.labels[v.hash]}  {v.message or op}\n"
+                f"{v.rows:,} rows  ·  {relative_time(v.created_at)}"
             )
             item.setData(Qt.ItemDataRole.UserRole, v.hash)
             item.setToolTip(f"{v.short}\n{json.dumps(v.operation, indent=1)[:2000]}")
