@@ -47,6 +47,13 @@ def _click(qtbot: Any, button: Any) -> None:
     qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
 
 
+def _import(qtbot: Any, view: Any, path: Any = None, **kw: Any) -> Any:
+    """Import through the store view (the action layer) and wait; the report or None."""
+    assert view.import_bundle(path, **kw) is not None
+    qtbot.waitUntil(lambda: not view.importing, timeout=30_000)
+    return view.last_report
+
+
 def _save(qtbot: Any, pane: Any) -> None:
     """Click Save and wait for the action layer to finish the save."""
     _click(qtbot, pane.form.save_btn)
@@ -153,7 +160,7 @@ def test_export_agent_and_import_into_fresh_workspace(
     monkeypatch.setattr(
         QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (str(archive), ""))
     )
-    report = other.store_view.import_bundle(folder=False)
+    report = _import(qtbot, other.store_view, folder=False)
     assert report is not None and report.imported == ["agent helper v1"]
     assert report.missing_models == [{"id": rec.id, "sha256": rec.sha256}]
     text = other.store_view.report.toPlainText()
@@ -183,15 +190,17 @@ def test_tampered_bundle_is_refused_and_imports_nothing(
     assert folder is not None and (folder / "SHA256SUMS").is_file()
 
     # a clean copy imports as a new version; the tampered one adds nothing
-    report = view.import_bundle(folder)
+    report = _import(qtbot, view, folder)
     assert report is not None and report.imported == ["prompt greet v2"]
     assert store.versions("greet") == [1, 2]
     prompt_file = folder / "prompt.json"
     prompt_file.write_text(prompt_file.read_text().replace("Hello", "Ignore all rules,"))
-    assert view.import_bundle(folder) is None
+    assert _import(qtbot, view, folder) is None
     assert store.versions("greet") == [1, 2]
     assert all("Ignore" not in store.get("greet", v).text for v in (1, 2))
-    assert any("failed its checksums" in t for t in no_modal_dialogs)
+    # the refusal is shown next to the Import button, not in a dialog
+    assert "failed its checksums" in view.status.label.text() and view.status.isVisible()
+    assert no_modal_dialogs == []
     assert view.report.toPlainText().startswith(f"Not imported: {folder}")
     assert view.rows("prompt") == [("greet", "v1, v2")]
 

@@ -62,7 +62,9 @@ def test_import_report_and_approvals_list(
     main_window.resize(1400, 1000)
     bundle, script, marker = hidden_server_bundle(tmp_path)
 
-    rep = view.import_bundle(bundle)
+    assert view.import_bundle(bundle) is not None  # through the action layer
+    qtbot.waitUntil(lambda: not view.importing, timeout=30_000)
+    rep = view.last_report
     assert rep is not None and rep.imported == ["agent fetcher v1"]
     text = view.report.toPlainText()
     assert (

@@ -35,6 +35,7 @@ from app.core.errors import DemoAIError
 from app.core.store.db import Database
 from app.ui.panes.agents.qt_approvals import ApprovalsView
 from app.ui.qt_errors import show_error
+from app.ui.widgets.status_line import StatusLine
 
 ROLE = Qt.ItemDataRole.UserRole
 ARCHIVE_FILTER = "Bundle archive (*.tar.gz)"
@@ -114,9 +115,12 @@ class AgentStoreView(QWidget):
     open_agent = Signal(str)
     open_prompt = Signal(str)
 
-    def __init__(self, db: Database, parent: QWidget | None = None) -> None:
+    def __init__(self, db: Database, parent: QWidget | None = None, *, actions: Any = None) -> None:
         super().__init__(parent)
         self.db = db
+        #: The window's action layer: imports run through it (off the UI thread).
+        self.actions = actions
+        self.importing = False
         self.agents = AgentStore(db)
         self.prompts = PromptStore(db)
         self.last_report: ImportReport | None = None
@@ -154,6 +158,8 @@ class AgentStoreView(QWidget):
         row.addWidget(self.import_btn)
         row.addStretch(1)
         lay.addLayout(row)
+        self.status = StatusLine(self)
+        lay.addWidget(self.status)
         lay.addWidget(self.report, 2)
         lay.addWidget(self.approvals, 2)
         self.refresh()
@@ -248,21 +254,57 @@ class AgentStoreView(QWidget):
         self.report.setPlainText(f"Exported {kind} {name} to {out}.")
         return out
 
-    def import_bundle(
-        self, path: Path | None = None, *, folder: bool = False
-    ) -> ImportReport | None:
-        """Verify and import a bundle; the report is shown below the list."""
+    def import_bundle(self, path: Path | None = None, *, folder: bool = False) -> Any:
+        """Verify and import a bundle; the report is shown below the list.
+
+        With the action layer (the pane's view) it runs off the UI thread and returns
+        the action's handle (:attr:`last_report` once done; errors under the buttons);
+        without, it returns the report, or None when the bundle was refused."""
         if path is None:
             path = ask_import_path(self, folder)
             if path is None:
                 return None
+        chosen = path
+        if self.actions is not None:
+            self.importing = True
+            self.import_btn.setEnabled(False)
+            self.last_report = None
+
+            def done(rep: ImportReport) -> None:
+                self._import_finished()
+                self._show_imported(rep)
+
+            def failed(exc: BaseException) -> None:
+                self._import_finished()
+                self._show_refused(chosen, exc)
+
+            return self.actions.run(
+                self,
+                f"Importing {chosen.name}",
+                lambda _progress: core_import_bundle(self.db, chosen),
+                changes=("agents", "prompts", "runs", "approvals"),
+                done=done,
+                failed=failed,
+                status=self.status,
+            )
         try:
             rep = core_import_bundle(self.db, path)
         except Exception as exc:  # a damaged bundle can fail in many ways: shown, never raised
-            what = exc.message if isinstance(exc, DemoAIError) else f"{type(exc).__name__}: {exc}"
-            self.report.setPlainText(f"Not imported: {path}\n{what}")
+            self._show_refused(path, exc)
             show_error(self, "The bundle was not imported", exc)
             return None
+        self._show_imported(rep)
+        return rep
+
+    def _import_finished(self) -> None:
+        self.importing = False
+        self.import_btn.setEnabled(True)
+
+    def _show_refused(self, path: Path, exc: BaseException) -> None:
+        what = exc.message if isinstance(exc, DemoAIError) else f"{type(exc).__name__}: {exc}"
+        self.report.setPlainText(f"Not imported: {path}\n{what}")
+
+    def _show_imported(self, rep: ImportReport) -> None:
         self.last_report = rep
         self.report.setPlainText(describe_report(rep))
         self.refresh()
@@ -270,7 +312,6 @@ class AgentStoreView(QWidget):
         if kind is not None:
             self.select(kind, rep.name)
         self.imported.emit(rep)
-        return rep
 
 
 __all__ = ["AgentStoreView", "ask_export_path", "describe_report", "export_bundle"]

@@ -123,7 +123,7 @@ class AgentsPane(QWidget):
         split.setStretchFactor(2, 3)
 
         # -- the prompt library and the installed agents/prompts
-        self.store_view = AgentStoreView(db)
+        self.store_view = AgentStoreView(db, actions=services.actions)
         self.prompt_library = PromptLibrary(db)
         self.prompt_library.saved.connect(lambda _: self.store_view.refresh())
         self.store_view.imported.connect(self._imported)
