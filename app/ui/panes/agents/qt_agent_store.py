@@ -119,7 +119,7 @@ class AgentStoreView(QWidget):
         super().__init__(parent)
         self.db = db
         #: The window's action layer: imports run through it (off the UI thread).
-        self.actions = actions
+        self.action_runner = actions
         self.importing = False
         self.agents = AgentStore(db)
         self.prompts = PromptStore(db)
@@ -265,7 +265,7 @@ class AgentStoreView(QWidget):
             if path is None:
                 return None
         chosen = path
-        if self.actions is not None:
+        if self.action_runner is not None:
             self.importing = True
             self.import_btn.setEnabled(False)
             self.last_report = None
@@ -278,7 +278,7 @@ class AgentStoreView(QWidget):
                 self._import_finished()
                 self._show_refused(chosen, exc)
 
-            return self.actions.run(
+            return self.action_runner.run(
                 self,
                 f"Importing {chosen.name}",
                 lambda _progress: core_import_bundle(self.db, chosen),
