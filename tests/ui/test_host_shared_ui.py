@@ -23,7 +23,7 @@ def _copies(host: Any) -> int:
 
 
 def test_chat_agents_and_arena_share_one_loaded_copy(
-    qtbot: Any, main_window: Any, gemma_gguf: Path
+    qtbot: Any, main_window: Any, gemma_gguf: Path, ui_watchdog: Any
 ) -> None:
     services = main_window.services
     host = services.host
@@ -39,45 +39,50 @@ def test_chat_agents_and_arena_share_one_loaded_copy(
     # A pane that stays open on the model (as Chat does while it is selected).
     keep = None
 
-    # Chat: one short answer.
+    # The panes are built first (building one is not an action under test).
     chat = main_window.pane("chat")
-    chat.refresh_models()
-    chat.model_combo.setCurrentIndex(chat.model_combo.findData(rec.id))
-    chat.max_tokens.setValue(4)
-    chat.input.setPlainText("Hello")
-    chat.send()
-    qtbot.waitUntil(lambda: chat.stream is None, timeout=180_000)
-    pid = host.pid
-    assert pid is not None
-    keep = host.lease(rec)  # from here the model must stay loaded
-
-    # Agents: one JSON-mode step on the same library model.
     agents = main_window.pane("agents")
-    agents.new_agent()
-    agents.form.name.setText("shared-host")
-    agents.form.model_combo.setCurrentIndex(agents.form.model_combo.findData(rec.id))
-    agents.form.max_steps.setValue(1)
-    agents.form.max_tokens.setValue(16)
-    agents.view.input.setPlainText('Reply {"final": "ok"}')
-    qtbot.mouseClick(agents.view.run_btn, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: not agents.busy, timeout=180_000)
-    run = RunStore(services.workspace.db).get(agents.run_id)
-    assert run.model_id == rec.id
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    agents.resize(1280, 760)
-    agents.grab().save(str(SHOTS / "agents_pane_after_run.png"))
-    assert agents.runner._leases == []  # the run gave its lease back
-    assert host.leased().get(rec.id, 0) >= 1  # ours (and Chat's) are held
-
-    # Arena: the model against its twin (another id on the same file).
     arena = main_window.pane("evaluate").arena_tab
-    arena.refresh_models()
-    arena.select_models([rec.id, twin.id])
-    arena.prompts.setPlainText("Name a colour.")
-    arena.max_tokens.setValue(4)
-    assert arena.get_answers() is not None
-    qtbot.waitUntil(lambda: arena.fetcher is None, timeout=180_000)
-    assert arena.match is not None, arena.status.text()
+    # Starting the host, loading the model and answering: never on the UI thread.
+    with ui_watchdog.watch():
+        # Chat: one short answer.
+        chat.refresh_models()
+        chat.model_combo.setCurrentIndex(chat.model_combo.findData(rec.id))
+        chat.max_tokens.setValue(4)
+        chat.input.setPlainText("Hello")
+        chat.send()
+        qtbot.waitUntil(lambda: chat.stream is None, timeout=180_000)
+        pid = host.pid
+        assert pid is not None
+        keep = host.lease(rec)  # from here the model must stay loaded
+
+        # Agents: one JSON-mode step on the same library model.
+        agents.new_agent()
+        agents.form.name.setText("shared-host")
+        agents.form.model_combo.setCurrentIndex(agents.form.model_combo.findData(rec.id))
+        agents.form.max_steps.setValue(1)
+        agents.form.max_tokens.setValue(16)
+        agents.view.input.setPlainText('Reply {"final": "ok"}')
+        qtbot.mouseClick(agents.view.run_btn, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: not agents.busy, timeout=180_000)
+        run = RunStore(services.workspace.db).get(agents.run_id)
+        assert run.model_id == rec.id
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        agents.resize(1280, 760)
+        agents.grab().save(str(SHOTS / "agents_pane_after_run.png"))
+        assert agents.runner._leases == []  # the run gave its lease back
+        assert host.leased().get(rec.id, 0) >= 1  # ours (and Chat's) are held
+
+        # Arena: the model against its twin (another id on the same file).
+        arena.refresh_models()
+        arena.select_models([rec.id, twin.id])
+        arena.prompts.setPlainText("Name a colour.")
+        arena.max_tokens.setValue(4)
+        assert arena.get_answers() is not None
+        qtbot.waitUntil(lambda: arena.fetcher is None, timeout=180_000)
+        assert arena.match is not None, arena.status.text()
+
+    ui_watchdog.assert_no_stall()
 
     # One process, one copy of the weights for every pane, name and template.
     assert host.pid == pid
@@ -115,7 +120,9 @@ def test_chat_agents_and_arena_share_one_loaded_copy(
     assert host.pid == pid  # the process stays; only the weights went
 
 
-def test_unload_button_frees_the_model(qtbot: Any, main_window: Any, gemma_gguf: Path) -> None:
+def test_unload_button_frees_the_model(
+    qtbot: Any, main_window: Any, gemma_gguf: Path, ui_watchdog: Any
+) -> None:
     services = main_window.services
     rec = ModelRegistry(services.workspace).import_gguf(gemma_gguf, copy=False, name="gemma")
     lease = services.host.lease(rec)
@@ -135,8 +142,10 @@ def test_unload_button_frees_the_model(qtbot: Any, main_window: Any, gemma_gguf:
         qtbot.waitUntil(lambda: button.text().startswith("1 model loaded"), timeout=10_000)
         button.show_popup()
         qtbot.waitUntil(lambda: lease.model in button.popup.unload_buttons, timeout=10_000)
-        button.popup.unload_buttons[lease.model].click()
-        qtbot.waitUntil(lambda: button.text() == "No model loaded", timeout=20_000)
+        with ui_watchdog.watch():  # the status reads and the unload run off the UI thread
+            button.popup.unload_buttons[lease.model].click()
+            qtbot.waitUntil(lambda: button.text() == "No model loaded", timeout=20_000)
+        ui_watchdog.assert_no_stall()
         assert _copies(services.host) == 0
     finally:
         services.host.release(lease)
