@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 from app.core.jobs.store import Job, JobState
 from app.core.store.files import atomic_write_json
 from app.ui.panes import PANES, PaneSpec
+from app.ui.qt_host_status import HostStatusButton
 from app.ui.services import Services
 from app.ui.theme import ThemeManager, after_first_paint, icon, when_icons_ready
 
@@ -128,6 +129,8 @@ class MainWindow(QMainWindow):
         sb.addWidget(self.hw_label, 1)
         sb.addPermanentWidget(self.net_label)
         sb.addPermanentWidget(self.jobs_label)
+        self.host_status = HostStatusButton(services)  # what the shared model host holds
+        sb.addPermanentWidget(self.host_status)
         self._update_network_label()
         services.hub.jobs_changed.connect(self._update_jobs_label)
         services.bus.chat_with_model.connect(self._chat_with)

@@ -32,8 +32,8 @@ def test_chat_agents_and_arena_share_one_loaded_copy(
     rec = reg.import_gguf(gemma_gguf, copy=False, name="gemma")
     twin = reg.import_gguf(gemma_gguf, copy=False, name="gemma-twin")  # same file, other id
     services.bus.models_changed.emit()
-    button = HostStatusButton(services)
-    qtbot.addWidget(button)
+    button = main_window.host_status  # in the window's status bar
+    assert isinstance(button, HostStatusButton) and button.isVisible()
     assert button.text() == "No model loaded"
 
     # A pane that stays open on the model (as Chat does while it is selected).
@@ -97,6 +97,8 @@ def test_chat_agents_and_arena_share_one_loaded_copy(
 
     button.refresh()
     qtbot.waitUntil(lambda: button.text().startswith("1 model loaded"), timeout=10_000)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    main_window.grab().save(str(SHOTS / "window_host_status.png"))
     button.show_popup()
     qtbot.waitUntil(lambda: bool(button.popup.unload_buttons), timeout=10_000)
     names = [
