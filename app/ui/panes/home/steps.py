@@ -69,8 +69,8 @@ def first_run_steps(ws: Workspace) -> list[Step]:
         Step(
             "model",
             "Add a model",
-            "A small model to chat with: the sample is Gemma 3 270M instruct, a 253 MB GGUF "
-            "that answers on a CPU.",
+            "A small model to try: the sample is Gemma 3 270M, a 253 MB GGUF that runs on a CPU. "
+            "It is a base model, so Chat continues your text rather than following instructions.",
             "models",
             "Models",
             models > 0,
