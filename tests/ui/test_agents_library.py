@@ -79,6 +79,7 @@ def test_prompt_versions_variables_preview_and_diff(
     lib.set_test_value(0, "n", "20")
     assert "Summarize the report in 20 words." in lib.preview.toPlainText()
     _click(qtbot, lib.save_btn)
+    qtbot.waitUntil(lambda: not lib.saving, timeout=10_000)
     assert store.versions("summarize") == [1]
     assert store.get("summarize").test_inputs == [{"text": "the report", "n": "20"}]
     assert lib.status.text() == "Saved summarize v1."
@@ -90,6 +91,7 @@ def test_prompt_versions_variables_preview_and_diff(
     lib.set_test_value(0, "audience", "managers")
     assert "at most 20 words for managers." in lib.preview.toPlainText()
     _click(qtbot, lib.save_btn)
+    qtbot.waitUntil(lambda: not lib.saving, timeout=10_000)
     assert store.versions("summarize") == [1, 2]
     assert lib.versions() == [1, 2] and lib.version_combo.currentData() == 2
     assert lib.list.count() == 1 and lib.list.item(0).text() == "summarize  v2  (2 versions)"
@@ -109,10 +111,12 @@ def test_prompt_versions_variables_preview_and_diff(
     assert lib.current is not None and lib.current.version == 1
     assert lib._columns() == ["text", "n"]
 
-    # an invalid name is refused with a dialog and saves nothing
+    # an invalid name is refused under the Save button and saves nothing
     lib.name.setText("no spaces allowed")
-    lib.save()
-    assert any("Invalid prompt name" in t for t in no_modal_dialogs)
+    assert lib.save() is not None
+    qtbot.waitUntil(lambda: not lib.saving, timeout=10_000)
+    assert "Invalid prompt name" in lib.save_status.label.text()
+    assert no_modal_dialogs == []
     assert [p.name for p in store.list()] == ["summarize"]
 
     # the Installed tab lists it with both versions

@@ -103,6 +103,7 @@ def test_import_report_and_approvals_list(
     pane.tabs.setCurrentWidget(view)
     assert view.approvals.select_row(0)
     qtbot.mouseClick(view.approvals.approve_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not view.approvals.busy, timeout=10_000)
     [(_, version, allows, status)] = view.approvals.rows()
     assert version == "v1" and status.startswith("approved · user (Agents pane)")
     assert str(marker) in allows
@@ -121,4 +122,5 @@ def test_import_report_and_approvals_list(
     pane.tabs.setCurrentWidget(view)
     view.approvals.select_row(0)
     qtbot.mouseClick(view.approvals.revoke_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not view.approvals.busy, timeout=10_000)
     assert [r[3] for r in view.approvals.rows()] == ["waiting for approval (inactive)"]

@@ -142,7 +142,7 @@ class AgentStoreView(QWidget):
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
         self.report.setMinimumHeight(120)
-        self.approvals = ApprovalsView(db)
+        self.approvals = ApprovalsView(db, actions=actions)
         self.report.setPlaceholderText(
             "Import a bundle (an agent, a prompt or a run) shared by someone: every file's "
             "checksum is verified before anything is added."

@@ -124,7 +124,7 @@ class AgentsPane(QWidget):
 
         # -- the prompt library and the installed agents/prompts
         self.store_view = AgentStoreView(db, actions=services.actions)
-        self.prompt_library = PromptLibrary(db)
+        self.prompt_library = PromptLibrary(db, actions=services.actions)
         self.prompt_library.saved.connect(lambda _: self.store_view.refresh())
         self.store_view.imported.connect(self._imported)
         self.store_view.open_agent.connect(self.open_agent)

@@ -30,6 +30,7 @@ from app.core.agents.approvals import ApprovalStore, Grant
 from app.core.errors import DemoAIError
 from app.core.store.db import Database
 from app.ui.qt_errors import show_error
+from app.ui.widgets.status_line import StatusLine
 
 ROLE = Qt.ItemDataRole.UserRole
 KIND_LABELS = {
@@ -44,8 +45,11 @@ class ApprovalsView(QWidget):
 
     changed = Signal()
 
-    def __init__(self, db: Database, parent: QWidget | None = None) -> None:
+    def __init__(self, db: Database, parent: QWidget | None = None, *, actions: Any = None) -> None:
         super().__init__(parent)
+        #: The window's action layer: approve and revoke run through it when given.
+        self.action_runner = actions
+        self.busy = False
         self.agents = AgentStore(db)
         self.store = ApprovalStore(db)
         self.tree = QTreeWidget()
@@ -85,6 +89,8 @@ class ApprovalsView(QWidget):
         row.addWidget(self.revoke_btn)
         row.addStretch(1)
         lay.addLayout(row)
+        self.status = StatusLine(self)
+        lay.addWidget(self.status)
         self.refresh()
 
     def refresh(self) -> None:
@@ -164,26 +170,48 @@ class ApprovalsView(QWidget):
             return False
         _, name, version, grant = sel
         assert isinstance(grant, Grant)
-        try:
-            self.store.approve(self.agents.get(name, version), grant, by="user (Agents pane)")
-        except DemoAIError as exc:
-            show_error(self, "Cannot approve", exc)
-            return False
-        self.refresh()
-        self.changed.emit()
-        return True
+        spec = self.agents.get(name, version)
+        return self._write(
+            "Cannot approve",
+            f"Approving {grant.name} for {name} v{version}",
+            lambda: self.store.approve(spec, grant, by="user (Agents pane)"),
+        )
 
     def revoke_selected(self) -> bool:
         sel = self._selected()
         if sel is None or sel[0] != "approved":
             return False
+        approval_id = int(sel[1])
+        return self._write("Cannot revoke", "Revoking", lambda: self.store.revoke(approval_id))
+
+    def _write(self, failure: str, title: str, fn: Any) -> bool:
+        """Run a change through the action layer (synchronously without one); refresh after."""
+
+        def done(_result: Any = None) -> None:
+            self.busy = False
+            self.refresh()
+            self.changed.emit()
+
+        if self.action_runner is not None:
+            self.busy = True
+            self.approve_btn.setEnabled(False)
+            self.revoke_btn.setEnabled(False)
+
+            def failed(_exc: BaseException) -> None:
+                self.busy = False
+                self.refresh()
+
+            self.action_runner.run(
+                self, title, lambda _progress: fn(), changes=("approvals",),
+                done=done, failed=failed, status=self.status,
+            )  # fmt: skip
+            return True
         try:
-            self.store.revoke(int(sel[1]))
+            fn()
         except DemoAIError as exc:
-            show_error(self, "Cannot revoke", exc)
+            show_error(self, failure, exc)
             return False
-        self.refresh()
-        self.changed.emit()
+        done()
         return True
 
 

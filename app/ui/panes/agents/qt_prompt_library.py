@@ -35,6 +35,7 @@ from app.core.errors import DemoAIError
 from app.core.store.db import Database
 from app.ui.qt_errors import show_error
 from app.ui.qt_prompt_picker import monospace
+from app.ui.widgets.status_line import StatusLine
 
 NAME_ROLE = Qt.ItemDataRole.UserRole
 
@@ -64,8 +65,11 @@ class PromptLibrary(QWidget):
 
     saved = Signal(object)  # Prompt
 
-    def __init__(self, db: Database, parent: QWidget | None = None) -> None:
+    def __init__(self, db: Database, parent: QWidget | None = None, *, actions: Any = None) -> None:
         super().__init__(parent)
+        #: The window's action layer: Save runs through it when given.
+        self.action_runner = actions
+        self.saving = False
         self.store = PromptStore(db)
         self.current: Prompt | None = None  # the version shown in the editor
         self.diff_text = ""  # the unified diff shown
@@ -97,7 +101,7 @@ class PromptLibrary(QWidget):
         self.vars_label = QLabel("")
         self.vars_label.setWordWrap(True)
         self.save_btn = QPushButton("Save (new version)")
-        self.save_btn.clicked.connect(self.save)
+        self.save_btn.clicked.connect(lambda: self.save())
         self.status = QLabel("")
         self.status.setWordWrap(True)
         form = QFormLayout()
@@ -114,6 +118,8 @@ class PromptLibrary(QWidget):
         srow.addWidget(self.save_btn)
         srow.addWidget(self.status, 1)
         el.addLayout(srow)
+        self.save_status = StatusLine(self)
+        el.addWidget(self.save_status)
 
         # -- test inputs and preview
         self.tests = QTableWidget(0, 0)
@@ -361,22 +367,45 @@ class PromptLibrary(QWidget):
         self.preview.setPlainText("\n\n".join(parts))
 
     # -- save and diff ----------------------------------------------------------------
-    def save(self) -> Prompt | None:
-        """Save the editor as the prompt's next version."""
+    def save(self) -> Any:
+        """Save the editor as the prompt's next version.
+
+        With the action layer it runs off the UI thread (errors under Save) and returns
+        the action's handle; without, it returns the saved prompt or None."""
+        name, text = self.name.text().strip(), self.text.toPlainText()
+        description, inputs = self.description.text().strip(), self.test_inputs()
+
+        def write(_progress: Any = None) -> Prompt:
+            return self.store.save(name, text, description=description, test_inputs=inputs)
+
+        if self.action_runner is not None:
+            self.saving = True
+            self.save_btn.setEnabled(False)
+
+            def finished() -> None:
+                self.saving = False
+                self.save_btn.setEnabled(True)
+
+            def done(p: Prompt) -> None:
+                finished()
+                self._saved(p)
+
+            return self.action_runner.run(
+                self, f"Saving {name or 'the prompt'}", write, changes=("prompts",),
+                done=done, failed=lambda _exc: finished(), status=self.save_status,
+            )  # fmt: skip
         try:
-            p = self.store.save(
-                self.name.text().strip(),
-                self.text.toPlainText(),
-                description=self.description.text().strip(),
-                test_inputs=self.test_inputs(),
-            )
+            p = write()
         except DemoAIError as exc:
             show_error(self, "Cannot save the prompt", exc)
             return None
+        self._saved(p)
+        return p
+
+    def _saved(self, p: Prompt) -> None:
         self.load(p.name, p.version)
         self.status.setText(f"Saved {p.name} v{p.version}.")
         self.saved.emit(p)
-        return p
 
     def update_diff(self, *_: object) -> None:
         a, b = self.diff_a.currentData(), self.diff_b.currentData()
