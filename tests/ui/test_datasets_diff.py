@@ -239,3 +239,44 @@ def test_screenshot_of_the_rows_tab(qtbot, main_window, workspace) -> None:
     assert pane.versions.item(0).text().startswith("● v1  created\n40 rows")
     qtbot.wait(50)
     _shot(main_window, "datasets-rows.png")
+
+
+def test_rows_matched_by_a_key_column(qtbot, main_window, workspace) -> None:
+    """Sorted and edited: by position most rows moved; by the id column, one changed row.
+    A column with repeated values cannot be a key: the error says what to do, next to it."""
+    store = DatasetStore(workspace)
+    t = _tickets(6)
+    v1 = store.create_dataset("tickets", t)
+    rows = t.to_pylist()[::-1]
+    rows[0]["answer"] = "new answer"  # id 6
+    rows.append({"id": 7, "question": "How do I reset password 1?", "answer": "dup"})
+    store.create_version(
+        v1.dataset_id,
+        pa.Table.from_pylist(rows, schema=t.schema),
+        message="reversed",
+        operation={"name": "edit", "params": {}},
+    )
+    pane = main_window.pane("datasets")
+    pane.refresh_datasets(select=v1.dataset_id)
+    qtbot.waitUntil(lambda: pane.model is not None, timeout=10_000)
+    _compare_with(qtbot, pane, 1)
+    view = pane.diff_view
+    assert view.diff.key is None and view.diff.rows_moved > 0
+    assert [view.key.itemText(i) for i in range(view.key.count())] == [
+        "position",
+        "column id",
+        "column question",
+        "column answer",
+    ]
+    view.key.setCurrentIndex(1)
+    view.key.activated.emit(1)
+    qtbot.waitUntil(lambda: view.diff is not None and view.diff.key == "id", timeout=10_000)
+    m = view.model
+    got = [(m.index(r, 0).data(), m.index(r, 1).data()) for r in range(m.rowCount())]
+    assert got == [("changed", "6 → 1"), ("added", "7")]
+    assert "rows matched by id" in view.summary.text()
+    view.key.setCurrentIndex(2)
+    view.key.activated.emit(2)
+    qtbot.waitUntil(lambda: view.status.state == "error", timeout=10_000)
+    assert "repeated values" in view.status.label.text()
+    assert "compare without a key" in view.status.label.text()

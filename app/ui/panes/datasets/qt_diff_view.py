@@ -20,6 +20,7 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QBrush, QColor, QFont, QFontMetrics, QPainter, QPalette
 from PySide6.QtWidgets import (
+    QComboBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -212,8 +213,19 @@ class DiffView(QWidget):
         self.page_label.setObjectName("diffPage")
         self.prev_btn.clicked.connect(lambda: self.show_page(self.start - PAGE))
         self.next_btn.clicked.connect(lambda: self.show_page(self.start + PAGE))
+        self.key = QComboBox()
+        self.key.setObjectName("diffKey")
+        self.key.addItem("position", None)
+        self.key.setToolTip(
+            "How rows of the two versions are paired: by position (edits, inserts and "
+            "deletes found as in a text diff), or by a column whose values identify rows"
+        )
+        self.key.activated.connect(self._key_chosen)
+        self._pair: tuple[str, str, str] | None = None  # dataset, old, new
         self.status = StatusLine()
         nav = QHBoxLayout()
+        nav.addWidget(QLabel("Match rows by"))
+        nav.addWidget(self.key)
         nav.addWidget(self.page_label, 1)
         nav.addWidget(self.prev_btn)
         nav.addWidget(self.next_btn)
@@ -230,6 +242,7 @@ class DiffView(QWidget):
         from app.core.data.diff import diff_versions, read_version_changes
 
         ws = self.services.workspace
+        self._pair = (dataset_id, old, new)
 
         def run(p: Progress) -> tuple[VersionDiff, list[RowChange]]:
             def step(fraction: float | None, message: str) -> None:
@@ -271,8 +284,19 @@ class DiffView(QWidget):
         self.diff, self.start = d, start
         self.model.set_page(d.columns, rows)
         self.summary.setText(summary_html(d))
+        self.key.blockSignals(True)
+        self.key.clear()
+        self.key.addItem("position", None)
+        for c in d.compared_columns:
+            self.key.addItem(f"column {c}", c)
+        self.key.setCurrentIndex(max(0, self.key.findData(d.key)) if d.key else 0)
+        self.key.blockSignals(False)
         self._fit_columns()
         self._update_nav()
+
+    def _key_chosen(self, _index: int) -> None:
+        if self._pair is not None:
+            self.compare(*self._pair, key=self.key.currentData())
 
     def _fit_columns(self) -> None:
         """Every column as wide as its text (up to a limit); data columns shrink in
@@ -305,6 +329,9 @@ class DiffView(QWidget):
 
     def clear(self) -> None:
         self.diff = None
+        self._pair = None
+        self.key.clear()
+        self.key.addItem("position", None)
         self.model.set_page([], [])
         self.summary.setText("Choose a version on the right and press <b>Compare with current</b>.")
         self._update_nav()
