@@ -18,11 +18,15 @@ from PySide6.QtCore import QObject, Signal
 
 from app.core.agents import (
     AgentSpec,
+    AgentStore,
     ChatClient,
     OpenAIChatClient,
     RunStore,
     ToolCall,
     agent_tools,
+    fork_run,
+    replay_run,
+    run_agent,
 )
 from app.core.agents.approvals import ApprovalStore, Grant
 from app.core.agents.docindex import OpenAIEmbedder
@@ -43,10 +47,13 @@ class AgentRunner(QObject):
     approval = Signal(object)  # ToolCall, or a Grant to approve before the run starts
     done = Signal(object, str)  # RunResult | ReplayReport | None, error text
 
-    def __init__(self, services: Services, runs: RunStore, parent: QObject | None = None) -> None:
+    def __init__(
+        self, services: Services, runs: RunStore, agents: AgentStore, parent: QObject | None = None
+    ) -> None:
         super().__init__(parent)
         self.services = services
         self.runs = runs
+        self.agents = agents
         self.host = services.host
         self.registry = ModelRegistry(services.workspace)
         #: spec -> model client; None leases the agent's library model from the shared host.
@@ -98,6 +105,43 @@ class AgentRunner(QObject):
             embedder_for=self.embedder_factory or self._embedder_for,
             index_dir=self.services.workspace.root / "agents" / "index",
             gate=gate,
+        )
+
+    # -- what runs ------------------------------------------------------------------------
+    def run(self, spec: AgentSpec, text: str) -> None:
+        """Run the saved ``spec`` on ``text``."""
+
+        def work(approve: Callable[[ToolCall], str], on_step: Callable[[Any], None]) -> Any:
+            client = self.make_client(spec)
+            with self.make_tools(spec) as tools:
+                return run_agent(
+                    spec, text, client=client, runs=self.runs, tools=tools,
+                    approve=approve, agents=self.agents, on_step=on_step,
+                )  # fmt: skip
+
+        self.start(work)
+
+    def fork(self, run_id: str, step_id: str, content: str | None) -> None:
+        """Continue ``run_id`` from ``step_id`` (with edited content) on a new branch."""
+        spec = self.runs.get(run_id).agent_spec()
+
+        def work(approve: Callable[[ToolCall], str], on_step: Callable[[Any], None]) -> Any:
+            client = self.make_client(spec)
+            with self.make_tools(spec) as tools:
+                return fork_run(
+                    run_id, step_id, client=client, runs=self.runs, tools=tools,
+                    content=content, approve=approve, agents=self.agents, on_step=on_step,
+                )  # fmt: skip
+
+        self.start(work)
+
+    def replay(self, run_id: str) -> None:
+        """Replay ``run_id`` with its recorded tool results; the report says where it diverged."""
+        spec = self.runs.get(run_id).agent_spec()
+        self.start(
+            lambda approve, on_step: replay_run(
+                run_id, client=self.make_client(spec), runs=self.runs
+            )
         )
 
     # -- the worker -----------------------------------------------------------------------

@@ -44,9 +44,6 @@ from app.core.agents import (
     RunStore,
     Step,
     ToolCall,
-    fork_run,
-    replay_run,
-    run_agent,
 )
 from app.core.agents.approvals import Grant
 from app.core.errors import DemoAIError
@@ -57,7 +54,7 @@ from app.ui.panes.agents.qt_prompt_library import PromptLibrary
 from app.ui.panes.agents.qt_run_steps import (
     STEP_ROLE,
     ForkDialog,
-    call_effect,
+    approval_text,
     describe_step,
     format_call,
 )
@@ -79,7 +76,7 @@ class AgentsPane(QWidget):
         self.fork_dialog: ForkDialog | None = None
         self.saving = False  # a save runs in the action layer
         self.last_replay: ReplayReport | None = None
-        self.runner = AgentRunner(services, self.runs, self)
+        self.runner = AgentRunner(services, self.runs, self.agents, self)
         self.runner.step.connect(self._on_step)
         self.runner.approval.connect(self._on_approval)
         self.runner.done.connect(self._on_done)
@@ -317,17 +314,8 @@ class AgentsPane(QWidget):
 
     def _run_saved(self, saved: AgentSpec, text: str) -> None:
         self.view.clear_run("Running…")
-        runner = self.runner
-
-        def work(approve: Callable[[ToolCall], str], on_step: Callable[[Step], None]) -> Any:
-            client = runner.make_client(saved)
-            with runner.make_tools(saved) as tools:
-                return run_agent(
-                    saved, text, client=client, runs=self.runs, tools=tools,
-                    approve=approve, agents=self.agents, on_step=on_step,
-                )  # fmt: skip
-
-        self._start(f"Running {saved.name} v{saved.version}…", work)
+        self._start(f"Running {saved.name} v{saved.version}…")
+        self.runner.run(saved, text)
 
     def fork_selected(self) -> ForkDialog | None:
         """Open the fork dialog for the selected step (non-blocking; see :attr:`fork_dialog`)."""
@@ -344,35 +332,19 @@ class AgentsPane(QWidget):
         """Continue ``run_id`` from ``step_id`` (with edited content) on the worker thread."""
         if self.busy:
             return
-        spec = self.runs.get(run_id).agent_spec()
         self.view.final_label.setText("Running…")
-        runner = self.runner
-
-        def work(approve: Callable[[ToolCall], str], on_step: Callable[[Step], None]) -> Any:
-            client = runner.make_client(spec)
-            with runner.make_tools(spec) as tools:
-                return fork_run(
-                    run_id, step_id, client=client, runs=self.runs, tools=tools,
-                    content=content, approve=approve, agents=self.agents, on_step=on_step,
-                )  # fmt: skip
-
         self.run_id = run_id
-        self._start(f"Forking run {run_id}…", work)
+        self._start(f"Forking run {run_id}…")
+        self.runner.fork(run_id, step_id, content)
 
     def replay_selected(self) -> None:
         """Replay the shown run on the worker thread; the outcome says where it diverged."""
         if self.busy or self.run_id is None:
             return
-        run_id = self.run_id
-        spec = self.runs.get(run_id).agent_spec()
         self.view.replay_label.hide()
         self.view.final_label.setText("Replaying…")
-        runner = self.runner
-
-        def work(approve: Callable[[ToolCall], str], on_step: Callable[[Step], None]) -> Any:
-            return replay_run(run_id, client=runner.make_client(spec), runs=self.runs)
-
-        self._start(f"Replaying run {run_id}…", work)
+        self._start(f"Replaying run {self.run_id}…")
+        self.runner.replay(self.run_id)
 
     def export_run(self, dest: Path | None = None) -> Path | None:
         """Write the shown run as a bundle (asks where when ``dest`` is None)."""
@@ -395,29 +367,17 @@ class AgentsPane(QWidget):
         self.view.show_replay(report)
         self.view.status.setText(f"Replay {report.replay.id}: {report.replay.status}.")
 
-    def _start(self, label: str, work: Callable[..., Any]) -> None:
+    def _start(self, label: str) -> None:
         self.view.status.setText(label)
         self._set_busy(True)
-        self.runner.start(work)
 
     def _on_approval(self, call: ToolCall | Grant) -> None:
+        run = self.runs.get(self.run_id) if self.run_id else None
+        self.view.approval_bar.ask(approval_text(call, run))
         if isinstance(call, Grant):
-            self.view.approval_bar.ask(
-                f"This agent version needs your approval before it can use this:\n"
-                f"{call.describe()}\n"
-                "Approve once (this run), always for this version, or deny (it stays inactive)."
-            )
             what = "MCP server" if call.kind == "mcp_server" else "tool"
             self.view.status.setText(f"Waiting for your approval of the {what} {call.name}…")
             return
-        run = self.runs.get(self.run_id) if self.run_id else None
-        agent = run.agent if run is not None else "The agent"
-        effect = call_effect(run.agent_spec(), call) if run is not None else None
-        lines = [f"Agent {agent} wants to call {format_call(call.tool, call.arguments, 400)}"]
-        if effect:
-            lines.append(f"This {effect}.")
-        lines.append("This tool changes things outside the conversation.")
-        self.view.approval_bar.ask("\n".join(lines))
         self.view.status.setText(f"Waiting for your approval of {call.tool}…")
 
     def answer_approval(self, decision: str) -> None:

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.agents import AgentSpec, Step, ToolCall
+from app.core.agents.approvals import Grant
 from app.core.agents.builtin_tools import resolve_inside
 from app.core.agents.tools import ToolError
 
@@ -92,6 +93,23 @@ def call_effect(spec: AgentSpec, call: ToolCall) -> str | None:
         size = target.stat().st_size
         return f"OVERWRITES existing {shown} ({size} bytes) in {root}"
     return f"creates {shown} in {root}"
+
+
+def approval_text(call: ToolCall | Grant, run: Any = None) -> str:
+    """What the approval bar says about a call (of ``run``'s agent) or a grant."""
+    if isinstance(call, Grant):
+        return (
+            f"This agent version needs your approval before it can use this:\n"
+            f"{call.describe()}\n"
+            "Approve once (this run), always for this version, or deny (it stays inactive)."
+        )
+    agent = run.agent if run is not None else "The agent"
+    effect = call_effect(run.agent_spec(), call) if run is not None else None
+    lines = [f"Agent {agent} wants to call {format_call(call.tool, call.arguments, 400)}"]
+    if effect:
+        lines.append(f"This {effect}.")
+    lines.append("This tool changes things outside the conversation.")
+    return "\n".join(lines)
 
 
 class ForkDialog(QDialog):
