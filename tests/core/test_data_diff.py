@@ -248,3 +248,27 @@ def test_against_an_empty_version_with_no_column_in_common() -> None:
     assert d.columns_added == ["other"] and d.columns_removed == ["id", "t"]
     back = diff_tables(empty, old)
     assert (back.rows_added, back.rows_removed, back.changes) == (3, 0, 3)
+
+
+def test_progress_rises_once_and_a_cancel_stops_the_diff() -> None:
+    from app.core.data.ops import BLOCK_ROWS, OpContext
+
+    n = 3 * BLOCK_ROWS
+    t = pa.table({"i": np.arange(n)})
+    seen: list[float] = []
+    d = diff_tables(t, t, ctx=OpContext(progress=lambda f, _m: seen.append(f) if f else None))
+    assert d.changes == 0
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and seen[0] <= 0.5
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) > 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        diff_tables(t, t, ctx=OpContext(check_cancelled=check))

@@ -366,9 +366,11 @@ def _keyed(
     o: Rows, n: Rows, shared: list[str], key: str, ctx: OpContext | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     others = [c for c in shared if c != key]
-    ko = _unique_keys(row_digests(o, [key], ctx, "old keys"), key, "old")
-    kn = _unique_keys(row_digests(n, [key], ctx, "new keys"), key, "new")
-    fo, fn = row_digests(o, others, ctx, "old rows"), row_digests(n, others, ctx, "new rows")
+    keys_ctx = None if ctx is None else _indeterminate(ctx)
+    ko = _unique_keys(row_digests(o, [key], keys_ctx, "Reading old keys"), key, "old")
+    kn = _unique_keys(row_digests(n, [key], keys_ctx, "Reading new keys"), key, "new")
+    fo = row_digests(o, others, ctx, "Reading the old version")
+    fn = row_digests(n, others, _after_half(ctx), "Reading the new version")
     match_of_new = np.full(len(kn), -1, np.int64)  # old row of each new row
     if len(ko):
         order = np.argsort(ko)
@@ -395,6 +397,25 @@ def _keyed(
     return kinds, olds, news, pos
 
 
+def _after_half(ctx: OpContext | None) -> OpContext | None:
+    """``ctx`` for the second of two reads that each report 0 to 0.5."""
+    if ctx is None:
+        return None
+    progress = ctx.progress
+
+    def shifted(fraction: float | None, message: str) -> None:
+        progress(None if fraction is None else 0.5 + fraction, message)
+
+    return OpContext(progress=shifted, check_cancelled=ctx.check_cancelled)
+
+
+def _indeterminate(ctx: OpContext) -> OpContext:
+    progress = ctx.progress
+    return OpContext(
+        progress=lambda _f, message: progress(None, message), check_cancelled=ctx.check_cancelled
+    )
+
+
 def diff_tables(
     old: pa.Table | Rows,
     new: pa.Table | Rows,
@@ -418,8 +439,8 @@ def diff_tables(
     d.compared_columns = shared
     d.columns = list(n.schema.names) + d.columns_removed
     if key is None:
-        fo = row_digests(o, shared, ctx, "old rows")
-        fn = row_digests(n, shared, ctx, "new rows")
+        fo = row_digests(o, shared, ctx, "Reading the old version")
+        fn = row_digests(n, shared, _after_half(ctx), "Reading the new version")
         kinds, olds, news, pos = _positional(o, n, fo, fn, shared, ctx)
     else:
         if key not in shared:
