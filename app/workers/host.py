@@ -51,6 +51,9 @@ EMBED_MAX_TOKENS = 2048
 MAX_MODELS = 256
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,199}")
+#: An alias is a library model's display name as a person typed it ("tiny-faq Q8_0"):
+#: printable, no leading or trailing space, at most 200 characters.
+_ALIAS = re.compile(r"[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]{0,198}[^\s\x00-\x1f\x7f])?")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
@@ -842,8 +845,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         slot, pinned = registration_from_body(body, self.server.config)
         record["model"] = slot.name
-        models = self.server.config.models
         with self.server.register_lock:
+            models = self.server.config.models
             old = models.get(slot.name)
             if old is not None and (old.path, old.fmt) != (slot.path, slot.fmt):
                 raise HostError(
@@ -856,7 +859,8 @@ class Handler(BaseHTTPRequestHandler):
                     raise HostError(
                         400, f"The host serves at most {MAX_MODELS} names.", code="too_many_models"
                     )
-                models[slot.name] = slot
+                # A new dict, swapped in whole: requests iterating the old one are unaffected.
+                self.server.config.models = {**models, slot.name: slot}
                 old = slot
             else:
                 old.aliases = slot.aliases
@@ -1422,10 +1426,14 @@ def registration_from_body(body: Mapping[str, Any], config: HostConfig) -> tuple
             400, f"template must be one of {', '.join(PRESETS)}.", code="invalid_template"
         )
     aliases = _field(body, "aliases", (list,), "a list of names") or []
-    if len(aliases) > 16 or not all(
-        isinstance(a, str) and _MODEL_NAME.fullmatch(a) for a in aliases
-    ):
+    if len(aliases) > 16:
         raise HostError(400, "aliases must be at most 16 names.", code="invalid_aliases")
+    if not all(isinstance(a, str) and _ALIAS.fullmatch(a) for a in aliases):
+        raise HostError(
+            400,
+            "each alias must be 1-200 printable characters, without leading or trailing spaces.",
+            code="invalid_aliases",
+        )
     pinned = bool(_field(body, "pinned", (bool,), "true or false"))
     if fmt is None:
         from app.core.infer import detect_format
