@@ -32,7 +32,12 @@ def register(sub: Any) -> None:
     d = esub.add_parser("docker", help="a Docker bundle (folder + .tar.gz) serving a GGUF model")
     d.add_argument("model", help="a GGUF model id or name")
     d.add_argument("--out", metavar="DIR", required=True, help="bundle folder to create")
-    d.add_argument("--base-image", default=None, help="base image (default python:3.11-slim)")
+    d.add_argument(
+        "--base-image",
+        default=None,
+        help="base image (default: the offline installer's image when DemoAI was installed "
+        "with it, else python:3.11-slim)",
+    )
     d.add_argument("--tag", help="image tag when building")
     d.add_argument(
         "--build", action="store_true", help="also docker build (offline) and docker save it"
@@ -102,12 +107,12 @@ def cmd_gguf(args: argparse.Namespace) -> int:
 def cmd_docker(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from app.core.export.docker import DEFAULT_BASE_IMAGE
+    from app.core.export.docker import default_base_image
 
     params = {
         "model": args.model,
         "out_dir": str(Path(args.out).expanduser().absolute()),
-        "base_image": args.base_image or DEFAULT_BASE_IMAGE,
+        "base_image": args.base_image or default_base_image(),
         "build": bool(args.build),
         "image_tag": args.tag,
     }

@@ -21,9 +21,11 @@ import csv
 import hashlib
 import importlib.metadata as md
 import io
+import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -49,8 +51,14 @@ if TYPE_CHECKING:
     from app.core.workspace.workspace import Workspace
 
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
-#: A base image DemoAI can build without a registry (see :func:`make_local_base_image`).
+#: A base image DemoAI can build without a registry (see :func:`make_local_base_image`);
+#: the offline installer ships it as a ``docker save`` tarball.
 LOCAL_BASE_IMAGE = "demoai/bookworm-python:3.11"
+#: Written by installers/offline/install.sh into the app's venv (``sys.prefix``):
+#: ``{"tag": ..., "tar": ...}``, the base image the installer carried.
+INSTALLED_BASE_IMAGE_INFO = ".demoai-base-image.json"
+#: Where the offline installer puts that tarball under its prefix (for messages).
+INSTALLER_IMAGE_TAR = "/opt/demoai/current/share/docker/demoai-base-image.tar"
 #: What the server needs inside the image (dependencies are followed).
 SERVER_REQUIREMENTS = ("llama-cpp-python", "jinja2")
 #: Where the server code starts; its ``app.*`` imports are followed.
@@ -339,8 +347,10 @@ CycloneDX SBOM of the Python packages inside the image (`wheels/`).
     docker build --network=none --build-arg BASE_IMAGE=registry.example/python:{m["python"]}-slim -t {m["image"]} .
 
 The base image must provide Python {m["python"]} with `venv` (the default,
-`{m["base_image"]}`, does). Without a registry, import one you trust
-(`docker load`, or `debootstrap` + `docker import`).
+`{m["base_image"]}`, does). Without a registry, load the base image that
+DemoAI's offline installer carries (`docker load -i
+/opt/demoai/current/share/docker/demoai-base-image.tar`, then
+`--build-arg BASE_IMAGE={LOCAL_BASE_IMAGE}`), or import one you trust.
 
 ## Run
 
@@ -491,6 +501,8 @@ def build_bundle(
             p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
         )
         if build:
+            step(0.83, f"checking the base image {base_image}")
+            ensure_base_image(base_image, log=say)
             step(0.85, f"docker build {image}")
             build_image(folder, image, base_image=base_image, log=say)
             result.image = image
@@ -636,11 +648,142 @@ def make_local_base_image(
     return tag
 
 
+# --------------------------------------------------------------------------- base image
+
+
+@dataclass(frozen=True)
+class InstalledBaseImage:
+    """The base image an offline installer carried: its tag and its ``docker save`` tarball."""
+
+    tag: str
+    tar: Path
+
+
+def installed_base_image(prefix: Path | None = None) -> InstalledBaseImage | None:
+    """The base image recorded by the offline installer in this venv, when there is one."""
+    info = Path(sys.prefix if prefix is None else prefix) / INSTALLED_BASE_IMAGE_INFO
+    try:
+        data = json.loads(info.read_text(encoding="utf-8"))
+        return InstalledBaseImage(str(data["tag"]), Path(str(data["tar"])))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def default_base_image() -> str:
+    """The installer's base image when this is an offline install, else ``python:3.11-slim``."""
+    found = installed_base_image()
+    return found.tag if found is not None else DEFAULT_BASE_IMAGE
+
+
+def load_command(tar: Path | str) -> str:
+    """The exact shell command that loads a ``docker save`` tarball."""
+    return f"docker load -i {shlex.quote(str(tar))}"
+
+
+def ensure_base_image(tag: str, *, log: Callable[[str], None] | None = None) -> None:
+    """Make sure the engine has ``tag`` before an offline build, or say how to get it.
+
+    Loads the installer's tarball when ``tag`` is the image it carried; otherwise
+    tries ``docker pull`` once (fails fast without a registry) and then raises a
+    :class:`DockerError` naming the command that loads a base image.
+    """
+    if image_exists(tag):
+        return
+    found = installed_base_image()
+    if found is not None and found.tag == tag and found.tar.is_file():
+        if log is not None:
+            log(f"loading the base image {tag} from {found.tar}")
+        _docker(["load", "-i", str(found.tar)], timeout=900, log=log)
+        if image_exists(tag):
+            return
+    try:
+        _docker(["pull", tag], timeout=300)
+    except (DockerError, subprocess.TimeoutExpired):
+        pass
+    else:
+        return
+    if found is not None and found.tar.is_file():
+        hint = f"Load the one the offline installer carried: {load_command(found.tar)}"
+        if found.tag != tag:
+            hint += f" and build with --base-image {found.tag}"
+    else:
+        hint = (
+            "Without a registry, load the base image shipped with DemoAI's offline installer: "
+            f"{load_command(INSTALLER_IMAGE_TAR)} (where the installer put it), "
+            f"then build with --base-image {LOCAL_BASE_IMAGE}"
+        )
+    raise DockerError(
+        f"The base image {tag} is not in the local Docker engine and could not be pulled.",
+        hint + ".",
+    )
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def rootfs_image_tar(
+    layer: Path,
+    out: Path,
+    tag: str = LOCAL_BASE_IMAGE,
+    *,
+    cmd: Iterable[str] = ("/bin/bash",),
+    created_by: str = "debootstrap --variant=minbase",
+) -> Path:
+    """Write a ``docker load`` tarball of a one-layer image from a root file system tar.
+
+    The same layout ``docker save`` writes (``manifest.json``, a config named by
+    its SHA-256, the layer), so an image needs neither a registry nor a running
+    engine to be made: ``layer`` is ``tar -C ROOTFS -c .``.
+    """
+    diff_id = _sha256_of(layer)
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    config = {
+        "architecture": arch,
+        "os": "linux",
+        "created": created,
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": list(cmd),
+        },
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
+        "history": [{"created": created, "created_by": created_by}],
+    }
+    config_bytes = json.dumps(config, sort_keys=True).encode()
+    config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
+    repo, _, version = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "latest")
+    manifest = [{"Config": config_name, "RepoTags": [f"{repo}:{version}"],
+                 "Layers": [f"{diff_id}/layer.tar"]}]  # fmt: skip
+    repositories = {repo: {version: diff_id}}
+    tmp = out.with_name(f".{out.name}.tmp")
+
+    def add_bytes(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime, ti.mode = len(data), int(time.time()), 0o644
+        tf.addfile(ti, io.BytesIO(data))
+
+    try:
+        with tarfile.open(tmp, "w") as tf:
+            add_bytes(tf, config_name, config_bytes)
+            tf.add(layer, arcname=f"{diff_id}/layer.tar")
+            add_bytes(tf, "manifest.json", json.dumps(manifest).encode())
+            add_bytes(tf, "repositories", json.dumps(repositories).encode())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
 def export_docker_job(
     ctx: JobContext,
     model: str,
     out_dir: str,
-    base_image: str = DEFAULT_BASE_IMAGE,
+    base_image: str | None = None,
     build: bool = False,
     image_tag: str | None = None,
 ) -> dict[str, Any]:
@@ -649,7 +792,7 @@ def export_docker_job(
         ctx.workspace,
         model,
         out_dir,
-        base_image=base_image,
+        base_image=base_image or default_base_image(),
         build=build,
         image_tag=image_tag,
         progress=ctx.progress,
