@@ -41,6 +41,7 @@ from app.ui.panes.evaluate.qt_eval_tab import (
     checked_data,
     fmt_ci,
     num_item,
+    run_label,
     set_checked,
     table,
     text_item,
@@ -448,7 +449,7 @@ class ArenaTab(QWidget):
                 self.metrics_table.setItem(
                     r, 3, text_item(fmt_ci(a.get("ci_low"), a.get("ci_high")))
                 )
-                self.metrics_table.setItem(r, 4, text_item(run.name or run.id[:12], run.id))
+                self.metrics_table.setItem(r, 4, text_item(run_label(run), run.id))
         self.metrics_table.resizeColumnsToContents()
         self.metrics_table.setSortingEnabled(True)
 

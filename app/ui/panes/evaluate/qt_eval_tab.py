@@ -7,6 +7,7 @@ setup, submits, and reads what :class:`EvalStore` has stored.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from PySide6.QtCore import Qt
@@ -103,6 +104,11 @@ def text_item(text: Any, tip: str | None = None) -> QTableWidgetItem:
     item.setToolTip(tip if tip is not None else s[:2000])
     item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
     return item
+
+
+def run_label(run: Any) -> str:
+    """What a person reads for an eval run: its name, else when it was started."""
+    return run.name or time.strftime("%d %b %H:%M", time.localtime(run.created_at))
 
 
 def table(headers: list[str], name: str) -> QTableWidget:
@@ -447,9 +453,14 @@ class EvalTab(QWidget):
         if ds_id is not None:
             try:
                 ds = self.datasets.get(ds_id)
-                for v in reversed(self.datasets.versions(ds_id)):
-                    mark = " (current)" if v.hash == ds.current_version else ""
-                    self.version.addItem(f"{v.short} · {v.rows} rows{mark}", v.hash)
+                versions = self.datasets.versions(ds_id)
+                for n, v in reversed(list(enumerate(versions, 1))):
+                    mark = " · current" if v.hash == ds.current_version else ""
+                    self.version.addItem(f"v{n} · {v.rows:,} rows{mark}", v.hash)
+                    tip = f"{v.message or 'version'} ({v.short})"
+                    self.version.setItemData(
+                        self.version.count() - 1, tip, Qt.ItemDataRole.ToolTipRole
+                    )
                 if ds.current_version and (i := self.version.findData(ds.current_version)) >= 0:
                     self.version.setCurrentIndex(i)
             except DemoAIError as exc:
@@ -620,7 +631,7 @@ class EvalTab(QWidget):
         for run in self.store.list_runs():
             r = self.runs.rowCount()
             self.runs.insertRow(r)
-            label = run.name or run.id[:12]
+            label = run_label(run)
             first = text_item(label, run.id)
             first.setData(Qt.ItemDataRole.UserRole, run.id)
             self.runs.setItem(r, 0, first)
@@ -637,11 +648,15 @@ class EvalTab(QWidget):
             self.show_run(select)
 
     def _dataset_label(self, ref: str) -> str:
+        """'name v2' (the version's number as the Datasets pane shows it), never hashes."""
         ds, _, ver = ref.partition("@")
         try:
-            return f"{self.datasets.get(ds).name}@{ver[:8]}"
+            name = self.datasets.get(ds).name
+            hashes = [v.hash for v in self.datasets.versions(ds)]
         except DemoAIError:
             return ref
+        n = next((i for i, h in enumerate(hashes, 1) if ver and h.startswith(ver)), None)
+        return f"{name} v{n}" if n else name
 
     def selected_runs(self) -> list[str]:
         rows = sorted({i.row() for i in self.runs.selectedIndexes()})
@@ -796,7 +811,7 @@ class EvalTab(QWidget):
         self.compare.resizeColumnsToContents()
         self.compare.setSortingEnabled(True)
         ra_, rb_ = self.store.get_run(a), self.store.get_run(b)
-        na, nb = ra_.name or a[:12], rb_.name or b[:12]
+        na, nb = run_label(ra_), run_label(rb_)
         self.compare_info.setText(f"Run A: {na} · Run B: {nb}")
         self.chart.set_data(labels, {f"A: {na}": va, f"B: {nb}": vb})
         self.results.setCurrentIndex(2)

@@ -251,12 +251,9 @@ class ExportPane(QWidget):
         self.open_btn = QPushButton("Open folder")
         self.open_btn.setToolTip("Open the selected export's folder (or the exports folder)")
         self.open_btn.clicked.connect(self.open_folder)
-        refresh_btn = QPushButton("Refresh")
-        refresh_btn.clicked.connect(self.refresh_history)
         hist_bar = QHBoxLayout()
         hist_bar.addWidget(QLabel("<b>Export history</b>"))
         hist_bar.addStretch(1)
-        hist_bar.addWidget(refresh_btn)
         hist_bar.addWidget(self.open_btn)
         self.details = QTextBrowser()
         self.details.setObjectName("exportDetails")
@@ -280,6 +277,8 @@ class ExportPane(QWidget):
         services.hub.jobs_changed.connect(self._jobs_changed)
         services.hub.job_events.connect(self._job_events)
         services.bus.models_changed.connect(self.refresh_models)
+        # Exports made anywhere (the CLI, another window) show without a Refresh button.
+        services.bus.changed.connect(lambda topics: "exports" in topics and self.refresh_history())
 
         self._target_changed()
         self.refresh_history()
@@ -525,8 +524,6 @@ class ExportPane(QWidget):
             self.progress.setValue(1000)
             self.status.setStyleSheet(f"color: {GREEN.name()}")
             self.status.setText(f"{job.title}: done. {self._result_text(job)}")
-            if job.kind == "export.gguf":
-                self.services.bus.models_changed.emit()
         elif job.state == JobState.FAILED:
             self.status.setStyleSheet(f"color: {RED.name()}")
             self.status.setText(f"{job.title} failed: {job.error or 'see the job log'}")
@@ -535,8 +532,6 @@ class ExportPane(QWidget):
                 "Export failed",
                 DemoAIError(job.error or "The export failed.", job.hint),
             )
-            if job.kind == "export.gguf":  # a failed type may sit beside passed ones
-                self.services.bus.models_changed.emit()
         else:
             self.progress.setValue(0)
             self.status.setStyleSheet("")
