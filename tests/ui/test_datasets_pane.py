@@ -298,3 +298,18 @@ def test_the_fast_cell_delegate_paints_what_qt_would(qtbot, main_window, workspa
     assert option(2).font.italic() and not option(2).font.styleStrategy() & no_shaping
     assert model.setData(model.index(0, 0), "edited")
     assert option(0).font.italic() and option(0).font.styleStrategy() & no_shaping
+
+
+def test_a_version_says_what_made_it_in_words_not_json() -> None:
+    from app.ui.panes.datasets.qt_versions_panel import describe_operation
+
+    assert describe_operation({"name": "create", "params": {}}) == "Created"
+    assert (
+        describe_operation({"name": "dedupe", "params": {"columns": ["question"], "keep": "first"}})
+        == "Drop exact duplicates (columns: question; keep: first)"
+    )
+    mapped = describe_operation(
+        {"name": "map_template", "params": {"user_template": "{question}", "system": None}}
+    )
+    assert mapped == "Map to a training format (user template: {question})"
+    assert "{" not in describe_operation({"name": "edit", "params": {"cells": 1}})

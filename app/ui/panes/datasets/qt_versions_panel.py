@@ -26,6 +26,36 @@ from app.core.format import relative_time
 from app.ui.services import Services
 from app.ui.widgets.status_line import StatusLine
 
+_MADE_BY = {"create": "created", "import": "imported", "edit": "edited in the table"}
+
+
+def describe_operation(operation: dict[str, Any]) -> str:
+    """An operation as a person reads it: 'Drop exact duplicates (columns: question)',
+    never its JSON."""
+    name = str(operation.get("name", ""))
+    title = _MADE_BY.get(name)
+    if title is None:
+        from app.core.data.ops import get_op
+        from app.core.errors import ConfigError
+
+        try:
+            title = get_op(name).title
+        except ConfigError:
+            title = name or "unknown"
+    params = operation.get("params") or {}
+    parts = []
+    for key, value in params.items() if isinstance(params, dict) else ():
+        if value in (None, "", [], {}) or key.startswith("_"):
+            continue
+        if isinstance(value, list) and all(isinstance(x, str | int | float) for x in value):
+            value = ", ".join(str(x) for x in value)
+        elif isinstance(value, list | dict):
+            value = json.dumps(value, ensure_ascii=False)
+        text = str(value)
+        parts.append(f"{key.replace('_', ' ')}: {text if len(text) <= 60 else text[:59] + '…'}")
+    shown = "; ".join(parts[:6]) + ("; …" if len(parts) > 6 else "")
+    return f"{title[:1].upper()}{title[1:]}" + (f" ({shown})" if shown else "")
+
 
 class VersionsPanel(QWidget):
     """``compare_requested(old, new)``: show the diff; revert runs as an action."""
@@ -122,7 +152,7 @@ class VersionsPanel(QWidget):
             parent = self.labels.get(v.parent_hash or "", "-")
             self.details.setHtml(
                 f"<b>{self.labels[v.hash]}</b> — {html.escape(v.message)}<br>"
-                f"Operation: <code>{html.escape(json.dumps(v.operation))[:800]}</code><br>"
+                f"Made by: {html.escape(describe_operation(v.operation))}<br>"
                 f"Parent: {html.escape(parent)}<br>Rows: {v.rows:,}<br>"
                 f"Columns: {html.escape(cols)}<br><small>{v.short}</small>"
             )
