@@ -580,6 +580,10 @@ class ExportPane(QWidget):
                 return True
         return False
 
+    def _workspace_changed(self, topics: frozenset[str]) -> None:
+        if "exports" in topics:
+            self.refresh_history()
+
     def refresh_history(self) -> None:
         keep = self.selected_export()
         recs = self.store.list()
