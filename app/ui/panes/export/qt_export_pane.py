@@ -278,7 +278,7 @@ class ExportPane(QWidget):
         services.hub.job_events.connect(self._job_events)
         services.bus.models_changed.connect(self.refresh_models)
         # Exports made anywhere (the CLI, another window) show without a Refresh button.
-        services.bus.changed.connect(lambda topics: "exports" in topics and self.refresh_history())
+        services.bus.changed.connect(self._workspace_changed)
 
         self._target_changed()
         self.refresh_history()
