@@ -136,11 +136,10 @@ if [ "$with_debs" = 1 ]; then
     rm -rf "$dcache.tmp" && mkdir -p "$dcache.tmp"
     mapfile -t all < <(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
       --no-breaks --no-replaces --no-enhances "${qt_debs[@]}" | grep -v '^[ <]' | sort -u)
-    keep=()
-    for p in "${all[@]}"; do
-      prio=$(apt-cache show --no-all-versions "$p" 2>/dev/null | sed -n 's/^Priority: //p' | head -1)
-      case "$prio" in required|important) ;; *) keep+=("$p") ;; esac
-    done
+    mapfile -t keep < <(apt-cache show --no-all-versions "${all[@]}" 2>/dev/null | awk '
+      /^Package: /{p=$2; pr=""} /^Priority: /{pr=$2}
+      /^$/{if (p != "" && pr != "required" && pr != "important") print p; p=""}
+      END{if (p != "" && pr != "required" && pr != "important") print p}' | sort -u)
     (cd "$dcache.tmp" && apt-get download -qq "${keep[@]}" >/dev/null)
     touch "$dcache.tmp/.complete"
     rm -rf "$dcache" && mv "$dcache.tmp" "$dcache"

@@ -140,10 +140,10 @@ pipw=$(ls "$src"/wheels/pip-*.whl | head -1)
 for v in $(env | sed -n 's/^\(PIP_[A-Za-z_]*\)=.*/\1/p'); do unset "$v"; done
 export PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
   PIP_INDEX_URL=http://127.0.0.1:9/offline-install-must-not-use-an-index PIP_RETRIES=0 PIP_TIMEOUT=2
-"$vdir/venv/bin/python" "$pipw/pip" install -q --no-index --find-links "$src/wheels" \
-  --no-warn-script-location "demoai==$version" pip >"$vdir/pip.log" 2>&1 \
-  || { tail -30 "$vdir/pip.log" >&2; die "pip could not install from wheels/ (log above)"; }
-rm -f "$vdir/pip.log"
+# The log stays (pip-install.log): it shows where every package came from.
+"$vdir/venv/bin/python" "$pipw/pip" install --no-index --find-links "$src/wheels" \
+  --no-warn-script-location "demoai==$version" pip >"$vdir/pip-install.log" 2>&1 \
+  || { tail -30 "$vdir/pip-install.log" >&2; die "pip could not install from wheels/ (log above)"; }
 mkdir -p "$vdir/share"
 cp -a "$src/share/llama.cpp" "$vdir/share/llama.cpp"
 cp "$src/share/demoai.svg" "$src/share/demoai.desktop" "$vdir/share/"
