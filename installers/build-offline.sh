@@ -118,8 +118,8 @@ for w in "$wcache"/*.whl; do ln "$w" "$root/wheels/" 2>/dev/null || cp "$w" "$ro
 [ -f "$root/wheels/$(basename "$llama_whl")" ] || cp "$llama_whl" "$root/wheels/"
 
 # --- Debian packages Qt, the sandbox and Python need, with their dependencies -------------
-# The same list as installers/setup.sh, plus Python and libgomp; packages of priority
-# required/important are in every Debian install and are left out.
+# The same list as installers/setup.sh, plus Python and libgomp, with what apt would add on a
+# fresh system (installers/offline/debs.py: first alternatives; no required/important ones).
 qt_debs=(bubblewrap libegl1 libgl1 libopengl0 libglx0 libfontconfig1 libfreetype6 libxkbcommon0
   libxkbcommon-x11-0 libdbus-1-3 libglib2.0-0 libx11-6 libx11-xcb1 libxcb1 libxcb-cursor0
   libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-randr0 libxcb-render0
@@ -128,18 +128,13 @@ qt_debs=(bubblewrap libegl1 libgl1 libopengl0 libglx0 libfontconfig1 libfreetype
 printf '%s\n' "${qt_debs[@]}" >"$root/debs/REQUIRED"
 if [ "$with_debs" = 1 ]; then
   . /etc/os-release
-  dkey=$(printf '%s|%s|%s' "${qt_debs[*]}" "$VERSION_ID" "$(dpkg --print-architecture)" | sha256sum | cut -c1-16)
+  dkey=$( { printf '%s|%s|%s' "${qt_debs[*]}" "$VERSION_ID" "$(dpkg --print-architecture)"; cat installers/offline/debs.py; } | sha256sum | cut -c1-16)
   dcache="$cache/debs-$dkey"
   if [ ! -f "$dcache/.complete" ]; then
     log "apt-get download: ${#qt_debs[@]} packages and their dependencies"
     [ "$(id -u)" = 0 ] && apt-get update -qq >/dev/null
     rm -rf "$dcache.tmp" && mkdir -p "$dcache.tmp"
-    mapfile -t all < <(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
-      --no-breaks --no-replaces --no-enhances "${qt_debs[@]}" | grep -v '^[ <]' | sort -u)
-    mapfile -t keep < <(apt-cache show --no-all-versions "${all[@]}" 2>/dev/null | awk '
-      /^Package: /{p=$2; pr=""} /^Priority: /{pr=$2}
-      /^$/{if (p != "" && pr != "required" && pr != "important") print p; p=""}
-      END{if (p != "" && pr != "required" && pr != "important") print p}' | sort -u)
+    mapfile -t keep < <(python3 installers/offline/debs.py "${qt_debs[@]}")
     (cd "$dcache.tmp" && apt-get download -qq "${keep[@]}" >/dev/null)
     touch "$dcache.tmp/.complete"
     rm -rf "$dcache" && mv "$dcache.tmp" "$dcache"

@@ -85,15 +85,20 @@ install_debs() {
   done
   if [ ${#files[@]} -gt 0 ]; then
     say "installing ${#files[@]} Debian packages from debs/"
-    DEBIAN_FRONTEND=noninteractive dpkg -i "${files[@]}" >"$prefix.dpkg.log" 2>&1 \
-      || { tail -20 "$prefix.dpkg.log" >&2; die "dpkg could not install the packages (log: $prefix.dpkg.log)"; }
-    rm -f "$prefix.dpkg.log"
+    if DEBIAN_FRONTEND=noninteractive dpkg -i "${files[@]}" >"$prefix.dpkg.log" 2>&1; then
+      rm -f "$prefix.dpkg.log"
+    else
+      # A package that needs a newer base-system package than this machine has stays
+      # unconfigured; what DemoAI needs is checked just below.
+      say "dpkg reported problems (log: $prefix.dpkg.log):"
+      grep -A2 '^dpkg: dependency problems' "$prefix.dpkg.log" | head -12 >&2 || true
+    fi
   fi
   while read -r p; do
     [ -n "$p" ] || continue
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
   done <"$src/debs/REQUIRED"
-  [ ${#missing[@]} -eq 0 ] || say "still missing Debian packages: ${missing[*]}"
+  [ ${#missing[@]} -eq 0 ] || die "Debian packages DemoAI needs could not be installed: ${missing[*]} (log: $prefix.dpkg.log); the installer must be built on the same Debian release as this machine, or install them from the site's mirror"
 }
 if command -v dpkg-query >/dev/null; then
   if [ "$mode" = debs ]; then

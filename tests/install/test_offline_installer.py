@@ -7,8 +7,10 @@ connection attempt fails) into a fresh prefix and a fresh HOME. Then, each in
 its own namespace with only loopback up: ``demoai info``, the window opens
 offscreen, the Gemma fixture is imported and answers one chat through the
 model host, a tiny LoRA run, a GGUF export with the converter the installer
-carries, ``export docker --build`` on the included base image (where a Docker
-engine answers), and ``--uninstall`` leaves nothing but the workspace.
+carries, ``--upgrade`` keeping the workspace, ``export docker --build`` on the
+included base image (where a Docker engine answers), the same installer as root
+on a fresh Debian container with no network (the Debian packages from debs/,
+then the window), and ``--uninstall`` leaves nothing but the workspace.
 
 Needs root (``unshare -n``, debootstrap for the base image): elsewhere it skips,
 and with ``CI=true`` it fails. The figures it measures are printed and written
@@ -241,6 +243,18 @@ def test_offline_installer_end_to_end(
         bundle = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
         assert bundle["base_image"] == "demoai/bookworm-python:3.11"
         subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, check=False)
+        # A fresh Debian (the installer's own minbase image) with no network: as root, install.sh
+        # adds the Qt and sandbox packages from debs/, then the window opens there too.
+        fresh = subprocess.run(
+            ["docker", "run", "--rm", "--network", "none", "-v", f"{src}:/inst:ro",
+             "-v", f"{tmp_path / 'window.py'}:/win.py:ro", base_tag, "bash", "-c",
+             "cd /tmp && /inst/install.sh && demoai info && bwrap --version && "
+             "QT_QPA_PLATFORM=offscreen /opt/demoai/current/venv/bin/python /win.py 0"],
+            capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+        _ok(fresh, "install.sh as root on a fresh Debian without network")
+        assert "installing" in fresh.stderr and "Debian packages from debs/" in fresh.stderr
+        assert "bubblewrap" in fresh.stdout and '"titles": ["DemoAI' in fresh.stdout
 
     # --- uninstall: nothing left but the workspace (and the user's own settings) -------------------
     _ok(_netns(" ".join(["bash", str(prefix / "install.sh"), "--uninstall", *dirs]), env,
