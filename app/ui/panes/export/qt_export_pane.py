@@ -39,7 +39,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.errors import DemoAIError, NotFoundError
-from app.core.export.docker import DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE, docker_available
+from app.core.export.docker import LOCAL_BASE_IMAGE, default_base_image, docker_available
 from app.core.export.gguf import QUANT_TYPES
 from app.core.export.records import ExportRecord, ExportStore
 from app.core.export.verify import THRESHOLDS
@@ -161,7 +161,7 @@ class ExportPane(QWidget):
         docker_page = QWidget()
         dform = QFormLayout(docker_page)
         dform.setContentsMargins(0, 0, 0, 0)
-        self.base_image = QLineEdit(DEFAULT_BASE_IMAGE)
+        self.base_image = QLineEdit(default_base_image())
         self.base_image.setToolTip(
             "Needs the same Python minor version and CPU architecture as this machine. "
             f"Without a registry, use a local image such as {LOCAL_BASE_IMAGE}."
@@ -423,7 +423,7 @@ class ExportPane(QWidget):
             params = {
                 "model": rec.id,
                 "out_dir": str(folder.absolute()),
-                "base_image": self.base_image.text().strip() or DEFAULT_BASE_IMAGE,
+                "base_image": self.base_image.text().strip() or default_base_image(),
                 "build": self.build_image.isEnabled() and self.build_image.isChecked(),
             }
             title = f"Docker bundle of {rec.name}"
