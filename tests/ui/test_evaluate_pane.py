@@ -322,3 +322,21 @@ def test_result_tables_keep_their_fill_order_until_a_header_is_clicked(qtbot) ->
     assert fill(worst_first) == ["0.1", "0.2", "0.3"]
     t.sortByColumn(0, Qt.SortOrder.AscendingOrder)  # the user clicks "Model"
     assert fill(worst_first) == ["0.1", "0.3", "0.2"]  # their choice now holds across fills
+
+
+def test_datasets_made_elsewhere_appear_and_the_setup_is_kept(qtbot, main_window, pane, tmp_path):
+    """A dataset imported by the CLI shows in the open tab; what the user chose stays."""
+    from tests.support.cli import demoai
+
+    ws = main_window.services.workspace
+    ds = _dataset(ws, "qa")
+    tab = pane.eval_tab
+    tab.refresh_datasets()
+    tab.select_dataset(ds)
+    tab.ref_col.setCurrentText("(none)")  # the user's choice, not the proposal
+    csv = tmp_path / "more.csv"
+    csv.write_text("prompt,completion\nhi,hello\n")
+    assert demoai(ws.root, "data", "import", str(csv), "--name", "more").returncode == 0
+    qtbot.waitUntil(lambda: tab.dataset.count() == 2, timeout=5000)
+    assert tab.dataset.currentData() == ds
+    assert tab.input_col.currentText() == "question" and tab.ref_col.currentText() == "(none)"

@@ -412,6 +412,7 @@ class EvalTab(QWidget):
         services.hub.jobs_changed.connect(self._jobs_changed)
         services.hub.job_events.connect(self._job_events)
         services.bus.models_changed.connect(self.refresh_models)
+        services.bus.changed.connect(self._workspace_changed)
 
         self.refresh_models()
         self.refresh_datasets()
@@ -433,6 +434,36 @@ class EvalTab(QWidget):
         if judge is not None and (i := self.judge.findData(judge)) >= 0:
             self.judge.setCurrentIndex(i)
         self.models_hint.setVisible(self.models.count() == 0)
+
+    def _workspace_changed(self, topics: frozenset[str]) -> None:
+        """Datasets or versions made elsewhere appear; the choices made here are kept."""
+        if not topics & {"datasets", "versions"}:
+            return
+        try:
+            have = [(d.id, d.name) for d in self.datasets.list_datasets()]
+        except DemoAIError:
+            return
+        shown = [
+            (self.dataset.itemData(i), self.dataset.itemText(i))
+            for i in range(self.dataset.count())
+        ]
+        ds_id = self.dataset.currentData()
+        versions_shown = [self.version.itemData(i) for i in range(self.version.count())]
+        try:
+            versions = [v.hash for v in reversed(self.datasets.versions(ds_id))] if ds_id else []
+        except DemoAIError:
+            versions = []
+        if have != shown or versions != versions_shown:
+            ver = self.version.currentData()
+            inp, ref = self.input_col.currentText(), self.ref_col.currentText()
+            self.refresh_datasets()
+            if self.dataset.currentData() == ds_id:
+                if ver is not None and (i := self.version.findData(ver)) >= 0:
+                    self.version.setCurrentIndex(i)
+                if self.input_col.findText(inp) >= 0:
+                    self.input_col.setCurrentText(inp)
+                if self.ref_col.findText(ref) >= 0:
+                    self.ref_col.setCurrentText(ref)
 
     def refresh_datasets(self) -> None:
         current = self.dataset.currentData()
