@@ -194,6 +194,7 @@ EOF
 log "writing sbom.cdx.json and SHA256SUMS"
 "$vpy" installers/offline/manifest.py "$root"
 
+chmod -R u+rwX,go+rX,go-w "$root"   # Python's atomic writes leave 0600: any user may install
 log "packing $name.tar.gz"
 tmp_out="$out/.$name.tar.gz.tmp"
 if command -v pigz >/dev/null; then z=(pigz -1); else z=(gzip -1); fi

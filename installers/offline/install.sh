@@ -19,7 +19,7 @@ say() { printf '[demoai-install] %s\n' "$*" >&2; }
 die() { printf '[demoai-install] error: %s\n' "$*" >&2; exit 1; }
 t0=$(date +%s)
 
-mode=install prefix="" bin_dir="" data_dir="" with_debs=1 with_docker=1 py=""
+mode=install made_cache="" prefix="" bin_dir="" data_dir="" with_debs=1 with_docker=1 py=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --upgrade) mode=upgrade; shift ;;
@@ -50,6 +50,7 @@ if [ "$mode" = uninstall ]; then
   while IFS=' ' read -r kind what; do
     case "$kind" in
       file) rm -f -- "$what" && say "removed $what" ;;
+      made-cache) made_cache=$what ;;
       docker-image)
         if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
           docker image rm "$what" >/dev/null 2>&1 && say "removed the Docker image $what" \
@@ -57,8 +58,14 @@ if [ "$mode" = uninstall ]; then
         fi ;;
     esac
   done <"$record"
-  command -v update-desktop-database >/dev/null && [ -d "$data_dir/applications" ] \
-    && { update-desktop-database -q "$data_dir/applications" 2>/dev/null || true; }
+  # The menu's MIME cache: gone when this install made it and no other entry is left,
+  # otherwise rebuilt without DemoAI.
+  apps=$(dirname "${made_cache:-$data_dir/applications/x}")
+  if [ -n "${made_cache:-}" ] && ! ls "$apps"/*.desktop >/dev/null 2>&1; then
+    rm -f -- "$made_cache"
+  elif command -v update-desktop-database >/dev/null && [ -d "$apps" ]; then
+    update-desktop-database -q "$apps" 2>/dev/null || true
+  fi
   rm -rf -- "$prefix"
   say "DemoAI is uninstalled. Workspaces and settings were kept (default: ~/.local/share/DemoAI)."
   exit 0
@@ -183,7 +190,12 @@ sed "s|@DEMOAI@|$bin_dir/demoai|g" "$src/share/demoai.desktop" >"$data_dir/appli
 echo "file $data_dir/applications/demoai.desktop" >>"$record.new"
 cp "$src/share/demoai.svg" "$data_dir/icons/hicolor/scalable/apps/demoai.svg"
 echo "file $data_dir/icons/hicolor/scalable/apps/demoai.svg" >>"$record.new"
-command -v update-desktop-database >/dev/null && update-desktop-database -q "$data_dir/applications" 2>/dev/null || true
+if command -v update-desktop-database >/dev/null; then
+  mime="$data_dir/applications/mimeinfo.cache"
+  if grep -q '^made-cache ' "$record" 2>/dev/null; then grep '^made-cache ' "$record" >>"$record.new"
+  elif [ ! -e "$mime" ]; then echo "made-cache $mime" >>"$record.new"; fi
+  update-desktop-database -q "$data_dir/applications" 2>/dev/null || true
+fi
 command -v gtk-update-icon-cache >/dev/null && gtk-update-icon-cache -q "$data_dir/icons/hicolor" 2>/dev/null || true
 
 # --- Docker base image for bundles ---------------------------------------------------------------

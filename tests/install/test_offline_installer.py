@@ -37,6 +37,10 @@ ROOT = Path(__file__).resolve().parents[2]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 HAS_NETNS = shutil.which("unshare") is not None and shutil.which("ip") is not None
 
+#: What may stay in a HOME after --uninstall: the workspace, the user's settings, and
+#: fontconfig's per-user font cache (written by the system's font library, not by DemoAI).
+KEPT = (".local/share/DemoAI/", ".config/DemoAI/", ".cache/fontconfig/")
+
 WINDOW = """
 import json, sys, time
 from PySide6.QtWidgets import QApplication
@@ -245,16 +249,30 @@ def test_offline_installer_end_to_end(
         subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, check=False)
         # A fresh Debian (the installer's own minbase image) with no network: as root, install.sh
         # adds the Qt and sandbox packages from debs/, then the window opens there too.
+        # Then a user without root installs into their home, opens it and uninstalls it.
+        user = (
+            "cd /tmp && /inst/install.sh && ~/.local/bin/demoai info && "
+            "QT_QPA_PLATFORM=offscreen ~/.local/share/demoai/app/current/venv/bin/python /win.py 0 && "
+            "~/.local/share/demoai/app/install.sh --uninstall && echo FILES: && cd ~ && find . -type f"
+        )
         fresh = subprocess.run(
             ["docker", "run", "--rm", "--network", "none", "-v", f"{src}:/inst:ro",
              "-v", f"{tmp_path / 'window.py'}:/win.py:ro", base_tag, "bash", "-c",
-             "cd /tmp && /inst/install.sh && demoai info && bwrap --version && "
-             "QT_QPA_PLATFORM=offscreen /opt/demoai/current/venv/bin/python /win.py 0"],
-            capture_output=True, text=True, timeout=900, check=False,
+             "set -e; cd /tmp && /inst/install.sh && demoai info && bwrap --version && "
+             "QT_QPA_PLATFORM=offscreen /opt/demoai/current/venv/bin/python /win.py 0 && "
+             f"useradd -m analyst && su analyst -c '{user}'"],
+            capture_output=True, text=True, timeout=1200, check=False,
         )  # fmt: skip
-        _ok(fresh, "install.sh as root on a fresh Debian without network")
-        assert "installing" in fresh.stderr and "Debian packages from debs/" in fresh.stderr
-        assert "bubblewrap" in fresh.stdout and '"titles": ["DemoAI' in fresh.stdout
+        _ok(fresh, "install.sh on a fresh Debian without network (root, then a user)")
+        assert "Debian packages from debs/" in fresh.stderr
+        assert "bubblewrap" in fresh.stdout
+        assert fresh.stdout.count('"titles": ["DemoAI') == 2, fresh.stdout
+        assert "with: /home/analyst/.local/bin/demoai" in fresh.stderr
+        user_left = [
+            f[2:] for f in fresh.stdout.split("FILES:", 1)[1].split() if f.startswith("./")
+        ]
+        assert [f for f in user_left if not f.startswith((*KEPT, ".bash", ".profile"))] == []
+        assert any(f.startswith(".local/share/DemoAI/workspace/") for f in user_left)
 
     # --- uninstall: nothing left but the workspace (and the user's own settings) -------------------
     _ok(_netns(" ".join(["bash", str(prefix / "install.sh"), "--uninstall", *dirs]), env,
@@ -263,8 +281,7 @@ def test_offline_installer_end_to_end(
     if problem is None:  # the base image goes only when this installer loaded it
         assert _has_image(base_tag) == had_base
     left = sorted(p.relative_to(home).as_posix() for p in home.rglob("*") if not p.is_dir())
-    allowed = (".local/share/DemoAI/", ".config/DemoAI")
-    assert [p for p in left if not p.startswith(allowed)] == [], left
+    assert [p for p in left if not p.startswith(KEPT)] == [], left
     assert any(p.startswith(".local/share/DemoAI/workspace/") for p in left)
 
     print("offline installer figures:", json.dumps(figures))
