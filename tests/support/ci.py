@@ -35,3 +35,17 @@ def needs(available: bool, reason: str) -> Callable[[F], F]:
         return lambda test: test
     mark: Callable[[F], F] = getattr(pytest.mark, MARK)(reason)
     return mark
+
+
+def _has_converter() -> bool:
+    from app.core.export.gguf import llama_cpp_source
+
+    try:
+        llama_cpp_source()
+    except Exception:
+        return False
+    return True
+
+
+#: For tests that convert to GGUF with llama.cpp's converter (shipped by installers/setup.sh).
+needs_converter = needs(_has_converter(), "llama.cpp converter missing: run installers/setup.sh")

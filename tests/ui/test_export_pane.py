@@ -8,20 +8,8 @@ from typing import Any
 
 import pytest
 
-from app.core.export.gguf import llama_cpp_source
 from app.core.jobs.store import FINAL_STATES, JobState
-from tests.support.ci import needs
-
-
-def _has_converter() -> bool:
-    try:
-        llama_cpp_source()
-    except Exception:
-        return False
-    return True
-
-
-needs_converter = needs(_has_converter(), "llama.cpp converter missing: run installers/setup.sh")
+from tests.support.ci import needs_converter
 
 
 def _pane(qtbot: Any, main_window: Any) -> Any:

@@ -23,18 +23,8 @@ import pytest
 
 from app.core.jobs.store import FINAL_STATES, JobState
 from app.core.models.registry import ModelRegistry
-from tests.support.ci import needs
+from tests.support.ci import needs_converter
 from tests.support.training import one_train_thread  # noqa: F401  (autouse fixture)
-
-
-def _has_converter() -> bool:
-    from app.core.export.gguf import llama_cpp_source
-
-    try:
-        llama_cpp_source()
-    except Exception:
-        return False
-    return True
 
 
 class Shots:
@@ -60,7 +50,7 @@ def shots(main_window: Any, tmp_path: Path) -> Shots:
     return Shots(main_window, (Path(base) if base else tmp_path) / "journey")
 
 
-@needs(_has_converter(), "llama.cpp converter missing: run installers/setup.sh")
+@needs_converter
 def test_core_loop_in_one_window_session(
     qtbot: Any, main_window: Any, tiny_llama_dir: Path, shots: Shots, ui_watchdog: Any
 ) -> None:
