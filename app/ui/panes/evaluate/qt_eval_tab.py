@@ -176,11 +176,15 @@ class BarChart(QWidget):
             self.plot.getAxis(axis).setTextPen(self.palette().color(self.foregroundRole()))
         self.legend = self.plot.addLegend(offset=(10, 10))
         self.items: list[Any] = []
+        self._shown: tuple[list[str], dict[str, list[float | None]]] | None = None
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.plot)
 
     def set_data(self, labels: list[str], series: dict[str, list[float | None]]) -> None:
+        if (labels, series) == self._shown:
+            return  # redrawn on every job tick otherwise (pyqtgraph: ~100 ms on a busy machine)
+        self._shown = (list(labels), {k: list(v) for k, v in series.items()})
         pg = self._pg
         self.plot.clear()
         self.legend.clear()
@@ -585,8 +589,7 @@ class EvalTab(QWidget):
             "Progress also shows in the Jobs pane."
         )
         self._set_running(True)
-        self.refresh_runs(select=job.id)
-        self.services.hub.tick()
+        self.refresh_runs(select=job.id)  # the hub's next tick (250 ms) starts and follows it
         return job
 
     def cancel_run(self) -> None:
