@@ -97,7 +97,9 @@ def test_search_pick_a_quant_download_and_see_it_in_the_table(
     rec = pane.model.model_at(0)
     assert rec.name == "tiny-Q8_0" and rec.source_ref == f"acme/tiny-GGUF@{repo.sha}"
     assert ModelRegistry(ws).list()[0].id == rec.id
-    assert pane.selected_model() is not None and pane.selected_model().id == rec.id
+    # the list may show it (change broadcast) a moment before the finished job selects it
+    qtbot.waitUntil(lambda: pane.selected_model() is not None, timeout=5000)
+    assert pane.selected_model().id == rec.id
 
 
 def test_failed_download_is_reported(qtbot, main_window, fake_hub, tmp_path, monkeypatch) -> None:
