@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "app.cli.eval",
     "app.cli.export",
     "app.cli.agent",
+    "app.cli.backup",
 )
 
 

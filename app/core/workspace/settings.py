@@ -34,6 +34,13 @@ class Settings:
     max_cpu_jobs: int = field(
         default=2, metadata={"help": "How many CPU jobs may run at the same time."}
     )
+    backup_reminder_days: int = field(
+        default=7,
+        metadata={
+            "help": "Remind in the window when the last backup is older than this many days; "
+            "0 switches the reminder off."
+        },
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -46,6 +53,8 @@ class Settings:
             raise ConfigError("gpu must be 'auto', 'cpu' or 'cuda:N'.")
         if self.max_cpu_jobs < 1:
             raise ConfigError("max_cpu_jobs must be at least 1.")
+        if self.backup_reminder_days < 0:
+            raise ConfigError("backup_reminder_days must be 0 (off) or a number of days.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
