@@ -1,4 +1,4 @@
-"""``demoai models list|show|import|discover|search|pull|rm``."""
+"""``demoai models list|show|import|discover|search|pull|inspect|rm``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,25 @@ def register(sub: Any) -> None:
     pull.add_argument("--name")
     add_job_options(pull)
     pull.set_defaults(func=cmd_pull)
+
+    insp = msub.add_parser(
+        "inspect",
+        help="architecture from the headers; weight statistics, LoRA updates, comparison (a job)",
+    )
+    insp.add_argument("model", help="id, unique id prefix, name, or a path to a file or folder")
+    insp.add_argument(
+        "--stats",
+        action="store_true",
+        help="weight statistics per tensor, outliers flagged (and LoRA update norms for adapters)",
+    )
+    insp.add_argument(
+        "--compare",
+        metavar="OTHER",
+        help="per-tensor relative change and cosine against OTHER (a GGUF export: its "
+        "quantization error)",
+    )
+    insp.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    insp.set_defaults(func=cmd_inspect)
 
     rm = msub.add_parser("rm", help="remove a model (deletes only files the workspace owns)")
     rm.add_argument("model")
@@ -265,3 +284,86 @@ def cmd_rm(args: argparse.Namespace) -> int:
             f"Models derived from it (lineage now shows it as removed): {', '.join(res.dependants)}"
         )
     return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from app.cli.common import wait_job
+    from app.core.inspect.job import REPORT_NAME, inspect_model, load_report, resolve
+    from app.core.jobs.store import JobService
+    from app.workers.supervisor import Supervisor
+
+    ws = open_workspace(args)
+    if not (args.stats or args.compare):
+        report = inspect_model(ws, args.model)  # headers only: no job needed
+    else:
+        target = resolve(ws, args.model)  # a clear error before a job is queued
+        if args.compare:
+            resolve(ws, args.compare)
+        params = {"model": args.model, "stats": bool(args.stats), "compare": args.compare}
+        job = JobService(ws).submit("models.inspect", params, title=f"Inspect {target.label}")
+        rc = wait_job(Supervisor(ws), job.id)
+        if rc:
+            return rc
+        report = load_report(JobService(ws).get(job.id).run_dir / REPORT_NAME)
+    if args.json:
+        print_json(report)
+        return 0
+    _print_report(report)
+    return 0
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    arch = report["architecture"]
+    print(
+        f"{report['model']['name']}  ({arch['kind']}, {arch['tensor_count']} tensors, "
+        f"{_human_params(arch['params'])} parameters, {_human_size(arch['nbytes'])})"
+    )
+    for dtype, d in sorted(arch["dtypes"].items()):
+        print(
+            f"  {dtype:8} {d['tensors']:5} tensors {_human_params(d['params']):>8} "
+            f"{_human_size(d['nbytes']):>10}"
+        )
+    print("Layers:")
+    for row in arch["layers"]:
+        label = "(other)" if row["layer"] is None else str(row["layer"])
+        print(
+            f"  {label:8} {row['tensors']:4} tensors {_human_params(row['params']):>8} "
+            f"{_human_size(row['nbytes']):>10}"
+        )
+    if "stats" in report:
+        st = report["stats"]
+        print(f"Weight statistics{' (cached)' if st.get('cached') else ''}:")
+        print(
+            f"  {'TENSOR':52} {'MEAN':>10} {'STD':>10} {'MIN':>10} {'MAX':>10} {'L2':>10} {'~0':>7}"
+        )
+        for t in st["tensors"]:
+            flag = "  outlier" if t["outlier"] else ""
+            print(
+                f"  {t['name'][:52]:52} {t['mean']:10.3g} {t['std']:10.3g} {t['min']:10.3g} "
+                f"{t['max']:10.3g} {t['l2']:10.4g} {t['near_zero']:7.2%}{flag}"
+            )
+        for s in st["skipped"]:
+            print(f"  skipped {s['name']}: {s['reason']}")
+    if "lora" in report:
+        print("LoRA updates (‖B·A‖·scale):")
+        for m in report["lora"]["modules"]:
+            print(
+                f"  {m['module'][:52]:52} r={m['rank']:<3} scale={m['scale']:<6.3g} "
+                f"norm={m['norm']:.4g} effective rank={m['effective_rank']:.2f}"
+            )
+    if "compare" in report:
+        cmp = report["compare"]
+        what = "Quantization error" if cmp["mode"] == "quantization" else "Change"
+        print(f"{what} against {cmp['other_model']['name']} (largest first):")
+        print(f"  {'TENSOR':52} {'REL CHANGE':>11} {'COSINE':>10} {'MAX |Δ|':>10}")
+        for t in sorted(cmp["tensors"], key=lambda r: -r["rel_change"]):
+            print(
+                f"  {t['name'][:52]:52} {t['rel_change']:11.4g} {t['cosine']:10.6f} "
+                f"{t['max_abs']:10.3g}"
+            )
+        for key in ("only_in_reference", "only_in_other"):
+            if cmp[key]:
+                print(
+                    f"  {key.replace('_', ' ')}: {', '.join(cmp[key][:10])}"
+                    f"{' …' if len(cmp[key]) > 10 else ''}"
+                )

@@ -119,3 +119,14 @@ register_kind(
         description="Write a portable, checksummed package of a model for another workstation.",
     )
 )
+
+register_kind(
+    JobKind(
+        name="models.inspect",
+        entry="app.core.inspect.job:inspect_job",
+        title="Inspect model",
+        description="Weight statistics per tensor (cached by file hash), LoRA update norms and "
+        "ranks, or a per-tensor comparison with another model or a GGUF export; headers only "
+        "for the architecture.",
+    )
+)
