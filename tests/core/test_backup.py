@@ -294,3 +294,38 @@ def test_reminder_follows_the_setting_and_the_last_backup(
     assert not reminder_due(root, 7)
     assert reminder_due(root, 7, now=time.time() + 8 * 86400)
     assert not reminder_due(root, 30, now=time.time() + 8 * 86400)
+
+
+# -- the command line -----------------------------------------------------------------------
+def _cli(*argv: str) -> int:
+    from app.cli.main import main
+
+    return main(list(argv))
+
+
+def test_cli_create_verify_restore_and_refusals(
+    workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fill(workspace)
+    ws = str(workspace.root)
+    out = tmp_path / "b.tar"
+    assert _cli("--workspace", ws, "backup", "create", "--out", str(out)) == 0
+    text = capsys.readouterr().out
+    assert f"Backup written: {out}" in text and "1 duplicate(s) stored once" in text
+    assert _cli("backup", "verify", str(out)) == 0
+    assert "every checksum matches" in capsys.readouterr().out
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "f").write_text("x")
+    assert _cli("backup", "restore", str(out), "--workspace", str(busy)) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+
+    _flip(out, "data/000002")
+    assert _cli("backup", "verify", str(out)) == 4
+    err = capsys.readouterr().err
+    assert "damaged" in err and "data/000002 does not match its checksum" in err
+    target = tmp_path / "new"
+    assert _cli("backup", "restore", str(out), "--workspace", str(target)) == 4
+    assert "Nothing was written" in capsys.readouterr().err and not target.exists()
+    assert _cli("backup", "verify", str(tmp_path / "nope.tar")) == 2
