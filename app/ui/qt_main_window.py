@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import importlib
 import json
-import threading
 from typing import Any
 
 from PySide6.QtCore import (
@@ -38,6 +37,7 @@ from app.ui.panes import PANES, PaneSpec
 from app.ui.qt_host_status import HostStatusButton
 from app.ui.services import Services
 from app.ui.theme import ThemeManager, after_first_paint, icon, when_icons_ready
+from app.ui.warmup import PaneWarmup
 
 UI_STATE_FILE = "ui-state.json"
 
@@ -57,32 +57,6 @@ class _HardwareProbe(QObject, QRunnable):
 
         hw = detect_hardware()
         self.found.emit(hw.summary(), hw.gpu_note)
-
-
-class _PanePrewarm(QRunnable):
-    """Imports every pane's module off the UI thread once the window has painted.
-
-    A pane is built the first time it is shown; importing its module (pyqtgraph for the
-    curves and charts, the pane's own code) took 0.6-0.7 s on the UI thread, a visible
-    freeze on the first click. Imported here first, the click only builds widgets.
-    Class definitions only: no widget is made on this thread.
-    """
-
-    def __init__(self, modules: list[str]) -> None:
-        super().__init__()
-        self.setAutoDelete(False)
-        self.modules = modules
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        try:
-            for name in self.modules:
-                try:
-                    importlib.import_module(name)
-                except Exception:  # the pane's first showing reports it
-                    pass
-        finally:
-            self.done.set()
 
 
 def fit_to_screen(window: QWidget) -> None:
@@ -172,9 +146,9 @@ class MainWindow(QMainWindow):
         QThreadPool.globalInstance().start(self._probe)
         services.hub.start()
         services.changes.start()
-        #: Set once every pane's module is imported (see _PanePrewarm).
-        self._prewarm = _PanePrewarm([spec.widget.partition(":")[0] for spec in self._specs])
-        self.panes_ready = self._prewarm.done
+        #: Set once every pane's module is imported (see app/ui/warmup.py).
+        self._warmup = PaneWarmup([spec.widget.partition(":")[0] for spec in self._specs], self)
+        self.panes_ready = self._warmup.done
         self._update_jobs_label([])
 
     # -- panes ----------------------------------------------------------------------
@@ -299,7 +273,7 @@ class MainWindow(QMainWindow):
     # -- look --------------------------------------------------------------------------------
     def load_icons(self) -> None:
         """Set the sidebar and menu icons, tinted for the current scheme. Called once the
-        window has been painted and qtawesome imported (off the UI thread), and again on
+        window has been painted and qtawesome imported (in slices), and again on
         a theme change."""
         self._icons_loaded = True
         for target, name in self._icons:
@@ -374,7 +348,8 @@ class MainWindow(QMainWindow):
             self._fitted = True
             fit_to_screen(self)
             after_first_paint(self, lambda: when_icons_ready(self.load_icons, self))
-            after_first_paint(self, lambda: QThreadPool.globalInstance().start(self._prewarm))
+            # the panes' warm-up after the icons': one import at a time is quickest for both
+            after_first_paint(self, lambda: when_icons_ready(self._warmup.start, self))
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_state()

@@ -7,18 +7,18 @@ follows the system (``QStyleHints.colorScheme``, live) unless the user picked
 Light or Dark in Settings (kept per user, see ``app/ui/qt_app_state.py``).
 
 Icons come from qtawesome (Material Design Icons), tinted with the scheme's text
-colour. Importing qtawesome costs 0.2-0.4 s, so it is imported on a thread after
-the window's first paint (:func:`when_icons_ready`); the window shows without
-icons until then.
+colour. Importing qtawesome costs 0.2-0.4 s, so it is imported after the window's
+first paint, in slices on the UI thread (:func:`when_icons_ready`); the window shows
+without icons until then.
 """
 
 from __future__ import annotations
 
-import threading
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QCoreApplication, QObject, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QColor, QGuiApplication, QIcon, QPalette
 from PySide6.QtWidgets import QApplication, QWidget
 
@@ -225,7 +225,25 @@ def current_colors() -> Colors:
     return SCHEMES.get(str(scheme), LIGHT)
 
 
+#: What makes icons: qtawesome's font class holding just the Material Design font that
+#: every icon here comes from (14 ms to load, against 63 ms for qtawesome's nine fonts).
 _qta: Any = None
+#: The one icon font used (``mdi6.*`` names).
+ICON_FONT = "mdi6"
+
+
+def _load_icon_font() -> None:
+    global _qta
+    import qtawesome
+
+    try:  # qtawesome's bundled-font table is private: use all fonts if it moved
+        from qtawesome.iconic_font import IconicFont
+
+        spec = [f for f in qtawesome._BUNDLED_FONTS if f[0] == ICON_FONT]
+        _qta = IconicFont(*spec) if spec else qtawesome
+    except (AttributeError, ImportError, TypeError):
+        _qta = qtawesome
+
 
 #: Icons are asked for this long after a window is shown, so that its first frame is on
 #: screen before anything else happens.
@@ -244,41 +262,34 @@ def icons_loaded() -> bool:
 
 
 class _IconLoader(QObject):
-    """Imports qtawesome on a thread of its own, then calls back on the UI thread.
+    """Imports qtawesome after the first paint, on the UI thread but in slices, then
+    calls back.
 
-    The import costs 0.2-0.4 s (qtpy imports whole PySide6 modules); on the UI thread
-    that is a visible freeze, on a thread it is not (the UI thread keeps running: the
-    longest event-loop gap measured during it was 22-55 ms). Then making and painting
-    the window's icons takes under 10 ms on the UI thread.
+    The import costs 0.2-0.4 s, most of it qtpy reading all of QtCore, QtGui and
+    QtWidgets (each name read makes a type). It used to run on a thread, but PySide6
+    makes types lazily and that is not safe while the UI thread uses Qt (see
+    ``app/ui/warmup.py``). Now the types are made a few dozen per event-loop turn, then
+    the import itself and the icon fonts take one turn each; making and painting the
+    window's icons takes under 10 ms.
     """
-
-    imported = Signal()
 
     def __init__(self) -> None:
         super().__init__()
         self.pending: list[tuple[QObject | None, Callable[[], None]]] = []
-        self.started = False
-        self.imported.connect(self._deliver)
+        self.slices: Any = None
 
     def start(self) -> None:
-        if not self.started:
-            self.started = True
-            threading.Thread(target=self._import, name="demoai-icons", daemon=True).start()
+        if self.slices is not None:
+            return
+        from app.ui.warmup import ICON_QT_MODULES, UiSlices, qt_type_steps
 
-    def _import(self) -> None:
-        global _qta
-        import qtawesome
-
-        # The fonts too (~50 ms, ~150 ms on a busy machine): qtawesome's singleton is a
-        # QObject, handed to the UI thread once built. Private API, so only if it is there.
-        build = getattr(qtawesome, "_instance", None)
-        if callable(build):
-            fonts = build()
-            app = QCoreApplication.instance()
-            if isinstance(fonts, QObject) and app is not None:
-                fonts.moveToThread(app.thread())
-        _qta = qtawesome
-        self.imported.emit()  # queued: the loader lives on the UI thread
+        steps = itertools.chain(  # lazily: a module's names are read once it is imported
+            qt_type_steps(ICON_QT_MODULES),
+            [("import qtawesome", lambda: __import__("qtawesome")), ("icon font", _load_icon_font)],
+        )
+        self.slices = UiSlices(steps, self)
+        self.slices.finished.connect(self._deliver)
+        self.slices.start()
 
     @Slot()
     def _deliver(self) -> None:
@@ -295,7 +306,7 @@ _loader: _IconLoader | None = None
 
 def when_icons_ready(fn: Callable[[], None], owner: QObject | None = None) -> None:
     """Call ``fn`` on the UI thread once icons can be made: now, or after qtawesome has
-    been imported off the UI thread (not at all if ``owner`` was deleted meanwhile)."""
+    been imported in slices (not at all if ``owner`` was deleted meanwhile)."""
     global _loader
     if _qta is not None:
         fn()
@@ -310,11 +321,8 @@ def icon(name: str, *, color: str | None = None) -> QIcon:
     """A Material Design icon (``"mdi6.home-outline"``) tinted for the current scheme.
 
     Imports qtawesome here when :func:`when_icons_ready` has not done it yet."""
-    global _qta
     if _qta is None:
-        import qtawesome
-
-        _qta = qtawesome
+        _load_icon_font()
     c = current_colors()
     return _qta.icon(name, color=color or c.text, color_disabled=c.muted)  # type: ignore[no-any-return]
 

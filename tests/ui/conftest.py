@@ -14,6 +14,10 @@ def main_window(qtbot, workspace) -> Iterator[object]:
     qtbot.addWidget(window)
     window.show()
     qtbot.waitExposed(window)
+    # A test starts from a warmed-up window (app/ui/warmup.py: ~1 s after the first paint),
+    # so its watchdog judges what the test does, not the one-off warm-up after start
+    # (that has its own test and bench/warmup.py).
+    qtbot.waitUntil(window.panes_ready.is_set, timeout=60_000)
     yield window
     window.close()
 

@@ -148,9 +148,19 @@ def test_window_process_never_imports_heavy_ml_libraries(tmp_path) -> None:
 
 
 PREWARM_PROBE = r"""
-import sys, time
+import sys, threading, time
 from PySide6.QtWidgets import QApplication
 app = QApplication(sys.argv)
+from app.ui.warmup import QT_BOUND
+off_thread = []
+
+class Spy:  # sees every import: a Qt-bound one must happen on the UI thread
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith(QT_BOUND) and threading.current_thread() is not threading.main_thread():
+            off_thread.append(name)
+        return None
+
+sys.meta_path.insert(0, Spy())
 from app.core.workspace import Workspace
 from app.ui.app import create_main_window
 from app.ui.panes import PANES
@@ -164,14 +174,21 @@ while not w.panes_ready.is_set() and time.monotonic() < deadline:
     time.sleep(0.01)
 after = [m for m in modules if m not in sys.modules]
 heavy = [m for m in ("torch", "transformers", "llama_cpp", "peft", "datasets") if m in sys.modules]
+print("OFF_THREAD=" + ",".join(off_thread))
+print("PYQTGRAPH=" + str("pyqtgraph" in sys.modules))
 print(f"BEFORE={len(before)} MISSING={','.join(after)} HEAVY={','.join(heavy)}")
 w.close()
 """
 
 
-def test_pane_modules_are_imported_off_the_ui_thread_after_the_first_paint(tmp_path) -> None:
+def test_pane_modules_are_imported_after_the_first_paint_and_qt_only_on_the_ui_thread(
+    tmp_path,
+) -> None:
     """Opening a pane the first time imported its module on the UI thread (pyqtgraph and the
-    pane: 0.6-0.7 s, found by the watchdog); now a thread imports them once the window shows."""
+    pane: 0.6-0.7 s, found by the watchdog); now they are imported once the window shows:
+    their plain-Python dependencies on a thread, anything Qt-bound on the UI thread in
+    slices (importing pyqtgraph on a thread crashed the window: PySide6 makes its types
+    lazily, which is not thread-safe)."""
     r = subprocess.run(
         [sys.executable, "-c", PREWARM_PROBE, str(tmp_path / "ws")],
         capture_output=True,
@@ -179,10 +196,27 @@ def test_pane_modules_are_imported_off_the_ui_thread_after_the_first_paint(tmp_p
         timeout=120,
     )
     assert r.returncode == 0, r.stderr
+    out = {
+        k: v
+        for k, _, v in (x.partition("=") for x in r.stdout.splitlines())
+        if k in ("OFF_THREAD", "PYQTGRAPH")
+    }
     line = next(x for x in r.stdout.splitlines() if x.startswith("BEFORE="))  # Qt may warn
     before = int(line.split()[0].removeprefix("BEFORE="))
     assert before <= 1, line  # only the pane shown at start was imported up front
     assert "MISSING= " in line and line.endswith("HEAVY="), line
+    assert out == {"OFF_THREAD": "", "PYQTGRAPH": "True"}, r.stdout
+
+
+def test_warmup_finds_the_plain_python_dependencies_of_the_panes() -> None:
+    """The thread's list is read from the sources: a pane's core modules and libraries are
+    in it, nothing Qt-bound is."""
+    from app.ui.panes import PANES
+    from app.ui.warmup import QT_BOUND, non_qt_imports
+
+    found = non_qt_imports([p.widget.partition(":")[0] for p in PANES])
+    assert {"pyarrow", "app.core.data.diff", "app.core.models.registry"} <= set(found), found
+    assert not [m for m in found if m.startswith(QT_BOUND)]
 
 
 def test_core_import_pulls_no_torch_and_no_qt() -> None:

@@ -76,12 +76,16 @@ class DiffModel(QAbstractTableModel):
         super().__init__()
         self.columns: list[str] = []
         self.rows: list[RowChange] = []
+        #: (text, changed) of each cell shown so far: Qt asks for a cell many times (each
+        #: role, size hints, paint), and the text is formatted once per page.
+        self._cells: dict[tuple[int, int], tuple[str, bool]] = {}
         self._strike = QFont()
         self._strike.setStrikeOut(True)
 
     def set_page(self, columns: list[str], rows: list[RowChange]) -> None:
         self.beginResetModel()
         self.columns, self.rows = list(columns), list(rows)
+        self._cells = {}
         self.endResetModel()
 
     def rowCount(self, parent: _Index = QModelIndex()) -> int:
@@ -95,32 +99,60 @@ class DiffModel(QAbstractTableModel):
             return None
         return ("Change", "Row", *self.columns)[section]
 
-    def cell(self, row: int, column: int) -> tuple[str, bool, str]:
-        """(text, changed, tooltip) of a cell."""
+    def cell(self, row: int, column: int) -> tuple[str, bool]:
+        """(text, changed) of a cell."""
+        key = (row, column)
+        hit = self._cells.get(key)
+        if hit is None:
+            hit = self._cells[key] = self._cell(row, column)
+        return hit
+
+    def _values(self, row: int, column: int) -> tuple[Any, Any, bool, bool]:
+        """(before, after, in the old version, in the new version) of a data cell."""
         c = self.rows[row]
-        if column == 0:
-            return c.kind, False, ""
-        if column == 1:
-            return row_label(c), False, ""
         name = self.columns[column - 2]
         before = c.before.get(name) if c.before is not None else None
         after = c.after.get(name) if c.after is not None else None
-        in_old = c.before is not None and name in c.before
-        in_new = c.after is not None and name in c.after
-        if name in c.changed:
-            tip = f"Before:\n{_text(before, 2000)}\n\nAfter:\n{_text(after, 2000)}"
-            return f"{_text(before)}{ARROW}{_text(after)}", True, tip
+        return (
+            before,
+            after,
+            c.before is not None and name in c.before,
+            (c.after is not None and name in c.after),
+        )
+
+    def _cell(self, row: int, column: int) -> tuple[str, bool]:
+        c = self.rows[row]
+        if column == 0:
+            return c.kind, False
+        if column == 1:
+            return row_label(c), False
+        before, after, in_old, in_new = self._values(row, column)
+        if self.columns[column - 2] in c.changed:
+            return f"{_text(before)}{ARROW}{_text(after)}", True
         if c.kind == "removed" or (in_old and not in_new):
-            return _text(before), False, _text(before, 2000)
-        return _text(after), False, _text(after, 2000)
+            return _text(before), False
+        return _text(after), False
+
+    def tooltip(self, row: int, column: int) -> str | None:
+        """The longer text of a data cell (made only when the pointer rests on it)."""
+        if column < 2:
+            return None
+        c = self.rows[row]
+        before, after, in_old, in_new = self._values(row, column)
+        if self.columns[column - 2] in c.changed:
+            return f"Before:\n{_text(before, 2000)}\n\nAfter:\n{_text(after, 2000)}"
+        if c.kind == "removed" or (in_old and not in_new):
+            return _text(before, 2000)
+        return _text(after, 2000)
 
     def data(self, index: _Index, role: int = 0) -> Any:
         if not index.isValid():
             return None
         r, col = index.row(), index.column()
-        if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole):
-            text, _, tip = self.cell(r, col)
-            return text if role == Qt.ItemDataRole.DisplayRole else (tip or None)
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self.cell(r, col)[0]
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self.tooltip(r, col)
         kind = self.rows[r].kind
         if role == Qt.ItemDataRole.BackgroundRole:
             if col >= 2 and self.cell(r, col)[1]:
@@ -138,7 +170,7 @@ class DiffCellDelegate(QStyledItemDelegate):
         hint = super().sizeHint(option, index)
         model = index.model()
         if isinstance(model, DiffModel) and index.column() >= 2:
-            text, changed, _ = model.cell(index.row(), index.column())
+            text, changed = model.cell(index.row(), index.column())
             if changed:
                 bold = QFont(option.font)
                 bold.setBold(True)
@@ -155,7 +187,7 @@ class DiffCellDelegate(QStyledItemDelegate):
         if not isinstance(model, DiffModel) or index.column() < 2:
             super().paint(painter, option, index)
             return
-        text, changed, _ = model.cell(index.row(), index.column())
+        text, changed = model.cell(index.row(), index.column())
         if not changed:
             super().paint(painter, option, index)
             return
@@ -203,6 +235,9 @@ class DiffView(QWidget):
         self.table.setWordWrap(False)
         self.table.setItemDelegate(DiffCellDelegate(self.table))
         self.table.verticalHeader().hide()
+        # fitting a column to its contents looks at the first 50 rows of the page, not all
+        # of them: the widths are capped and long values elide anyway
+        self.table.horizontalHeader().setResizeContentsPrecision(50)
         # two lines a row: a changed cell shows its value before over its value after
         line = self.table.fontMetrics().height()
         self.table.verticalHeader().setDefaultSectionSize(2 * line + 8)

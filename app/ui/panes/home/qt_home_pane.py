@@ -279,7 +279,7 @@ class HomePane(QWidget):
     # -- look -------------------------------------------------------------------------------
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
-        if not self._icons_asked:  # after the first paint, qtawesome imported off the UI thread
+        if not self._icons_asked:  # after the first paint, once qtawesome is imported
             self._icons_asked = True
             after_first_paint(self, lambda: when_icons_ready(self.update_icons, self))
 
