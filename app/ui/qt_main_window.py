@@ -132,6 +132,10 @@ class MainWindow(QMainWindow):
         sb.addPermanentWidget(self.jobs_label)
         self.host_status = HostStatusButton(services)  # what the shared model host holds
         sb.addPermanentWidget(self.host_status)
+        from app.ui.qt_backup_reminder import BackupReminder
+
+        self.backup_reminder = BackupReminder(services.workspace, self.open_settings)
+        sb.addPermanentWidget(self.backup_reminder)
         self._update_network_label()
         services.hub.jobs_changed.connect(self._update_jobs_label)
         services.bus.chat_with_model.connect(self._chat_with)
@@ -250,9 +254,12 @@ class MainWindow(QMainWindow):
     def open_settings(self) -> None:
         from app.ui.qt_settings_dialog import SettingsDialog
 
-        dlg = SettingsDialog(self.services.workspace, self, theme=self.theme)
+        dlg = SettingsDialog(
+            self.services.workspace, self, theme=self.theme, actions=self.services.actions
+        )
         if dlg.exec():
             self._update_network_label()
+        self.backup_reminder.refresh()
 
     # -- help ------------------------------------------------------------------------------
     def open_documentation(self) -> None:

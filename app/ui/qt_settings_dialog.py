@@ -1,10 +1,12 @@
-"""Settings: workspace folder, offline mode, threads, GPU, and the theme (kept per user)."""
+"""Settings: workspace folder, offline mode, threads, GPU, backup, and the theme (kept per user)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -18,6 +20,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSpinBox,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -26,6 +29,8 @@ from app.core.workspace import Settings, Workspace, default_workspace_dir
 from app.ui.theme import CHOICES, set_role
 
 if TYPE_CHECKING:
+    from app.core.backup import CreateResult
+    from app.ui.actions import ActionRunner, Progress
     from app.ui.theme import ThemeManager
 
 
@@ -44,8 +49,10 @@ class SettingsDialog(QDialog):
         workspace: Workspace,
         parent: QWidget | None = None,
         theme: ThemeManager | None = None,
+        actions: ActionRunner | None = None,
     ) -> None:
         super().__init__(parent)
+        self.action_runner = actions
         self.setWindowTitle("Settings")
         self.workspace = workspace
         self.theme_manager = theme
@@ -89,6 +96,7 @@ class SettingsDialog(QDialog):
             "Light or dark colours. 'Same as the system' follows the system's setting, also "
             "when it changes while DemoAI runs. Applies at once, to every workspace."
         )
+        self.backup_box = self._backup_section(s) if actions is not None else None
         self.error = QLabel()
         set_role(self.error, "error")
         self.error.setWordWrap(True)
@@ -101,6 +109,8 @@ class SettingsDialog(QDialog):
         form.addRow("GPU", self.gpu)
         form.addRow("Parallel CPU jobs", self.max_cpu_jobs)
         form.addRow("Appearance", self.theme)
+        if self.backup_box is not None:
+            form.addRow("Backup", self.backup_box)
         form.addRow(self.error)
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
@@ -108,6 +118,93 @@ class SettingsDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
+
+    # -- backup ----------------------------------------------------------------------------
+    def _backup_section(self, s: Settings) -> QWidget:
+        from app.ui.widgets.status_line import StatusLine
+
+        box = QWidget()
+        col = QVBoxLayout(box)
+        col.setContentsMargins(0, 0, 0, 0)
+        self.backup_last = QLabel()
+        self.backup_last.setWordWrap(True)
+        self.backup_button = QPushButton("Back up now…")
+        self.backup_button.setToolTip(
+            "Write the whole workspace (database, models copied into the library, dataset "
+            "versions, runs, agents, exports) to one verified file. DemoAI keeps working "
+            "meanwhile. Restore with `demoai backup restore FILE --workspace DIR`."
+        )
+        self.backup_button.clicked.connect(self._ask_backup_file)
+        self.reminder_days = QSpinBox()
+        self.reminder_days.setRange(0, 365)
+        self.reminder_days.setSpecialValueText("never")
+        self.reminder_days.setSuffix(" days")
+        self.reminder_days.setValue(s.backup_reminder_days)
+        self.reminder_days.setToolTip(_help("backup_reminder_days"))
+        row = QHBoxLayout()
+        row.addWidget(self.backup_button)
+        row.addWidget(QLabel("Remind after"))
+        row.addWidget(self.reminder_days)
+        row.addStretch(1)
+        self.backup_status = StatusLine()
+        col.addWidget(self.backup_last)
+        col.addLayout(row)
+        col.addWidget(self.backup_status)
+        self._show_last_backup()
+        return box
+
+    def _show_last_backup(self) -> None:
+        from app.core.backup import last_backup
+        from app.core.format import relative_time
+
+        last = last_backup(self.workspace.root)
+        if last is None:
+            self.backup_last.setText("Last backup: never.")
+        else:
+            when = relative_time(float(last["last_backup_at"]), time.time())
+            self.backup_last.setText(f"Last backup: {when}, to {last.get('path', '?')}.")
+
+    def _ask_backup_file(self) -> None:
+        name = f"demoai-backup-{time.strftime('%Y%m%d-%H%M')}.tar"
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Back up the workspace to", str(Path.home() / name), "Backups (*.tar)"
+        )
+        if path:
+            self.start_backup(Path(path))
+
+    def start_backup(self, out: Path) -> Any:
+        """Write a backup to ``out`` on a worker thread, with progress and Cancel."""
+        from app.core.backup import create_backup
+
+        assert self.action_runner is not None
+        root = self.workspace.root
+
+        def run(progress: Progress) -> CreateResult:
+            def show(fraction: float | None, message: str) -> None:
+                progress.update(0.0 if fraction is None else fraction, 1.0, message)
+
+            return create_backup(root, out, progress=show, check=progress.check)
+
+        def done(res: CreateResult) -> None:
+            self.backup_button.setEnabled(True)
+            self._show_last_backup()
+            note = (
+                f" {len(res.external)} model(s) referenced in place were not copied."
+                if res.external
+                else ""
+            )
+            self.backup_status.ok(f"✓ Backed up {res.files} files to {res.path.name}.{note}")
+
+        self.backup_button.setEnabled(False)
+        return self.action_runner.run(
+            self,
+            "Backing up the workspace",
+            run,
+            done=done,
+            failed=lambda _e: self.backup_button.setEnabled(True),
+            status=self.backup_status,
+            cancellable=True,
+        )
 
     def _browse(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Workspace folder", self.folder.text())
@@ -121,6 +218,11 @@ class SettingsDialog(QDialog):
             threads=self.threads.value(),
             gpu=str(self.gpu.currentData()),
             max_cpu_jobs=self.max_cpu_jobs.value(),
+            **(
+                {"backup_reminder_days": self.reminder_days.value()}
+                if self.backup_box is not None
+                else {}
+            ),
         )
 
     def accept(self) -> None:

@@ -21,6 +21,7 @@ from app.core.backup import (
     reminder_due,
     restore_backup,
     verify_backup,
+    workspace_created_at,
 )
 from app.core.errors import ConfigError
 from app.core.store.files import sha256_file
@@ -288,8 +289,11 @@ def test_reminder_follows_the_setting_and_the_last_backup(
 ) -> None:
     root = workspace.root
     assert workspace.settings.backup_reminder_days == 7
-    assert reminder_due(root, 7)  # never backed up
-    assert not reminder_due(root, 0)  # switched off
+    created = workspace_created_at(workspace.db)
+    assert created is not None and abs(created - time.time()) < 600
+    assert not reminder_due(root, 7, created_at=created)  # a new workspace: not yet
+    assert reminder_due(root, 7, now=time.time() + 8 * 86400, created_at=created)
+    assert not reminder_due(root, 0, now=time.time() + 8 * 86400, created_at=created)  # off
     create_backup(root, tmp_path / "b.tar")
     assert not reminder_due(root, 7)
     assert reminder_due(root, 7, now=time.time() + 8 * 86400)

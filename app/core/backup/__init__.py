@@ -12,6 +12,7 @@ from app.core.backup.archive import (
     resolve_chain,
     restore_backup,
     verify_backup,
+    workspace_created_at,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "resolve_chain",
     "restore_backup",
     "verify_backup",
+    "workspace_created_at",
 ]

@@ -442,14 +442,23 @@ def last_backup(root: Path) -> dict[str, Any] | None:
     return data
 
 
-def reminder_due(root: Path, days: int, now: float | None = None) -> bool:
-    """Whether to remind: ``days`` > 0 and no backup in the last ``days`` days."""
+def reminder_due(
+    root: Path, days: int, now: float | None = None, created_at: float | None = None
+) -> bool:
+    """Whether to remind: ``days`` > 0 and no backup in the last ``days`` days. A workspace
+    never backed up is due once it is older than ``days`` (``created_at``; unknown: due)."""
     if days <= 0:
         return False
+    now = now if now is not None else time.time()
     last = last_backup(root)
-    if last is None:
-        return True
-    return (now if now is not None else time.time()) - float(last["last_backup_at"]) > days * 86400
+    since = float(last["last_backup_at"]) if last is not None else created_at
+    return since is None or now - since > days * 86400
+
+
+def workspace_created_at(db: Any) -> float | None:
+    """When the workspace's database was first migrated (a ``Database``)."""
+    row = db.query_one("SELECT MIN(applied_at) AS t FROM schema_versions")
+    return float(row["t"]) if row and row["t"] is not None else None
 
 
 # -- reading (untrusted) ----------------------------------------------------------------------
