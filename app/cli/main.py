@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "app.cli.export",
     "app.cli.agent",
     "app.cli.backup",
+    "app.cli.feedback",
 )
 
 
