@@ -157,8 +157,11 @@ def _read_st_rows(info: TensorInfo, start: int, count: int) -> np.ndarray:
     raw = _map(info, start * row * width, count * row * width, np_dtype)
     if info.dtype == "BF16":
         out = (raw.astype(np.uint32) << 16).view(np.float32)
+    elif info.dtype == "F32":
+        # No copy: a view of this chunk's own mapping, unmapped when the chunk is dropped.
+        out = np.asarray(raw).view(np.float32)
     else:
-        out = np.asarray(raw, dtype=np.float32)  # a copy: the mapping is released below
+        out = raw.astype(np.float32)
     del raw
     return out.reshape(count, row)
 
