@@ -59,10 +59,56 @@ def test_bundle_contents_and_checksums(gguf_lib: Any, tmp_path: Path) -> None:
     with tarfile.open(res.tarball) as tf:
         assert f"{folder.name}/SHA256SUMS" in tf.getnames()
     check_sums(folder)
+    _check_kubernetes(folder)
     readme = folder / "README.md"
     readme.write_text(readme.read_text() + "\ntampered\n")
     with pytest.raises(ChecksumError, match=r"modified: README\.md"):
         check_sums(folder)
+
+
+def _check_kubernetes(folder: Path) -> None:
+    """The manifests are valid Kubernetes objects, and say what compose.yaml says: the same
+    image, port, key variable (from the Secret), memory and health check."""
+    import kubernetes_validate
+    import yaml
+
+    from app.core.export.docker import CONTAINER_PORT
+
+    docs = {
+        p.name: yaml.safe_load(p.read_text()) for p in sorted((folder / "kubernetes").glob("*"))
+    }
+    assert set(docs) == {"deployment.yaml", "service.yaml", "secret.yaml"}
+    version = kubernetes_validate.latest_version()
+    for doc in docs.values():
+        kubernetes_validate.validate(doc, version, strict=True)  # raises ValidationError
+    bad = json.loads(json.dumps(docs["deployment.yaml"]))
+    bad["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "8080"
+    with pytest.raises(kubernetes_validate.ValidationError):  # the check can fail
+        kubernetes_validate.validate(bad, version, strict=True)
+
+    svc = yaml.safe_load((folder / "compose.yaml").read_text())["services"]["model"]
+    pod = docs["deployment.yaml"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == svc["image"] == json.loads((folder / "bundle.json").read_text())["image"]
+    assert c["ports"][0]["containerPort"] == CONTAINER_PORT
+    assert svc["ports"][0].endswith(f":{CONTAINER_PORT}")
+    assert docs["service.yaml"]["spec"]["ports"][0]["targetPort"] == c["ports"][0]["name"]
+    env = {e["name"]: e for e in c["env"]}
+    ref = env["DEMOAI_HOST_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert "DEMOAI_HOST_API_KEY" in svc["environment"]
+    assert ref["name"] == docs["secret.yaml"]["metadata"]["name"]
+    assert docs["secret.yaml"]["stringData"] == {ref["key"]: ""}  # no key everyone knows
+    assert svc["mem_limit"].endswith("m")  # Docker's m: MiB; Kubernetes says Mi
+    assert c["resources"]["limits"]["memory"] == svc["mem_limit"].removesuffix("m") + "Mi"
+    health = svc["healthcheck"]
+    live = c["livenessProbe"]
+    assert live["httpGet"]["path"] == "/health" and "/health" in health["test"][-1]
+    assert f"{live['periodSeconds']}s" == health["interval"]
+    assert f"{live['timeoutSeconds']}s" == health["timeout"]
+    assert live["failureThreshold"] == health["retries"]
+    assert f"{live['initialDelaySeconds']}s" == health["start_period"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and svc["read_only"] is True
+    assert c["securityContext"]["runAsUser"] == 65534
 
 
 def _sh(*cmd: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -106,6 +152,9 @@ def test_docker_bundle_builds_offline_runs_and_answers(gguf_lib: Any, tmp_path: 
         key = "test-key-" + os.urandom(8).hex()
         run = _sh(
             "docker", "run", "-d", "--name", name, "-p", "127.0.0.1::8080",
+            # as compose.yaml and the Kubernetes manifests run it
+            "--read-only", "--tmpfs", "/tmp:size=64m", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges:true",
             "-e", f"DEMOAI_HOST_API_KEY={key}", "-e", "DEMOAI_THREADS=2", tag,
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
@@ -143,3 +192,18 @@ def test_docker_bundle_builds_offline_runs_and_answers(gguf_lib: Any, tmp_path: 
     finally:
         _sh("docker", "rm", "-f", name)
         _sh("docker", "rmi", "-f", tag)
+
+
+def test_an_unfilled_kubernetes_secret_stops_the_server(tmp_path: Path) -> None:
+    """The bundle's Secret ships empty: the server, as the bundle starts it, refuses an empty
+    key instead of serving with one everyone knows."""
+    from app.core.errors import ConfigError
+    from app.workers.host import build_parser, config_from_args
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")  # only its existence is checked here
+    argv = ["--host", "0.0.0.0", "--allow-remote", "--port", "8080", "--model", f"m={model}:gguf"]
+    args = build_parser().parse_args(argv)
+    with pytest.raises(ConfigError, match="API key"):
+        config_from_args(args, env={"DEMOAI_HOST_API_KEY": ""})
+    assert config_from_args(args, env={"DEMOAI_HOST_API_KEY": "k" * 24}) is not None

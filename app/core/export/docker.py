@@ -1,7 +1,8 @@
 """Docker bundles for IT: the GGUF, the app's own model host and an offline wheelhouse.
 
 A bundle folder (and a ``.tar.gz`` of it) holds a Dockerfile (base image
-configurable), ``compose.yaml`` with a healthcheck, the GGUF model, the same
+configurable), ``compose.yaml`` with a healthcheck, Kubernetes manifests
+(``kubernetes/``, see :mod:`app.core.export.kubernetes`), the GGUF model, the same
 OpenAI-compatible server the app runs (``app.workers.host`` and the modules it
 imports, copied as source), a wheelhouse so ``docker build --network=none``
 works, a README for IT, a CycloneDX SBOM and ``SHA256SUMS`` of every file.
@@ -41,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 import app
 from app.core.errors import ConfigError, DemoAIError
 from app.core.export.checksums import write_sums
+from app.core.export.kubernetes import HEALTH, HEALTH_PATH
+from app.core.export.kubernetes import render as kubernetes_manifests
 from app.core.export.records import ExportStore, new_export_id
 from app.core.export.sbom import cyclonedx_for_wheels
 from app.core.models.registry import ModelRegistry, slugify
@@ -290,8 +293,8 @@ COPY server /opt/demoai/server
 COPY model /opt/demoai/model
 USER 65534:65534
 EXPOSE {CONTAINER_PORT}
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \\
-  CMD ["/opt/demoai/venv/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}/health', timeout=4)"]
+HEALTHCHECK --interval={HEALTH["interval"]}s --timeout={HEALTH["timeout"]}s --start-period={HEALTH["start_period"]}s --retries={HEALTH["retries"]} \\
+  CMD ["/opt/demoai/venv/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}{HEALTH_PATH}', timeout=4)"]
 # The API key comes from DEMOAI_HOST_API_KEY; the server refuses to start without it.
 CMD ["sh", "-c", "exec /opt/demoai/venv/bin/python -m app.workers.host --host 0.0.0.0 --allow-remote --port {CONTAINER_PORT} --threads \\"$DEMOAI_THREADS\\" --n-ctx \\"$DEMOAI_N_CTX\\" --preload --model \\"$DEMOAI_MODEL_NAME=/opt/demoai/model/{model_file}:gguf\\""]
 """
@@ -313,13 +316,20 @@ services:
       DEMOAI_HOST_API_KEY: ${{DEMOAI_HOST_API_KEY:?set DEMOAI_HOST_API_KEY to the API key clients must send}}
       DEMOAI_THREADS: ${{DEMOAI_THREADS:-0}}
     healthcheck:
-      test: ["CMD", "/opt/demoai/venv/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}/health', timeout=4)"]
-      interval: 30s
-      timeout: 5s
-      retries: 3
-      start_period: 60s
+      test: ["CMD", "/opt/demoai/venv/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}{HEALTH_PATH}', timeout=4)"]
+      interval: {HEALTH["interval"]}s
+      timeout: {HEALTH["timeout"]}s
+      retries: {HEALTH["retries"]}
+      start_period: {HEALTH["start_period"]}s
     restart: unless-stopped
     mem_limit: {mem_limit}
+    read_only: true
+    tmpfs:
+      - /tmp:size=64m
+    security_opt:
+      - no-new-privileges:true
+    cap_drop:
+      - ALL
 """
 
 
@@ -368,6 +378,23 @@ Test it:
     curl -s localhost:8080/v1/chat/completions -H "Authorization: Bearer $DEMOAI_HOST_API_KEY" \\
       -H 'Content-Type: application/json' \\
       -d '{{"model": "{m["model_name"]}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+## Kubernetes
+
+`kubernetes/` holds a Deployment, a Service (ClusterIP, port {CONTAINER_PORT}) and a Secret
+for the key. They run the same image with the same port, key variable, memory and
+health check as compose.yaml; the container runs as `nobody` with a read-only root
+filesystem. At an air-gapped site, load the image into the cluster's registry or
+nodes first (`docker load -i IMAGE.tar`, then `docker push` to your registry, or
+`ctr -n k8s.io images import IMAGE.tar` on each node), and set the key:
+
+    kubectl create secret generic {m["slug"]}-api-key --from-literal=api-key=$(openssl rand -hex 24)
+    kubectl apply -f kubernetes/deployment.yaml -f kubernetes/service.yaml
+    kubectl port-forward service/{m["slug"]} 8080:{CONTAINER_PORT}   # then test as above
+
+(or fill in `kubernetes/secret.yaml` and `kubectl apply -f kubernetes/`). The Secret
+ships with an empty key: the server refuses to start without one. The Deployment
+requests {int(m["memory_hint_mb"]) + 1} MiB and is limited to {m["mem_limit"].removesuffix("m")} MiB, like compose.
 
 ## Resources
 
@@ -445,7 +472,7 @@ def build_bundle(
         gomp = _gomp()
         if gomp is not None:
             shutil.copy2(gomp, stage / "lib" / "libgomp.so.1")
-        step(0.7, "writing Dockerfile, compose.yaml, README, SBOM")
+        step(0.7, "writing Dockerfile, compose.yaml, Kubernetes manifests, README, SBOM")
         pyver = f"{sys.version_info[0]}.{sys.version_info[1]}"
         size = rec.size_bytes
         mem_mb = size / 2**20 * 1.3 + 512
@@ -473,6 +500,9 @@ def build_bundle(
         atomic_write_text(
             stage / "compose.yaml", _compose(image, base_image, str(meta["mem_limit"]))
         )
+        (stage / "kubernetes").mkdir()
+        for name, text in kubernetes_manifests(meta, port=CONTAINER_PORT).items():
+            atomic_write_text(stage / "kubernetes" / name, text)
         atomic_write_text(stage / "README.md", _readme(meta))
         server_component = {
             "type": "application",
