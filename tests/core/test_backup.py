@@ -207,7 +207,11 @@ def _valid_members(files: list[dict[str, Any]], blobs: dict[str, bytes]) -> list
         "kind": "demoai-workspace-backup",
         "id": "0" * 32,
         "base": None,
-        "database": {"member": "demoai.db", "sha256": hashlib.sha256(db).hexdigest()},
+        "database": {
+            "member": "demoai.db",
+            "sha256": hashlib.sha256(db).hexdigest(),
+            "size": len(db),
+        },
         "files": files,
         "blobs": blob_table,
     }
@@ -333,3 +337,14 @@ def test_cli_create_verify_restore_and_refusals(
     assert _cli("backup", "restore", str(out), "--workspace", str(target)) == 4
     assert "Nothing was written" in capsys.readouterr().err and not target.exists()
     assert _cli("backup", "verify", str(tmp_path / "nope.tar")) == 2
+
+
+def test_a_checksummed_backup_with_a_bad_database_is_refused(tmp_path: Path) -> None:
+    data = b"fine"
+    sha = hashlib.sha256(data).hexdigest()
+    out = tmp_path / "evil.tar"
+    _tar_with(out, _valid_members([{"path": "runs/a.txt", "size": 4, "sha256": sha}], {sha: data}))
+    verify_backup(out)  # every checksum matches: only restoring finds the database unsound
+    with pytest.raises(BackupError, match="not a sound SQLite database"):
+        restore_backup(out, tmp_path / "restored")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar"]

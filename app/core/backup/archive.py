@@ -268,11 +268,17 @@ def create_backup(
         base_v = verify_backup(Path(base), progress=None, check=check)
         base_info = {"id": base_v.id, "file": Path(base).name}
         known = {str(f["sha256"]) for f in base_v.manifest["files"]}
-    out.parent.mkdir(parents=True, exist_ok=True)
     backup_id = uuid.uuid4().hex
     started = time.time()
     report(None, "Snapshotting the database")
-    work = make_owned_temp_dir(out.parent, "backup-work")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = make_owned_temp_dir(out.parent, "backup-work")
+    except OSError as exc:
+        raise DemoAIError(
+            f"Cannot write the backup to {out.parent}: {exc.strerror or exc}.",
+            "Choose a writable folder.",
+        ) from exc
     try:
         db_copy = work / "demoai.db"
         _snapshot_db(root / "demoai.db", db_copy)
@@ -380,6 +386,11 @@ def create_backup(
             sums[MANIFEST] = hashlib.sha256(data).hexdigest()
             text = "".join(f"{h}  {name}\n" for name, h in sorted(sums.items()))
             _add_bytes(tar, SUMS, text.encode())
+    except OSError as exc:
+        raise DemoAIError(
+            f"The backup {out} could not be written: {exc.strerror or exc}.",
+            "Nothing was left under that name. Free some space or choose another folder.",
+        ) from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
     with contextlib.suppress(OSError):
@@ -507,7 +518,7 @@ def _check_manifest(path: Path, m: Any, members: dict[str, tuple[int, str]]) -> 
     db = m.get("database")
     if not isinstance(db, dict) or db.get("member") != DB_MEMBER:
         raise _damaged(path, "the manifest names no database")
-    if members.get(DB_MEMBER, (None, None))[1] != db.get("sha256"):
+    if members.get(DB_MEMBER, (None, None)) != (db.get("size"), db.get("sha256")):
         raise _damaged(path, "the database snapshot does not match the manifest")
     blobs = m.get("blobs")
     if not isinstance(blobs, dict):
@@ -822,6 +833,12 @@ def restore_backup(
         if target.exists():
             target.rmdir()
         os.replace(stage, target)
+    except OSError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise DemoAIError(
+            f"Restoring into {target} failed: {exc.strerror or exc}.",
+            "Nothing was left there. Free some space or fix the folder's permissions.",
+        ) from exc
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -848,6 +865,15 @@ def _settle_jobs(db: Path) -> list[str]:
     workspace: mark them interrupted (they can be resumed from their checkpoints)."""
     conn = sqlite3.connect(db, isolation_level=None)
     try:
+        try:
+            ok = conn.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            ok = str(exc)
+        if ok != "ok":
+            raise BackupError(
+                f"The database in the backup is not a sound SQLite database ({ok}).",
+                "Nothing was written. Use another backup.",
+            )
         try:
             rows = conn.execute(
                 "SELECT id FROM jobs WHERE state IN ('running', 'cancelling')"
