@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
@@ -108,12 +109,17 @@ def non_qt_imports(modules: Iterable[str]) -> list[str]:
     return list(found)
 
 
+def _read_names(module: object, names: list[str]) -> None:
+    for name in names:
+        getattr(module, name, None)
+
+
 def qt_type_steps(modules: Iterable[str]) -> Iterator[Step]:
     """Import each PySide6 module and make its types, a few dozen names a step."""
     for name in modules:
         if name in _touched:
             continue
-        yield f"import {name}", lambda n=name: import_quietly(n)
+        yield f"import {name}", partial(import_quietly, name)
         mod = sys.modules.get(name)
         _touched.add(name)
         if mod is None:
@@ -121,7 +127,7 @@ def qt_type_steps(modules: Iterable[str]) -> Iterator[Step]:
         names = dir(mod)
         for i in range(0, len(names), NAMES_PER_SLICE):
             part = names[i : i + NAMES_PER_SLICE]
-            yield f"{name} names", lambda m=mod, p=part: [getattr(m, x, None) for x in p]
+            yield f"{name} names", partial(_read_names, mod, part)
 
 
 class UiSlices(QObject):
@@ -182,7 +188,7 @@ class PaneWarmup(QObject):
         steps: list[Iterable[Step]] = [
             qt_type_steps(PLOT_QT_MODULES),
             [("import pyqtgraph", lambda: import_quietly("pyqtgraph"))],
-            [(f"import {m}", lambda m=m: import_quietly(m)) for m in self.modules],
+            [(f"import {m}", partial(import_quietly, m)) for m in self.modules],
         ]
         self.slices = UiSlices((s for group in steps for s in group), self)
         self.slices.finished.connect(self.done.set)

@@ -132,7 +132,7 @@ SECRET_NOTE = (
 )
 
 
-class _PlainDumper(yaml.SafeDumper):
+class _PlainDumper(yaml.SafeDumper):  # type: ignore[misc]  # (PyYAML has no types)
     """Writes a repeated value out again instead of as a YAML anchor (``&id001``)."""
 
     def ignore_aliases(self, data: Any) -> bool:
