@@ -169,6 +169,11 @@ class ModelsPane(QWidget):
         )
         self.remove_btn = QPushButton("Remove…")
         self.chat_btn = QPushButton("Chat")
+        self.inspect_btn = QPushButton("Inspect…")
+        self.inspect_btn.setToolTip(
+            "Architecture, weight statistics, LoRA updates and comparisons of the selected model"
+        )
+        self.inspect_btn.clicked.connect(self.inspect_selected)
         self.import_file_btn.clicked.connect(self.import_file)
         self.import_dir_btn.clicked.connect(self.import_folder)
         self.discover_btn.clicked.connect(self.discover)
@@ -183,6 +188,7 @@ class ModelsPane(QWidget):
             self.discover_btn,
             self.download_btn,
             self.remove_btn,
+            self.inspect_btn,
             self.chat_btn,
         ):
             bar.addWidget(b)
@@ -269,6 +275,7 @@ class ModelsPane(QWidget):
     def _update_buttons(self) -> None:
         m = self.selected_model()
         self.remove_btn.setEnabled(m is not None)
+        self.inspect_btn.setEnabled(m is not None)
         self.chat_btn.setEnabled(m is not None and m.format in ("gguf", "hf", "lora"))
 
     def _selection_changed(self, *_: object) -> None:
@@ -427,6 +434,18 @@ class ModelsPane(QWidget):
             return self.registry.get(model_id).name
         except DemoAIError:
             return model_id
+
+    def inspect_selected(self) -> Any:
+        """Open the inspector of the selected model (a window of its own; None if none)."""
+        m = self.selected_model()
+        if m is None:
+            return None
+        from app.ui.panes.models.qt_inspect import InspectWindow
+
+        win = InspectWindow(self.services, m, self)
+        win.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        win.show()
+        return win
 
     def chat_selected(self) -> None:
         m = self.selected_model()
