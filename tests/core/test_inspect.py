@@ -113,6 +113,22 @@ def test_stats_chunked_dtypes_edges_and_outliers(tmp_path: Path) -> None:
     assert rows["model.layers.3.mlp.w.weight"]["outlier_ratio"] > 3
 
 
+def test_stats_stop_between_chunks_when_cancelled(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    from app.core.jobs.context import Cancelled
+
+    ts = open_tensors(tiny_llama_dir)
+    ts.chunk_values = 1024
+    seen: list[str] = []
+
+    def progress(_fraction: float, name: str) -> None:
+        seen.append(name)
+
+    with pytest.raises(Cancelled):
+        model_stats(ts, cache_dir=tmp_path, progress=progress, cancelled=lambda: len(seen) >= 3)
+    assert len(seen) == 3  # stopped inside the third tensor
+    assert not list(tmp_path.iterdir())  # nothing half-written in the cache
+
+
 # --------------------------------------------------------------------------- GGUF
 
 

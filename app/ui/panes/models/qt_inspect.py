@@ -290,7 +290,9 @@ class InspectWindow(QDialog):
         for child in arch["tree"].get("children", []):
             add(self.tree, child)
         for i in range(self.tree.topLevelItemCount()):
-            self.tree.topLevelItem(i).setExpanded(True)
+            top = self.tree.topLevelItem(i)
+            if top is not None:
+                top.setExpanded(True)
 
     def _show_stats(self, stats: dict[str, Any]) -> None:
         flag = QBrush(QColor(current_colors().warning))  # the theme's warning colour
