@@ -97,6 +97,9 @@ class ChatPane(QWidget):
         self._base: dict[str, bool] = {}
         self._answer_id: str | None = None
         self._answer_text = ""
+        #: reply id -> what feedback was saved for it in this session (shown under the reply)
+        self.feedback_given: dict[str, str] = {}
+        self.better_dialog: QDialog | None = None
         self._t_first: float | None = None
         self._redraw = QTimer(self)
         self._redraw.setSingleShot(True)
@@ -765,6 +768,8 @@ class ChatPane(QWidget):
                 nav.append(f"[edit](edit:{m.id})")
             if m.error:
                 nav.append(f"*⚠ {_markdown_safe(m.error)}*")
+            elif m.role == "assistant" and self.stream is None and m.content.strip():
+                nav.extend(self._feedback_links(m.id, tips))
             if nav:
                 parts.append(" \u2003 ".join(nav) + "\n")
         bar = self.transcript.verticalScrollBar()
@@ -801,6 +806,89 @@ class ChatPane(QWidget):
             cursor.setPosition(end, QTextCursor.MoveMode.KeepAnchor)
             cursor.mergeCharFormat(fmt)
 
+    # -- feedback (rows of the Collected dataset) ------------------------------------------
+    def _feedback_links(self, msg_id: str, tips: dict[str, str]) -> list[str]:
+        given = self.feedback_given.get(msg_id)
+        links = []
+        if given:
+            links.append(f"*✓ {given}*")
+        for kind, label, tip in (
+            ("good", "👍", "A good answer: collect it as a training example"),
+            ("bad", "👎", "A bad answer: collect it as a rejected example"),
+            ("better", "better answer…", "Write the answer it should have given"),
+        ):
+            tips[f"{kind}:{msg_id}"] = tip + " (saved to the dataset Collected)"
+            links.append(f"[{label}]({kind}:{msg_id})")
+        return links
+
+    def give_feedback(
+        self, msg_id: str, *, rating: str | None = None, better: str | None = None
+    ) -> None:
+        """Save feedback on a reply as a row of the dataset Collected (off the UI thread)."""
+        from app.core.data.collected import COLLECTED, record_feedback
+
+        ws = self.services.workspace
+        label = {"up": "👍 saved", "down": "👎 saved"}.get(rating or "", "")
+        if better:
+            label = (label + " · " if label else "") + "better answer saved"
+
+        def write(_p: object) -> Any:
+            return record_feedback(ws, msg_id, rating=rating, better=better)  # type: ignore[arg-type]
+
+        def done(result: Any) -> None:
+            self.feedback_given[msg_id] = label
+            self.stats.setText(f"Feedback saved: row {result[1].rows} of the dataset {COLLECTED}")
+            self.render_transcript()
+
+        self.services.actions.run(
+            self,
+            "Saving feedback",
+            write,
+            changes={"datasets", "versions"},
+            done=done,
+            failed=lambda exc: self._error(f"The feedback was not saved: {exc}"),
+        )
+
+    def open_better_dialog(self, msg_id: str) -> QDialog:
+        """An editor holding the reply; OK saves the edited text as the better answer."""
+        old = self.store.message(msg_id)
+        dlg = QDialog(self)
+        dlg.setWindowTitle("Write a better answer")
+        dlg.setObjectName("betterAnswerDialog")
+        dlg.setSizeGripEnabled(True)
+        editor = QPlainTextEdit(old.content)
+        editor.setObjectName("betterAnswerText")
+        note = QLabel(
+            "Saved with the prompt, the model and its settings to the dataset Collected, "
+            "for fine-tuning (chat examples) and preference pairs (this answer chosen, the "
+            "model's rejected). The conversation is not changed."
+        )
+        note.setWordWrap(True)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Save answer")
+        buttons.accepted.connect(dlg.accept)
+        buttons.rejected.connect(dlg.reject)
+        lay = QVBoxLayout(dlg)
+        lay.addWidget(editor, 1)
+        lay.addWidget(note)
+        lay.addWidget(buttons)
+        dlg.resize(*_editor_size(editor, old.content, self))
+
+        def done() -> None:
+            text = editor.toPlainText()
+            if text.strip() and text.strip() != old.content.strip():
+                self.give_feedback(msg_id, better=text)
+
+        dlg.accepted.connect(done)
+        dlg.finished.connect(lambda _r: setattr(self, "better_dialog", None))
+        dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.better_dialog = dlg
+        editor.setFocus()
+        dlg.open()
+        return dlg
+
     def _link(self, url: QUrl) -> None:
         kind, _, target = url.toString().partition(":")
         if self.stream is not None:
@@ -817,6 +905,10 @@ class ChatPane(QWidget):
             )
         elif kind == "edit":
             self.open_edit_dialog(target)
+        elif kind in ("good", "bad"):
+            self.give_feedback(target, rating="up" if kind == "good" else "down")
+        elif kind == "better":
+            self.open_better_dialog(target)
 
     def open_edit_dialog(self, msg_id: str) -> QDialog:
         """A resizable editor sized to the message; OK makes a new branch, answered at once."""
