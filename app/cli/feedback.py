@@ -22,6 +22,11 @@ def register(sub: Any) -> None:
     ex.add_argument("--format", choices=("chat", "preference"), required=True)
     ex.add_argument("--out", metavar="FILE", required=True)
     ex.add_argument("--version", help="a version of Collected (default: the current one)")
+    ex.add_argument(
+        "--redact-pii",
+        action="store_true",
+        help="replace emails, phone numbers, cards, IBANs and IP addresses with labels",
+    )
     ex.set_defaults(func=cmd_export)
 
 
@@ -44,6 +49,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from app.core.data.collected import export_jsonl
 
-    n = export_jsonl(open_workspace(args), Path(args.out), args.format, args.version)
+    counts: dict[str, int] = {}
+    n = export_jsonl(
+        open_workspace(args),
+        Path(args.out),
+        args.format,
+        args.version,
+        redact=args.redact_pii,
+        counts=counts,
+    )
     print(f"{n} {'examples' if args.format == 'chat' else 'pairs'} written to {args.out}")
+    if args.redact_pii:
+        found = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none found"
+        print(f"personal data redacted: {found}")
     return 0

@@ -107,3 +107,30 @@ def test_bad_feedback_is_refused(workspace: Any) -> None:
     with pytest.raises(ConfigError):
         record_feedback(workspace, bad, rating="sideways")  # type: ignore[arg-type]
     assert collected(workspace) == []
+
+
+def test_export_can_redact_personal_data(
+    workspace: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.cli.main import main
+
+    store = ConversationStore(workspace.db)
+    conv = store.create("t", model_id="m-1")
+    q = store.add(conv.id, None, "user", "Mail jane.doe@example.com about it")
+    a = store.add(conv.id, q.id, "assistant", "", model_id="m-1")
+    store.finish(a.id, "Call +44 20 7946 0958.")
+    record_feedback(workspace, a.id, rating="down", better="Write to jane.doe@example.com.")
+    out = tmp_path / "pairs.jsonl"
+    argv = ["--workspace", str(workspace.root), "feedback", "export", "--format", "preference"]
+    assert main([*argv, "--out", str(out), "--redact-pii"]) == 0
+    assert "personal data redacted: 2 email, 1 phone" in capsys.readouterr().out
+    (pair,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert pair == {
+        "prompt": [{"role": "user", "content": "Mail [EMAIL] about it"}],
+        "chosen": "Write to [EMAIL].",
+        "rejected": "Call [PHONE].",
+    }
+    # Without the flag the export holds what was said; the dataset itself is unchanged.
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "jane.doe@example.com" in out.read_text()
+    assert collected(workspace)[0].better == "Write to jane.doe@example.com."

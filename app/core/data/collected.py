@@ -241,11 +241,42 @@ def preference_pairs(rows: list[Feedback]) -> list[dict[str, Any]]:
     return pairs
 
 
+def redact_rows(rows: list[Feedback], counts: dict[str, int] | None = None) -> list[Feedback]:
+    """Copies of ``rows`` with personal data (emails, phones, cards, IBANs, IPs) replaced
+    by labels in every text a training export uses (see :mod:`app.core.data.pii`)."""
+    from dataclasses import replace
+
+    from app.core.data.pii import redact_text
+
+    def red(text: str) -> str:
+        return redact_text(text, counts=counts)
+
+    return [
+        replace(
+            r,
+            messages=[{**m, "content": red(m["content"])} for m in r.messages],
+            reply=red(r.reply),
+            better=red(r.better) if r.better else r.better,
+        )
+        for r in rows
+    ]
+
+
 def export_jsonl(
-    ws: Workspace, out: Path, kind: Literal["chat", "preference"], version: str | None = None
+    ws: Workspace,
+    out: Path,
+    kind: Literal["chat", "preference"],
+    version: str | None = None,
+    *,
+    redact: bool = False,
+    counts: dict[str, int] | None = None,
 ) -> int:
-    """Write the chat examples or preference pairs of ``Collected`` as JSON lines; the count."""
+    """Write the chat examples or preference pairs of ``Collected`` as JSON lines; the count.
+
+    ``redact`` replaces personal data first (``counts`` receives how many of each kind)."""
     rows = collected(ws, version)
+    if redact:
+        rows = redact_rows(rows, counts)
     items = chat_examples(rows) if kind == "chat" else preference_pairs(rows)
     with atomic_open(out, "wb") as fh:
         for item in items:
