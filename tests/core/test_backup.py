@@ -348,3 +348,42 @@ def test_a_checksummed_backup_with_a_bad_database_is_refused(tmp_path: Path) -> 
     with pytest.raises(BackupError, match="not a sound SQLite database"):
         restore_backup(out, tmp_path / "restored")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar"]
+
+
+def test_a_cancelled_backup_leaves_nothing(workspace: Workspace, tmp_path: Path) -> None:
+    _fill(workspace)
+    calls = 0
+
+    class Stop(Exception):
+        pass
+
+    def check() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise Stop
+
+    out = tmp_path / "out" / "b.tar"
+    with pytest.raises(Stop):
+        create_backup(workspace.root, out, check=check)
+    assert calls == 3 and list(out.parent.iterdir()) == []  # no file, no temporaries
+    assert last_backup(workspace.root) is None
+
+
+def test_cli_incremental_backup_and_a_missing_base(
+    workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fill(workspace)
+    ws = str(workspace.root)
+    full, inc = tmp_path / "full.tar", tmp_path / "inc.tar"
+    assert _cli("--workspace", ws, "backup", "create", "--out", str(full)) == 0
+    (workspace.root / "runs" / "job-1" / "new.txt").write_text("new")
+    assert _cli("--workspace", ws, "backup", "create", "--out", str(inc), "--base", str(full)) == 0
+    text = capsys.readouterr().out
+    assert "stored 1 distinct file(s)" in text and "restoring needs that file too" in text
+    full.rename(tmp_path / "moved.tar")
+    assert _cli("backup", "verify", str(inc)) == 5
+    err = capsys.readouterr().err
+    assert "is incremental: it needs its base full.tar" in err and "--base" in err
+    assert _cli("backup", "verify", str(inc), "--base", str(tmp_path / "moved.tar")) == 0
+    assert "base OK" in capsys.readouterr().out
