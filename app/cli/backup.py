@@ -60,11 +60,10 @@ def _printer() -> tuple[ProgressPrinter, Any]:
 
 def cmd_create(args: argparse.Namespace) -> int:
     from app.core.backup import create_backup
-    from app.core.workspace import Workspace
+    from app.core.workspace import resolve_workspace_dir
 
-    ws = Workspace.open(args.workspace, create=False)
-    root = ws.root
-    ws.close()
+    # Not opened: opening migrates an older database, and a backup must change nothing.
+    root = resolve_workspace_dir(args.workspace)
     printer, show = _printer()
     try:
         res = create_backup(
