@@ -112,15 +112,22 @@ class HostMetrics:
         )
         self._names: set[str] = set()
         self._lock = threading.Lock()
+        self._models = models
         if models is not None:
             r.register(_ModelsCollector(models))
 
     def _model(self, name: Any) -> str | None:
         """A model label: only names the host serves (bounded, like routes)."""
-        return name if isinstance(name, str) and name in self._names else None
+        if not isinstance(name, str):
+            return None
+        with self._lock:
+            served = set(self._names)
+        if self._models is not None:
+            served |= {n for n, _, _ in self._models()}
+        return name if name in served else None
 
     def serve(self, names: Iterable[str]) -> None:
-        """The model names the host serves (labels for anything else are dropped)."""
+        """More model names the host serves, besides those its models function lists."""
         with self._lock:
             self._names = set(names)
 
