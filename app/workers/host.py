@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -31,7 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -911,18 +912,190 @@ class Handler(BaseHTTPRequestHandler):
 
     def _completions(self, record: dict[str, Any]) -> int:
         body = self._read_body()
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise HostError(400, "prompt must be a string.", code="invalid_prompt")
-        body["prompt"] = prompt
-        return self._generate(record, body, chat=False)
+        prompts = completion_prompts(body.get("prompt"))
+        top, echo = validate_logprob_fields(body, chat=False)
+        plain = top is None and not echo and body.get("max_tokens") != 0
+        if len(prompts) == 1 and isinstance(prompts[0], str) and plain:
+            body["prompt"] = prompts[0]
+            return self._generate(record, body, chat=False)
+        return self._legacy(record, body, prompts, top, echo)
+
+    def _legacy(
+        self,
+        record: dict[str, Any],
+        body: dict[str, Any],
+        prompts: list[str | list[int]],
+        top: int | None,
+        echo: bool,
+    ) -> int:
+        """``/v1/completions`` with logprobs, echo, token-id prompts or several prompts.
+
+        Each prompt is one choice, run under the model's lock on its own (a long
+        batch does not hold the queue between prompts). With ``echo`` the prompt's
+        text comes first and, with ``logprobs``, its tokens' scores (the first is
+        null); ``max_tokens: 0`` with ``echo`` only scores the prompt.
+        """
+        from app.core.infer import ContextOverflowError, SamplingParams
+        from app.core.infer.engines import check_token_ids
+
+        stream, include_usage = validate_generation_fields(body)
+        if stream and len(prompts) > 1:
+            raise HostError(400, "stream works with one prompt at a time.", code="invalid_prompt")
+        score_only = body.get("max_tokens") == 0 and not isinstance(body.get("max_tokens"), bool)
+        if score_only and not echo:
+            raise HostError(
+                400,
+                "max_tokens 0 generates nothing: it needs echo: true (to score the prompt).",
+                code="invalid_max_tokens",
+            )
+        slot = self._slot(body)
+        record["model"] = slot.name
+        params = SamplingParams.from_openai({**body, "max_tokens": 1} if score_only else body)
+        grammar = response_format_grammar(body.get("response_format"))
+        with slot.lock:
+            engine = slot.get_engine()
+            n_ctx = int(engine.context_length)
+        for p in prompts:
+            if isinstance(p, str):
+                check_prompt_fits(slot, engine, p, n_ctx)
+            elif len(p) > n_ctx or (len(p) == n_ctx and not score_only):
+                raise ContextOverflowError(len(p), n_ctx)
+        rid = "cmpl-" + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        head = {"id": rid, "object": "text_completion", "created": created, "model": slot.name}
+
+        def run(prompt: str | list[int]) -> Generator[tuple[str, Any, str | None, Any]]:
+            """(text, logprobs block or None, finish_reason, usage) pieces of one choice."""
+            with slot.lock:
+                engine = slot.get_engine()
+                if grammar is not None:
+                    if not hasattr(engine, "set_grammar"):
+                        raise HostError(
+                            400,
+                            "response_format json_object/json_schema is supported for GGUF "
+                            "models only.",
+                            code="unsupported_response_format",
+                        )
+                    engine.set_grammar(grammar)
+                try:
+                    if isinstance(prompt, str):
+                        tokens = engine.prompt_tokens(prompt)
+                    else:  # checked first: llama.cpp aborts the process on an unknown id
+                        tokens = list(prompt)
+                        check_token_ids(tokens, engine.vocab_size)
+                    scored = engine.score_tokens(tokens, top) if echo and top is not None else []
+                    if isinstance(prompt, str):
+                        text0 = prompt
+                    elif scored:
+                        text0 = b"".join(e.piece for e in scored).decode("utf-8", "replace")
+                    else:
+                        text0 = engine.detokenize(tokens)
+                    offsets = LegacyLogprobs(0 if echo else len(text0))
+                    if echo:
+                        yield text0, offsets.block(scored) if top is not None else None, None, None
+                    if score_only:
+                        from app.core.infer import Usage
+
+                        yield "", None, "length", Usage(len(tokens), 0)
+                        return
+                    for c in engine.complete_tokens(
+                        tokens, params, **({} if top is None else {"logprobs": top})
+                    ):
+                        block = offsets.block(c.logprobs) if top is not None else None
+                        yield c.text, block, c.finish_reason, c.usage
+                finally:
+                    if grammar is not None:
+                        engine.set_grammar(None)
+
+        if stream:
+            pieces = run(prompts[0])
+            try:
+                return self._legacy_stream(record, head, pieces, include_usage)
+            finally:
+                pieces.close()  # releases the model's lock if the client went away
+        choices = []
+        n_prompt = n_out = 0
+        for i, prompt in enumerate(prompts):
+            parts: list[str] = []
+            blocks: list[dict[str, Any]] = []
+            finish = "stop"
+            for text, block, fin, usage in run(prompt):
+                parts.append(text)
+                if block is not None:
+                    blocks.append(block)
+                if fin:
+                    finish = fin
+                if usage is not None:
+                    n_prompt += usage.prompt_tokens
+                    n_out += usage.completion_tokens
+            logprobs = merge_legacy_blocks(blocks) if top is not None else None
+            choices.append(
+                {"index": i, "text": "".join(parts), "finish_reason": finish, "logprobs": logprobs}
+            )
+        record.update(prompt_tokens=n_prompt, completion_tokens=n_out)
+        usage_d = {
+            "prompt_tokens": n_prompt,
+            "completion_tokens": n_out,
+            "total_tokens": n_prompt + n_out,
+        }
+        self._send_json(200, {**head, "choices": choices, "usage": usage_d})
+        return 200
+
+    def _legacy_stream(
+        self,
+        record: dict[str, Any],
+        head: dict[str, Any],
+        pieces: Iterator[tuple[str, Any, str | None, Any]],
+        include_usage: bool,
+    ) -> int:
+        """A completion stream whose events carry legacy logprob blocks."""
+        first = next(pieces)  # errors before the first piece are still a proper 4xx/5xx
+        self._start_events()
+        send = self._send_chunk
+
+        def event(obj: dict[str, Any]) -> bytes:
+            return b"data: " + json.dumps({**head, **obj}, ensure_ascii=False).encode() + b"\n\n"
+
+        usage = None
+        status = 200
+        try:
+            for text, block, fin, u in itertools.chain([first], pieces):
+                if u is not None:
+                    usage = u
+                if text or block or fin:
+                    choice = {"index": 0, "text": text, "finish_reason": fin, "logprobs": block}
+                    send(event({"choices": [choice]}))
+            if usage is not None:
+                record.update(
+                    prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+                )
+                if include_usage:
+                    send(event({"choices": [], "usage": usage.to_dict()}))
+        except OSError:
+            self.close_connection = True
+            return 499
+        except Exception as exc:
+            err = as_host_error(exc)
+            record["error"] = err.code
+            status = err.status
+            send(
+                b"data: "
+                + json.dumps(error_body(err.message, err.error_type, err.code)).encode()
+                + b"\n\n"
+            )
+        try:
+            send(b"data: [DONE]\n\n")
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            self.close_connection = True
+            return 499
+        return status
 
     def _generate(self, record: dict[str, Any], body: dict[str, Any], *, chat: bool) -> int:
         from app.core.infer import SamplingParams
 
         stream, include_usage = validate_generation_fields(body)
+        top = validate_logprob_fields(body, chat=True)[0] if chat else None
         slot = self._slot(body)
         record["model"] = slot.name
         params = SamplingParams.from_openai(body)
@@ -968,15 +1141,17 @@ class Handler(BaseHTTPRequestHandler):
                     )
                 engine.set_grammar(grammar)
             try:
-                chunks = engine.complete(prompt, params)
+                # A reply parsed for tool calls has no per-token logprobs.
+                lp = top if tool_format is None else None
+                chunks = engine.complete(prompt, params, **({} if lp is None else {"logprobs": lp}))
                 rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
                 if tool_format is not None:
                     return self._tool_reply(
                         record, slot.name, rid, chunks, tool_format, stream, include_usage
                     )
                 if stream:
-                    return self._stream(record, slot.name, rid, chat, chunks, include_usage)
-                return self._whole(record, slot.name, rid, chat, chunks)
+                    return self._stream(record, slot.name, rid, chat, chunks, include_usage, lp)
+                return self._whole(record, slot.name, rid, chat, chunks, lp)
             finally:
                 if grammar is not None:
                     engine.set_grammar(None)
@@ -1067,16 +1242,29 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
     def _whole(
-        self, record: dict[str, Any], model: str, rid: str, chat: bool, chunks: Iterator[Any]
+        self,
+        record: dict[str, Any],
+        model: str,
+        rid: str,
+        chat: bool,
+        chunks: Iterator[Any],
+        top: int | None = None,
     ) -> int:
-        text, finish, usage_d = self._collect(record, chunks)
+        entries: list[Any] = []
+
+        def keep(chunks: Iterator[Any]) -> Iterator[Any]:
+            for c in chunks:
+                entries.extend(c.logprobs)
+                yield c
+
+        text, finish, usage_d = self._collect(record, keep(chunks))
         created = int(time.time())
         if chat:
             choice: dict[str, Any] = {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
                 "finish_reason": finish,
-                "logprobs": None,
+                "logprobs": chat_logprobs(entries, top) if top is not None else None,
             }
             obj = {"id": rid, "object": "chat.completion", "created": created, "model": model}
         else:
@@ -1094,6 +1282,7 @@ class Handler(BaseHTTPRequestHandler):
         chat: bool,
         chunks: Iterator[Any],
         include_usage: bool,
+        top: int | None = None,
     ) -> int:
         created = int(time.time())
         kind = "chat.completion.chunk" if chat else "text_completion"
@@ -1109,14 +1298,17 @@ class Handler(BaseHTTPRequestHandler):
             }
             return b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n"
 
-        def choice(text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+        def choice(
+            text: str | None, finish: str | None, role: bool = False, entries: Any = ()
+        ) -> dict[str, Any]:
+            lp = chat_logprobs(entries, top) if top is not None and (entries or finish) else None
             if chat:
                 delta: dict[str, Any] = {}
                 if role:
                     delta["role"] = "assistant"
                 if text is not None:
                     delta["content"] = text
-                return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": lp}
             return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
 
         # Headers go out at once (a context overflow was already raised by
@@ -1132,12 +1324,13 @@ class Handler(BaseHTTPRequestHandler):
                 send(event([choice("", None, role=True)]))
             for c in chunks:
                 if c.text:
-                    send(event([choice(c.text, None)]))
+                    send(event([choice(c.text, None, entries=c.logprobs)]))
                     if "ttft_ms" not in record:
                         record["ttft_ms"] = round((time.perf_counter() - self._t0) * 1000, 1)
                 if c.finish_reason:
                     usage = c.usage
-                    send(event([choice(None if chat else "", c.finish_reason)]))
+                    rest = () if c.text else c.logprobs
+                    send(event([choice(None if chat else "", c.finish_reason, entries=rest)]))
             if usage is not None:
                 record.update(
                     prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
@@ -1324,6 +1517,116 @@ def validate_generation_fields(body: Mapping[str, Any]) -> tuple[bool, bool]:
     _field(body, "tools", (list,), "a list")
     _field(body, "tool_choice", (str, dict), "a string or an object")
     return stream, include_usage
+
+
+#: Prompts one ``/v1/completions`` request may hold (each is a choice).
+MAX_PROMPTS = 64
+
+
+def completion_prompts(prompt: Any) -> list[str | list[int]]:
+    """A completions ``prompt`` as a list: a string, token ids, or a list of either."""
+
+    def is_ids(v: Any) -> bool:
+        return isinstance(v, list) and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in v
+        )
+
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and is_ids(prompt):
+        return [list(prompt)]
+    if isinstance(prompt, list) and prompt and len(prompt) <= MAX_PROMPTS:
+        if all(isinstance(p, str) or (is_ids(p) and p) for p in prompt):
+            return list(prompt)
+    raise HostError(
+        400,
+        "prompt must be a string, a list of token ids, or a list of at most "
+        f"{MAX_PROMPTS} strings or non-empty token id lists.",
+        code="invalid_prompt",
+    )
+
+
+def validate_logprob_fields(body: Mapping[str, Any], *, chat: bool) -> tuple[int | None, bool]:
+    """(alternatives per token or None for no logprobs, echo) from a request body.
+
+    Chat: ``logprobs: true`` and ``top_logprobs`` 0..20. Completions: ``logprobs``
+    0..20 (OpenAI's legacy API allows 5; llama.cpp's and vLLM's servers 20) and
+    ``echo``. Anything else is a 400 naming the field.
+    """
+    from app.core.infer import MAX_TOP_LOGPROBS
+
+    limit = MAX_TOP_LOGPROBS
+    if chat:
+        wanted = bool(_field(body, "logprobs", (bool,), "true or false"))
+        top = _field(body, "top_logprobs", (int,), f"an integer from 0 to {limit}")
+        if top is not None and not 0 <= top <= limit:
+            raise HostError(
+                400, f"top_logprobs must be from 0 to {limit}, not {top}.",
+                code="invalid_top_logprobs",
+            )  # fmt: skip
+        if top and not wanted:
+            raise HostError(400, "top_logprobs needs logprobs: true.", code="invalid_top_logprobs")
+        return (top or 0) if wanted else None, False
+    echo = bool(_field(body, "echo", (bool,), "true or false"))
+    n = _field(body, "logprobs", (int,), f"an integer from 0 to {limit}")
+    if n is not None and not 0 <= n <= limit:
+        raise HostError(
+            400, f"logprobs must be from 0 to {limit}, not {n}.", code="invalid_logprobs"
+        )
+    return n, echo
+
+
+def token_text(piece: bytes) -> str:
+    """A token's text as OpenAI writes it: ``bytes:\\xNN...`` when not valid UTF-8 alone."""
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in piece)
+
+
+def chat_logprobs(entries: Sequence[Any], top: int | None) -> dict[str, Any]:
+    """``choices[].logprobs`` of a chat completion (or chunk) for these tokens."""
+    content = [
+        {
+            "token": token_text(e.piece),
+            "logprob": e.logprob,
+            "bytes": list(e.piece),
+            "top_logprobs": [
+                {"token": token_text(b), "logprob": lp, "bytes": list(b)}
+                for _, b, lp in e.top[: top or 0]
+            ],
+        }
+        for e in entries
+    ]
+    return {"content": content, "refusal": None}
+
+
+class LegacyLogprobs:
+    """Legacy (``/v1/completions``) logprob blocks, with text offsets running across blocks."""
+
+    def __init__(self, offset: int = 0) -> None:
+        import codecs
+
+        self.offset = offset
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def block(self, entries: Sequence[Any]) -> dict[str, Any]:
+        tokens, values, tops, offsets = [], [], [], []
+        for e in entries:
+            offsets.append(self.offset)
+            self.offset += len(self._decoder.decode(e.piece))
+            tokens.append(token_text(e.piece))
+            values.append(e.logprob)
+            tops.append(None if e.logprob is None else {token_text(b): lp for _, b, lp in e.top})
+        return {
+            "tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
+            "text_offset": offsets,
+        }  # fmt: skip
+
+
+def merge_legacy_blocks(blocks: Sequence[Mapping[str, list[Any]]]) -> dict[str, list[Any]]:
+    keys = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+    return {k: [v for b in blocks for v in b[k]] for k in keys}
 
 
 def response_format_grammar(fmt: Any) -> str | None:

@@ -6,12 +6,14 @@ Importing this package is cheap: the heavy libraries load only with a model.
 
 from app.core.infer.engines import (
     FORMATS,
+    MAX_TOP_LOGPROBS,
     Chunk,
     ContextOverflowError,
     Engine,
     EngineOptions,
     InferenceError,
     ModelLoadError,
+    TokenLogprob,
     UnsupportedError,
     Usage,
     create_engine,
@@ -32,6 +34,7 @@ from app.core.infer.templates import (
 
 __all__ = [
     "FORMATS",
+    "MAX_TOP_LOGPROBS",
     "PRESETS",
     "ChatTemplate",
     "ChatTemplateError",
@@ -43,6 +46,7 @@ __all__ = [
     "ModelLoadError",
     "SamplingParams",
     "StopBuffer",
+    "TokenLogprob",
     "UnsafeTemplateError",
     "UnsupportedError",
     "Usage",

@@ -21,19 +21,26 @@ from app.core.infer.templates import ChatTemplate, guess_preset, preset
 
 __all__ = [
     "FORMATS",
+    "MAX_TOP_LOGPROBS",
     "Chunk",
     "ContextOverflowError",
     "Engine",
     "EngineOptions",
     "InferenceError",
+    "InvalidTokensError",
     "ModelLoadError",
+    "TokenLogprob",
     "UnsupportedError",
     "Usage",
+    "check_token_ids",
     "create_engine",
     "detect_format",
     "engine_class",
+    "log_normalizers",
+    "logprob_rows",
     "open_engine",
     "register_engine",
+    "top_ids",
 ]
 
 
@@ -68,6 +75,54 @@ class ContextOverflowError(InferenceError):
         self.context_length = context_length
 
 
+class InvalidTokensError(InferenceError):
+    """Token ids given as a prompt that the model's vocabulary does not hold."""
+
+    http_status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_prompt"
+
+
+def check_token_ids(tokens: Sequence[int], n_vocab: int) -> None:
+    """Refuse an empty list or ids outside ``[0, n_vocab)`` (llama.cpp would crash on them)."""
+    if not tokens:
+        raise InvalidTokensError("The prompt has no tokens.")
+    bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
+    if bad is not None:
+        raise InvalidTokensError(
+            f"Token id {bad} is not in this model's vocabulary (0..{n_vocab - 1})."
+        )
+
+
+def logprob_rows(logits: Any) -> Any:
+    """Log-softmax of each row of ``logits`` (a 2-D numpy array), in float64."""
+    import numpy as np
+
+    x = np.asarray(logits, dtype=np.float64)
+    return x - log_normalizers(x)[:, None]
+
+
+def log_normalizers(logits: Any) -> Any:
+    """``log(sum(exp(row)))`` of each row of ``logits`` (2-D numpy), summed in float64:
+    a token's logprob is its logit minus its row's normalizer."""
+    import numpy as np
+
+    m = logits.max(axis=-1, keepdims=True)
+    total = np.exp(logits - m).sum(axis=-1, dtype=np.float64)
+    return m[:, 0].astype(np.float64) + np.log(total)
+
+
+def top_ids(row: Any, n: int) -> list[int]:
+    """The ``n`` largest entries' indices of a 1-D numpy array, largest first."""
+    import numpy as np
+
+    if n <= 0:
+        return []
+    n = min(n, row.shape[0])
+    part = np.argpartition(-row, n - 1)[:n]
+    return [int(i) for i in part[np.argsort(-row[part], kind="stable")]]
+
+
 class UnsupportedError(InferenceError):
     """The engine cannot do what was asked (e.g. embeddings)."""
 
@@ -93,13 +148,37 @@ class Usage:
         }
 
 
+#: The most alternatives a caller may ask for at each position (OpenAI's limit).
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token with its log-probability and the likeliest tokens at its position.
+
+    Values are the log-softmax of the model's raw logits (before temperature,
+    penalties or grammar). ``logprob`` is None for a prompt's first token: nothing
+    precedes it. ``top`` holds (token id, bytes, logprob), likeliest first.
+    """
+
+    token: int
+    piece: bytes
+    logprob: float | None
+    top: tuple[tuple[int, bytes, float], ...] = ()
+
+
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of streamed text. The last chunk of a stream carries ``finish_reason`` and ``usage``."""
+    """A piece of streamed text. The last chunk of a stream carries ``finish_reason`` and ``usage``.
+
+    With logprobs asked for, ``logprobs`` holds the generated tokens not reported by an
+    earlier chunk (a chunk may carry tokens whose text a stop string held back or cut).
+    """
 
     text: str
     finish_reason: str | None = None
     usage: Usage | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,14 +235,49 @@ class Engine(ABC):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
+    def prompt_tokens(self, prompt: str) -> list[int]:
+        """The tokens a completion of ``prompt`` starts from: BOS is added unless the
+        text already starts with it (a rendered chat template often does)."""
+        bos, _ = self.special_tokens()
+        return self.tokenize(prompt, add_special=not (bos and prompt.startswith(bos)))
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to ``vocab_size - 1``."""
+        raise UnsupportedError(f"The {type(self).__name__} does not report its vocabulary.")
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes ``token`` adds to a text (b"" for control tokens)."""
+        raise UnsupportedError(f"The {type(self).__name__} cannot report token texts.")
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of ``tokens`` (control tokens left out)."""
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
+
     # -- generation --------------------------------------------------------------
     @abstractmethod
-    def complete(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
+    def complete(
+        self, prompt: str, params: SamplingParams, *, logprobs: int | None = None
+    ) -> Iterator[Chunk]:
         """Stream a completion of ``prompt``; the last chunk has ``finish_reason`` and ``usage``.
 
+        ``logprobs`` (0..MAX_TOP_LOGPROBS) asks for each generated token's
+        :class:`TokenLogprob` with that many alternatives (see :attr:`Chunk.logprobs`).
         Raises :class:`ContextOverflowError` before generating when the prompt does
         not fit.
         """
+
+    def complete_tokens(
+        self, tokens: Sequence[int], params: SamplingParams, *, logprobs: int | None = None
+    ) -> Iterator[Chunk]:
+        """Like :meth:`complete`, from token ids given as they are (no BOS added)."""
+        raise UnsupportedError(f"The {type(self).__name__} cannot complete token ids.")
+
+    def score_tokens(self, tokens: Sequence[int], top: int = 0) -> list[TokenLogprob]:
+        """Each token's log-probability given the tokens before it (the first: None),
+        with ``top`` alternatives at each position after the first. For prompt scoring
+        (``echo``); raises :class:`ContextOverflowError` when the tokens do not fit."""
+        raise UnsupportedError(f"The {type(self).__name__} cannot score prompts.")
 
     def chat(
         self,

@@ -18,9 +18,17 @@ from app.core.infer.engines import (
     ContextOverflowError,
     Engine,
     ModelLoadError,
+    TokenLogprob,
     Usage,
+    check_token_ids,
+    log_normalizers,
+    top_ids,
 )
 from app.core.infer.sampling import SamplingParams, StopBuffer
+
+#: Tokens of context decoded before a token to read its text (a SentencePiece token's
+#: leading space shows only after another token).
+_PIECE_CONTEXT = 6
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
@@ -160,16 +168,72 @@ class HFEngine(Engine):
         return [float(x) for x in out.logits[0, -1]]
 
     def _prompt_tokens(self, prompt: str) -> list[int]:
-        bos, _ = self.special_tokens()
-        return self.tokenize(prompt, add_special=not (bos and prompt.startswith(bos)))
+        return self.prompt_tokens(prompt)
 
-    def complete(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
-        tokens = self._prompt_tokens(prompt)
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_input_embeddings().num_embeddings)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._piece([token], 0)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(tokens), skip_special_tokens=True))
+
+    def _piece(self, ids: Sequence[int], i: int) -> bytes:
+        """The bytes ``ids[i]`` adds to the decoded text of the tokens before it."""
+        tok = self.tokenizer
+        lo = max(0, i - _PIECE_CONTEXT)
+        before = tok.decode(ids[lo:i], skip_special_tokens=True) if i > lo else ""
+        text = tok.decode(ids[lo : i + 1], skip_special_tokens=True)
+        if i == lo:  # no context: a SentencePiece token's leading space is lost
+            token = tok.convert_ids_to_tokens(int(ids[i]))
+            if isinstance(token, str) and token.startswith("\u2581") and not text.startswith(" "):
+                text = " " + text
+        piece = text[len(before) :] if text.startswith(before) else text
+        return str(piece).encode("utf-8")
+
+    def complete(
+        self, prompt: str, params: SamplingParams, *, logprobs: int | None = None
+    ) -> Iterator[Chunk]:
+        return self.complete_tokens(self.prompt_tokens(prompt), params, logprobs=logprobs)
+
+    def complete_tokens(
+        self, tokens: Sequence[int], params: SamplingParams, *, logprobs: int | None = None
+    ) -> Iterator[Chunk]:
+        tokens = list(tokens)
+        check_token_ids(tokens, self.vocab_size)
         if len(tokens) >= self.context_length:
             raise ContextOverflowError(len(tokens), self.context_length)
-        return self._generate(tokens, params)
+        return self._generate(tokens, params, logprobs)
 
-    def _generate(self, tokens: list[int], params: SamplingParams) -> Iterator[Chunk]:
+    def score_tokens(self, tokens: Sequence[int], top: int = 0) -> list[TokenLogprob]:
+        """One forward pass over ``tokens``; each position's log-softmax of the logits."""
+        import torch
+
+        tokens = list(tokens)
+        check_token_ids(tokens, self.vocab_size)
+        if len(tokens) > self.context_length:
+            raise ContextOverflowError(len(tokens), self.context_length)
+        with torch.no_grad():
+            logits = self.model(input_ids=torch.tensor([tokens])).logits[0, :-1].float().numpy()
+        norms = log_normalizers(logits) if len(tokens) > 1 else []
+        out = [TokenLogprob(tokens[0], self._piece(tokens, 0), None)]
+        for k in range(1, len(tokens)):
+            out.append(self._token_logprob(logits[k - 1], float(norms[k - 1]), tokens, k, top))
+        return out
+
+    def _token_logprob(
+        self, logits: Any, norm: float, ids: Sequence[int], k: int, top: int
+    ) -> TokenLogprob:
+        alts = tuple(
+            (i, self.token_bytes(i), float(logits[i]) - norm) for i in top_ids(logits, top)
+        )
+        return TokenLogprob(ids[k], self._piece(ids, k), float(logits[ids[k]]) - norm, alts)
+
+    def _generate(
+        self, tokens: list[int], params: SamplingParams, logprobs: int | None = None
+    ) -> Iterator[Chunk]:
         import torch
 
         model, tok = self.model, self.tokenizer
@@ -185,6 +249,7 @@ class HFEngine(Engine):
         finish = "length"
         hit = False
         cache_kw: dict[str, Any] = {}
+        pending: list[TokenLogprob] = []
         inputs = torch.tensor([tokens])
         context = torch.tensor(tokens)
         with torch.no_grad():
@@ -195,11 +260,17 @@ class HFEngine(Engine):
                     cache_kw = {"cache": out["cache"]}
                 else:
                     cache_kw = {"past_key_values": out["past_key_values"]}
-                token = _sample(out.logits[0, -1].float(), context, params, gen)
+                logits = out.logits[0, -1].float()
+                raw = logits.numpy().copy() if logprobs is not None else None
+                token = _sample(logits, context, params, gen)
                 if token in eos_ids:
                     finish = "stop"
                     break
                 out_ids.append(token)
+                if raw is not None and logprobs is not None:
+                    norm = float(log_normalizers(raw[None, :])[0])
+                    ids = [*tokens, *out_ids]
+                    pending.append(self._token_logprob(raw, norm, ids, len(ids) - 1, logprobs))
                 context = torch.cat([context, torch.tensor([token])])
                 inputs = torch.tensor([[token]])
                 text = tok.decode(out_ids, skip_special_tokens=True)
@@ -208,7 +279,8 @@ class HFEngine(Engine):
                 piece, emitted = text[len(emitted) :], text
                 safe, hit = stops.feed(piece)
                 if safe:
-                    yield Chunk(safe)
+                    yield Chunk(safe, logprobs=tuple(pending))
+                    pending.clear()
                 if hit:
                     finish = "stop"
                     break
@@ -217,7 +289,12 @@ class HFEngine(Engine):
             rest = tok.decode(out_ids, skip_special_tokens=True)[len(emitted) :]
             safe, _ = stops.feed(rest)
             tail = safe + stops.flush()
-        yield Chunk(tail, finish_reason=finish, usage=Usage(len(tokens), len(out_ids)))
+        yield Chunk(
+            tail,
+            finish_reason=finish,
+            usage=Usage(len(tokens), len(out_ids)),
+            logprobs=tuple(pending),
+        )
 
     def embeddings(self, texts: Sequence[str]) -> list[list[float]]:
         """Mean-pooled last hidden states, one vector per text."""

@@ -13,13 +13,19 @@ from app.core.infer.engines import (
     ContextOverflowError,
     Engine,
     ModelLoadError,
+    TokenLogprob,
     Usage,
+    check_token_ids,
+    log_normalizers,
+    top_ids,
 )
 from app.core.infer.sampling import SamplingParams, StopBuffer
 
 #: Context size used when the caller gives none (the model's own may be far larger
 #: and its KV cache would take gigabytes).
 DEFAULT_N_CTX = 4096
+#: Prompt positions scored per llama.cpp decode (``score_tokens``): bounds the logits buffer.
+SCORE_BATCH = 64
 
 
 class LlamaEngine(Engine):
@@ -151,25 +157,96 @@ class LlamaEngine(Engine):
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
 
-    def _prompt_tokens(self, prompt: str) -> list[int]:
-        # A rendered chat template often starts with the BOS text already: don't add a second.
-        bos, _ = self.special_tokens()
-        add_bos = not (bos and prompt.startswith(bos))
-        return self.tokenize(prompt, add_special=add_bos)
+    @property
+    def vocab_size(self) -> int:
+        return int(self.llm.n_vocab())
 
-    def complete(self, prompt: str, params: SamplingParams) -> Iterator[Chunk]:
+    def token_bytes(self, token: int) -> bytes:
+        return bytes(self.llm.detokenize([token]))
+
+    def complete(
+        self, prompt: str, params: SamplingParams, *, logprobs: int | None = None
+    ) -> Iterator[Chunk]:
+        return self.complete_tokens(self.prompt_tokens(prompt), params, logprobs=logprobs)
+
+    def complete_tokens(
+        self, tokens: Sequence[int], params: SamplingParams, *, logprobs: int | None = None
+    ) -> Iterator[Chunk]:
         import llama_cpp
 
         llm = self.llm
-        tokens = self._prompt_tokens(prompt)
+        tokens = list(tokens)
+        check_token_ids(tokens, self.vocab_size)
         n_ctx = self.context_length
         if len(tokens) >= n_ctx:
             raise ContextOverflowError(len(tokens), n_ctx)
-        return self._generate(llm, llama_cpp, tokens, params, n_ctx)
+        return self._generate(llm, llama_cpp, tokens, params, n_ctx, logprobs)
+
+    def score_tokens(self, tokens: Sequence[int], top: int = 0) -> list[TokenLogprob]:
+        """Evaluate ``tokens`` from an empty cache, asking llama.cpp for every position's
+        logits, SCORE_BATCH positions per decode (the logits buffer holds that many rows
+        of the vocabulary: 64 x 262k floats = 64 MB for Gemma 3, instead of n_ctx rows
+        for a model loaded with ``logits_all``). The cache then holds the tokens, so a
+        completion of the same tokens reuses it."""
+        import numpy as np
+        from llama_cpp._internals import LlamaBatch
+
+        llm = self.llm
+        tokens = list(tokens)
+        n_vocab = self.vocab_size
+        check_token_ids(tokens, n_vocab)
+        n_ctx = self.context_length
+        if len(tokens) > n_ctx:
+            raise ContextOverflowError(len(tokens), n_ctx)
+        llm.reset()
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        out = [TokenLogprob(tokens[0], self.token_bytes(tokens[0]), None)]
+        batch: Any = LlamaBatch(n_tokens=SCORE_BATCH, embd=0, n_seq_max=1, verbose=False)
+        try:
+            for start in range(0, len(tokens), SCORE_BATCH):
+                part = tokens[start : start + SCORE_BATCH]
+                batch.set_batch(part, n_past=start, logits_all=True)
+                llm._ctx.decode(batch)
+                llm.input_ids[start : start + len(part)] = part
+                llm.n_tokens = start + len(part)
+                rows = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(part), n_vocab))
+                # Row j predicts the token after part[j]; the last row of the last part
+                # predicts past the prompt and is not needed.
+                nxt = tokens[start + 1 : start + 1 + len(part)]
+                if not nxt:
+                    break
+                norms = log_normalizers(rows[: len(nxt)])
+                out.extend(
+                    self._token_logprob(rows[j], norms[j], t, top) for j, t in enumerate(nxt)
+                )
+        except BaseException:
+            llm.reset()
+            raise
+        finally:
+            batch.close()
+        # The last position's logits came from a batch: a completion re-evaluates the
+        # last token alone (as without scoring), so seeded texts do not change.
+        llm._requires_eval = True
+        return out
+
+    def _token_logprob(self, logits: Any, norm: float, token: int, top: int) -> TokenLogprob:
+        """``token``'s entry from one position's raw logits and their log-normalizer."""
+        alts = tuple(
+            (i, self.token_bytes(i), float(logits[i]) - norm) for i in top_ids(logits, top)
+        )
+        return TokenLogprob(token, self.token_bytes(token), float(logits[token]) - norm, alts)
 
     def _generate(
-        self, llm: Any, lib: Any, tokens: Sequence[int], params: SamplingParams, n_ctx: int
+        self,
+        llm: Any,
+        lib: Any,
+        tokens: Sequence[int],
+        params: SamplingParams,
+        n_ctx: int,
+        logprobs: int | None = None,
     ) -> Iterator[Chunk]:
+        import numpy as np
+
         room = n_ctx - len(tokens)
         max_tokens = min(params.max_tokens or room, room)
         llm.set_seed(params.seed if params.seed is not None else random.randrange(2**32))
@@ -177,9 +254,11 @@ class LlamaEngine(Engine):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopBuffer(params.stop)
         vocab = llm._model.vocab
+        n_vocab = int(llm.n_vocab())
         n_out = 0
         finish = "length"
         hit = False
+        pending: list[TokenLogprob] = []
         extra: dict[str, Any] = {}
         if self.grammar is not None:
             from llama_cpp.llama_grammar import LlamaGrammar
@@ -198,20 +277,29 @@ class LlamaEngine(Engine):
                 finish = "stop"
                 break
             n_out += 1
+            if logprobs is not None:
+                # The raw logits the sampler just read (it works on a copy).
+                row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(1, n_vocab))
+                norm = float(log_normalizers(row)[0])
+                pending.append(self._token_logprob(row[0], norm, token, logprobs))
             text = decoder.decode(bytes(llm.detokenize([token])))
             out, hit = stops.feed(text)
             if hit:
                 if out:
-                    yield Chunk(out)
+                    yield Chunk(out, logprobs=tuple(pending))
+                    pending.clear()
                 finish = "stop"
                 break
             if out:
-                yield Chunk(out)
+                yield Chunk(out, logprobs=tuple(pending))
+                pending.clear()
             if n_out >= max_tokens:
                 break
         # After a stop string, what was held back is the stop string itself: drop it.
         tail = "" if hit else stops.flush() + decoder.decode(b"", final=True)
-        yield Chunk(tail, finish_reason=finish, usage=Usage(len(tokens), n_out))
+        yield Chunk(
+            tail, finish_reason=finish, usage=Usage(len(tokens), n_out), logprobs=tuple(pending)
+        )
 
 
 def _prefill(llm: Any, tokens: Sequence[int]) -> None:
