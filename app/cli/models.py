@@ -86,6 +86,15 @@ def register(sub: Any) -> None:
         help="per-tensor relative change and cosine against OTHER (a GGUF export: its "
         "quantization error)",
     )
+    insp.add_argument(
+        "--prompt",
+        metavar="TEXT",
+        help="run TEXT through the model: the greedy answer's token probabilities with the "
+        "top-5 alternatives; for HF models also a logit lens and attention maps",
+    )
+    insp.add_argument(
+        "--max-tokens", type=int, default=24, help="answer length for --prompt (default 24)"
+    )
     insp.add_argument("--json", action="store_true", help="print the whole report as JSON")
     insp.set_defaults(func=cmd_inspect)
 
@@ -293,13 +302,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from app.workers.supervisor import Supervisor
 
     ws = open_workspace(args)
-    if not (args.stats or args.compare):
+    if not (args.stats or args.compare or args.prompt):
         report = inspect_model(ws, args.model)  # headers only: no job needed
     else:
         target = resolve(ws, args.model)  # a clear error before a job is queued
         if args.compare:
             resolve(ws, args.compare)
-        params = {"model": args.model, "stats": bool(args.stats), "compare": args.compare}
+        params = {
+            "model": args.model,
+            "stats": bool(args.stats),
+            "compare": args.compare,
+            "prompt": args.prompt,
+            "max_tokens": args.max_tokens,
+        }
         job = JobService(ws).submit("models.inspect", params, title=f"Inspect {target.label}")
         rc = wait_job(Supervisor(ws), job.id)
         if rc:
@@ -367,3 +382,28 @@ def _print_report(report: dict[str, Any]) -> None:
                     f"  {key.replace('_', ' ')}: {', '.join(cmp[key][:10])}"
                     f"{' …' if len(cmp[key]) > 10 else ''}"
                 )
+    if report.get("probe"):
+        _print_probe(report["probe"])
+
+
+def _print_probe(probe: dict[str, Any]) -> None:
+    print(f"Answer: {probe['text']!r}")
+    print(f"  {'TOKEN':16} {'PROB':>7}  ALTERNATIVES")
+    for t in probe["answer"]:
+        alts = ", ".join(f"{a['text']!r} {a['prob']:.3g}" for a in t["top"][:5])
+        prob = "-" if t["prob"] is None else f"{t['prob']:.3f}"
+        print(f"  {t['text']!r:16} {prob:>7}  {alts}")
+    lens = probe.get("lens")
+    if lens:
+        positions = probe["positions"]
+        shown = list(range(max(0, len(positions) - 8), len(positions)))
+        print("Logit lens (likeliest next token after each layer, last positions):")
+        print("  " + " " * 8 + "".join(f"{positions[p]['text'][:10]!r:>14}" for p in shown))
+        for layer, row in enumerate(lens["rows"]):
+            cells = "".join(f"{row[p]['text'][:10]!r:>14}" for p in shown)
+            print(f"  layer {layer + 1:<2}{cells}")
+    elif probe.get("inside_unavailable"):
+        print(probe["inside_unavailable"])
+    if probe.get("attention") and probe["attention"].get("file"):
+        a = probe["attention"]
+        print(f"Attention: {a['layers']} layers x {a['heads']} heads x {a['n']}^2 in {a['file']}")

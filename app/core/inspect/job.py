@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 ProgressFn = Callable[[float | None, str], None]
 REPORT_NAME = "inspect.json"
+ATTENTION_NAME = "attention.npy"
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,14 @@ def inspect_model(
     *,
     stats: bool = False,
     compare: str | None = None,
+    prompt: str | None = None,
+    max_tokens: int = 24,
+    attention_file: Path | None = None,
     progress: ProgressFn | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """The report: architecture always; weight statistics, LoRA updates, comparison on request."""
+    """The report: architecture always; weight statistics, LoRA updates, comparison, and a
+    prompt through the model (``probe``: loads the model, so only in a worker) on request."""
     target = resolve(ws, model)
     ts = open_tensors(target.path)
     report: dict[str, Any] = {
@@ -85,6 +90,7 @@ def inspect_model(
             ("stats", stats),
             ("lora", stats and target.is_adapter),
             ("compare", compare is not None),
+            ("probe", bool(prompt)),
         )
         if on
     ]
@@ -123,11 +129,33 @@ def inspect_model(
                 "id": other.model_id,
                 "name": other.label,
             }
+        elif step == "probe" and prompt:
+            from app.core.inspect.probe import probe
+
+            step_progress = sub(i)
+
+            def probe_progress(fraction: float | None, message: str) -> None:
+                step_progress(fraction or 0.0, message)
+
+            found = probe(
+                target.path,
+                prompt,
+                max_tokens=max_tokens,
+                attention_file=attention_file,
+                progress=probe_progress,
+            )
+            found.pop("_attention_array", None)
+            report["probe"] = found
     return report
 
 
 def inspect_job(
-    ctx: JobContext, model: str, stats: bool = True, compare: str | None = None
+    ctx: JobContext,
+    model: str,
+    stats: bool = True,
+    compare: str | None = None,
+    prompt: str | None = None,
+    max_tokens: int = 24,
 ) -> dict[str, Any]:
     """Job ``models.inspect``: write the report to ``runs/<job>/inspect.json``."""
     from app.core.store import atomic_write_text
@@ -138,6 +166,9 @@ def inspect_job(
         model,
         stats=stats,
         compare=compare,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        attention_file=ctx.run_dir / ATTENTION_NAME,
         progress=ctx.progress,
         cancelled=ctx.cancelled,
     )
@@ -154,6 +185,10 @@ def inspect_job(
     if "stats" in report:
         result["outliers"] = [t["name"] for t in report["stats"]["tensors"] if t["outlier"]]
         result["cached"] = report["stats"]["cached"]
+    if report.get("probe"):
+        result["answer"] = report["probe"]["text"]
+        if report["probe"].get("attention"):
+            ctx.artifact("attention", ctx.run_dir / ATTENTION_NAME)
     if "compare" in report:
         result["compared"] = len(report["compare"]["tensors"])
     ctx.result(result)
