@@ -90,3 +90,54 @@ def test_inspect_window_stats_compare_heatmap_and_export(
         qtbot.wait(200)
         win.grab().save(str(Path(os.environ["DEMOAI_SCREENSHOT_DIR"]) / "inspect.png"))
     win.close()
+
+
+def test_prompt_tab_runs_a_job_and_shows_answer_lens_and_attention(
+    qtbot, main_window, tiny_llama_dir, ui_watchdog
+) -> None:
+    import sys
+
+    from PySide6.QtCore import QUrl
+    from PySide6.QtWidgets import QToolTip
+
+    from app.core.models.registry import ModelRegistry
+
+    torch_before = "torch" in sys.modules
+    rec = ModelRegistry(main_window.services.workspace).import_path(
+        tiny_llama_dir, copy=False, name="tiny"
+    )
+    pane = main_window.pane("models")
+    pane.refresh()
+    pane.select_model(rec.id)
+    with ui_watchdog.watch():
+        win = pane.inspect_selected()
+        qtbot.waitUntil(lambda: win.tree.topLevelItemCount() == 2, timeout=30_000)
+        win.tabs.setCurrentIndex(win.tabs.count() - 1)
+        win.max_tokens.setValue(4)
+        job = win.run_prompt("Hello world")
+        assert job is not None and not win.run_btn.isEnabled()
+        qtbot.waitUntil(lambda: win.probe is not None, timeout=180_000)
+        m = win.show_attention()
+    ui_watchdog.assert_no_stall()
+    # the model was loaded by the job's worker process, never by the window
+    assert torch_before or "torch" not in sys.modules
+
+    probe = win.probe
+    assert len(probe["answer"]) == 4 and win.run_btn.isEnabled()
+    n = len(probe["positions"])
+    assert win.lens_table.rowCount() == 2 and win.lens_table.columnCount() == n
+    assert [win.lens_table.item(1, c).text() for c in range(n)] == [
+        repr(c["text"])[1:-1] for c in probe["lens"]["output"]
+    ]
+    assert m is not None and m.shape == (n, n)
+    np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-2)  # float16 on disk
+    assert win.attention is not None and win.attention.shape == (2, 4, n, n)
+    win.att_layer.setValue(1)
+    win.att_head.setValue(3)
+    np.testing.assert_array_equal(win.show_attention(), win.attention[1, 3].astype(np.float32))
+    html = win.answer_view.toHtml()
+    assert "tok:3" in html and "Hello world" in html
+    win._token_hovered(QUrl("tok:0"))
+    first = probe["answer"][0]
+    assert f"{first['prob']:.3f}" in QToolTip.text()
+    win.close()

@@ -7,14 +7,16 @@ progress and Cancel); the window only lays out what comes back. The numbers come
 
 from __future__ import annotations
 
+import functools
+import html
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QBrush, QColor
+from PySide6.QtCore import Qt, QUrl
+from PySide6.QtGui import QBrush, QColor, QCursor
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -23,10 +25,15 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QLineEdit,
     QPushButton,
+    QSpinBox,
+    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
+    QTextBrowser,
+    QToolTip,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -35,6 +42,7 @@ from PySide6.QtWidgets import (
 
 from app.core.format import human_size
 from app.core.inspect.heatmap import Grid, available, grid, short_names
+from app.core.jobs.store import Job, JobState
 from app.core.models.registry import ModelRecord
 from app.ui.actions import Cancelled, Progress
 from app.ui.panes.models.qt_models_table import human_params
@@ -159,7 +167,7 @@ class InspectWindow(QDialog):
         row.addWidget(self.png_btn)
         row.addWidget(self.csv_btn)
         hl.addLayout(row)
-        self.plot = pg.PlotWidget(background="w")
+        self.plot = pg.PlotWidget(background="w", enableMenu=False)
         self.plot.setObjectName("inspectHeatmap")
         self.image = pg.ImageItem(axisOrder="row-major")
         self.plot.addItem(self.image)
@@ -175,8 +183,14 @@ class InspectWindow(QDialog):
         self.tabs.addTab(self.compare_table, "Compare")
         self.tabs.addTab(self.lora_table, "LoRA")
         self.tabs.addTab(heat, "Heatmap")
+        self.tabs.addTab(self._build_prompt_tab(), "Prompt")
         for i in (1, 2, 3, 4):
             self.tabs.setTabVisible(i, False)  # shown once they have something
+        self.probe_job: str | None = None
+        self.probe: dict[str, Any] | None = None
+        self.attention: np.ndarray | None = None
+        services.hub.jobs_changed.connect(self._jobs_changed)
+        services.hub.job_events.connect(self._job_events)
 
         lay = QVBoxLayout(self)
         lay.addWidget(self.summary)
@@ -445,3 +459,231 @@ class InspectWindow(QDialog):
         if path:
             self.export_csv(path)
             self.status.ok(f"Saved {path}")
+
+    # -- a prompt through the model (a job: it loads the model) --------------------------
+    def _build_prompt_tab(self) -> QWidget:
+        w = QWidget()
+        lay = QVBoxLayout(w)
+        row = QHBoxLayout()
+        self.prompt_edit = QLineEdit()
+        self.prompt_edit.setObjectName("inspectPrompt")
+        self.prompt_edit.setPlaceholderText("A prompt to run through the model…")
+        self.prompt_edit.returnPressed.connect(lambda: self.run_prompt(self.prompt_edit.text()))
+        self.max_tokens = QSpinBox()
+        self.max_tokens.setRange(1, 256)
+        self.max_tokens.setValue(24)
+        self.max_tokens.setPrefix("answer ≤ ")
+        self.max_tokens.setSuffix(" tokens")
+        self.run_btn = QPushButton("Run")
+        self.run_btn.setToolTip(
+            "Runs in a background job (see Jobs): the greedy answer coloured by probability "
+            "(hover a token for the alternatives); for Hugging Face models also the logit lens "
+            "and the attention maps"
+        )
+        self.run_btn.clicked.connect(lambda: self.run_prompt(self.prompt_edit.text()))
+        self.cancel_probe_btn = QPushButton("Cancel")
+        self.cancel_probe_btn.setEnabled(False)
+        self.cancel_probe_btn.clicked.connect(self.cancel_prompt)
+        row.addWidget(self.prompt_edit, 1)
+        row.addWidget(self.max_tokens)
+        row.addWidget(self.run_btn)
+        row.addWidget(self.cancel_probe_btn)
+        lay.addLayout(row)
+        self.answer_view = QTextBrowser()
+        self.answer_view.setObjectName("inspectAnswer")
+        self.answer_view.setOpenLinks(False)
+        self.answer_view.highlighted.connect(self._token_hovered)
+        self.answer_view.setPlaceholderText(
+            "The answer appears here, each token coloured by its probability."
+        )
+        self.lens_table = QTableWidget(0, 0)
+        self.lens_table.setObjectName("inspectLens")
+        self.lens_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        att = QWidget()
+        al = QVBoxLayout(att)
+        al.setContentsMargins(0, 0, 0, 0)
+        arow = QHBoxLayout()
+        self.att_layer = QSpinBox()
+        self.att_layer.setPrefix("layer ")
+        self.att_head = QSpinBox()
+        self.att_head.setPrefix("head ")
+        self.att_layer.valueChanged.connect(lambda _v: self.show_attention())
+        self.att_head.valueChanged.connect(lambda _v: self.show_attention())
+        arow.addWidget(QLabel("Attention"))
+        arow.addWidget(self.att_layer)
+        arow.addWidget(self.att_head)
+        arow.addStretch(1)
+        al.addLayout(arow)
+        self.att_plot = pg.PlotWidget(background="w", enableMenu=False)
+        self.att_plot.setObjectName("inspectAttention")
+        self.att_image = pg.ImageItem(axisOrder="row-major")
+        self.att_plot.addItem(self.att_image)
+        self.att_plot.getPlotItem().getViewBox().invertY(True)
+        self.att_plot.getPlotItem().setMenuEnabled(False)
+        self.att_plot.setLabel("bottom", "attended position")
+        self.att_plot.setLabel("left", "position")
+        self.att_image.setColorMap(pg.colormap.get("viridis"))
+        al.addWidget(self.att_plot, 1)
+        lower = QSplitter(Qt.Orientation.Horizontal)
+        lower.addWidget(self.lens_table)
+        lower.addWidget(att)
+        lower.setSizes([600, 400])
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(self.answer_view)
+        split.addWidget(lower)
+        split.setSizes([160, 420])
+        lay.addWidget(split, 1)
+        self.probe_status = StatusLine()
+        self.probe_status.setObjectName("inspectProbeStatus")
+        lay.addWidget(self.probe_status)
+        return w
+
+    def run_prompt(self, prompt: str) -> Job | None:
+        """Start the ``models.inspect`` job with ``prompt``; the result shows when it ends."""
+        prompt = prompt.strip()
+        if not prompt or self.probe_job is not None:
+            return None
+        params = {
+            "model": self.record.id,
+            "stats": False,
+            "prompt": prompt,
+            "max_tokens": self.max_tokens.value(),
+        }
+        job = self.services.jobs.submit(
+            "models.inspect", params, title=f"Prompt through {self.record.name}"
+        )
+        self.probe_job = job.id
+        self.run_btn.setEnabled(False)
+        self.cancel_probe_btn.setEnabled(True)
+        self.probe_status.busy("Loading the model and running the prompt (a background job)…")
+        self.services.hub.tick()
+        return job
+
+    def cancel_prompt(self) -> None:
+        if self.probe_job is not None:
+            self.services.supervisor.cancel(self.probe_job)
+            self.services.hub.tick()
+
+    def _job_events(self, job_id: str, events: list[dict[str, Any]]) -> None:
+        if job_id != self.probe_job:
+            return
+        for ev in events:
+            if ev.get("type") == "progress":
+                fraction = ev.get("fraction")
+                self.probe_status.progress(
+                    float(fraction or 0.0),
+                    1.0 if fraction is not None else None,
+                    str(ev.get("message", "")),
+                )
+
+    def _jobs_changed(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.id != self.probe_job or job.state in (
+                JobState.QUEUED,
+                JobState.RUNNING,
+                JobState.CANCELLING,
+            ):
+                continue
+            self.probe_job = None
+            self.run_btn.setEnabled(True)
+            self.cancel_probe_btn.setEnabled(False)
+            if job.state == JobState.SUCCEEDED and job.result:
+                report_path = str(job.result.get("report", ""))
+                self.services.actions.run(
+                    self,
+                    "Reading the result",
+                    functools.partial(_load_probe, report_path),
+                    status=self.probe_status,
+                    done=self._show_probe,
+                )
+            elif job.state == JobState.CANCELLED:
+                self.probe_status.ok("Cancelled.")
+            else:
+                self.probe_status.error(job.error or f"The job ended {job.state}.", job.hint or "")
+
+    def _show_probe(self, loaded: tuple[dict[str, Any], np.ndarray | None]) -> None:
+        probe, attention = loaded
+        self.probe, self.attention = probe, attention
+        e = html.escape
+        parts = [f"<span style='color:gray'>{e(probe['prompt'])}</span>"]
+        for i, t in enumerate(probe["answer"]):
+            p = t["prob"] or 0.0
+            parts.append(
+                f"<a href='tok:{i}' style='text-decoration:none; color:black; "
+                f"background-color:{_prob_colour(p)}'>{e(t['text']) or '∅'}</a>"
+            )
+        self.answer_view.setHtml("".join(parts))
+        lens = probe.get("lens")
+        positions = probe.get("positions") or []
+        if lens:
+            self.lens_table.clear()
+            self.lens_table.setRowCount(lens["layers"])
+            self.lens_table.setColumnCount(len(positions))
+            self.lens_table.setHorizontalHeaderLabels([repr(t["text"])[1:-1] for t in positions])
+            self.lens_table.setVerticalHeaderLabels(
+                [f"layer {i + 1}" for i in range(lens["layers"])]
+            )
+            for r, row in enumerate(lens["rows"]):
+                for c, cell in enumerate(row):
+                    item = QTableWidgetItem(repr(cell["text"])[1:-1])
+                    item.setBackground(QBrush(QColor(_prob_colour(cell["prob"]))))
+                    item.setForeground(QBrush(QColor("black")))
+                    item.setToolTip(f"{cell['text']!r}: {cell['prob']:.3f}")
+                    self.lens_table.setItem(r, c, item)
+        else:
+            self.lens_table.setRowCount(0)
+            self.lens_table.setColumnCount(0)
+        if attention is not None:
+            self.att_layer.setRange(0, attention.shape[0] - 1)
+            self.att_head.setRange(0, attention.shape[1] - 1)
+            self.show_attention()
+        else:
+            self.att_image.clear()
+        note = probe.get("inside_unavailable")
+        self.probe_status.ok(
+            f"Answer of {len(probe['answer'])} tokens." + (f" {note}" if note else ""),
+            clear_after_ms=0,
+        )
+
+    def show_attention(self) -> np.ndarray | None:
+        """The attention map of the chosen layer and head (rows: positions; sum to 1)."""
+        if self.attention is None:
+            return None
+        m: np.ndarray = np.asarray(
+            self.attention[self.att_layer.value(), self.att_head.value()], dtype=np.float32
+        )
+        self.att_image.setImage(m, levels=(0.0, float(m.max()) or 1.0))
+        self.att_plot.getPlotItem().getViewBox().autoRange(padding=0)
+        return m
+
+    def _token_hovered(self, url: QUrl) -> None:
+        text = url.toString()
+        if not text.startswith("tok:") or self.probe is None:
+            QToolTip.hideText()
+            return
+        t = self.probe["answer"][int(text[4:])]
+        lines = [f"{t['text']!r}: {t['prob']:.3f}" if t["prob"] is not None else repr(t["text"])]
+        lines += [f"  {a['text']!r}: {a['prob']:.3f}" for a in t["top"]]
+        QToolTip.showText(QCursor.pos(), "\n".join(lines), self.answer_view)
+
+
+def _prob_colour(p: float) -> str:
+    """Red (unlikely) to green (likely), light enough for black text."""
+    p = min(1.0, max(0.0, p))
+    r = int(255 - 90 * p)
+    g = int(165 + 90 * p)
+    return f"#{r:02x}{g:02x}a5"
+
+
+def _load_probe(
+    report_path: str, _progress: Progress | None = None
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The probe section of a job's report and its attention array (off the UI thread)."""
+    import json
+
+    from app.core.inspect.probe import load_attention
+
+    probe: dict[str, Any] = json.loads(Path(report_path).read_text("utf-8"))["probe"]
+    att = probe.get("attention") or {}
+    array = load_attention(att["file"]) if att.get("file") else None
+    return probe, array
