@@ -387,3 +387,18 @@ def test_cli_incremental_backup_and_a_missing_base(
     assert "is incremental: it needs its base full.tar" in err and "--base" in err
     assert _cli("backup", "verify", str(inc), "--base", str(tmp_path / "moved.tar")) == 0
     assert "base OK" in capsys.readouterr().out
+
+
+def test_a_huge_tar_extension_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """tarfile reads a pax header whole: a 2 MiB one is refused by the pre-scan."""
+    data = b"fine"
+    sha = hashlib.sha256(data).hexdigest()
+    members = _valid_members([{"path": "runs/a.txt", "size": 4, "sha256": sha}], {sha: data})
+    members[1][0].pax_headers = {"comment": "x" * (2 << 20)}
+    out = tmp_path / "evil.tar"
+    _tar_with(out, members)
+    with pytest.raises(BackupError, match="extension header is too large"):
+        verify_backup(out)
+    with pytest.raises(BackupError, match="extension header is too large"):
+        restore_backup(out, tmp_path / "restored")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tar"]

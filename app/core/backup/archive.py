@@ -570,9 +570,41 @@ def _check_manifest(path: Path, m: Any, members: dict[str, tuple[int, str]]) -> 
     return m
 
 
+#: Tar header types whose content tarfile reads into memory (pax and GNU long names).
+_META_TYPES = frozenset(b"xgLK")
+MAX_TAR_META = 1 << 20
+
+
+def _prescan(path: Path, fh: IO[bytes], size: int) -> None:
+    """Walk the raw 512-byte headers before tarfile does: tarfile reads pax headers and
+    GNU long names whole into memory, so a hostile one could be as large as the file."""
+    pos = 0
+    while pos + 512 <= size:
+        fh.seek(pos)
+        block = fh.read(512)
+        if len(block) < 512:
+            break
+        if block == b"\0" * 512:
+            break
+        field_ = block[124:136]
+        if field_[0] & 0x80:
+            n = int.from_bytes(field_[1:], "big")
+        else:
+            digits = field_.replace(b"\0", b" ").strip()
+            try:
+                n = int(digits, 8) if digits else 0
+            except ValueError as exc:
+                raise _damaged(path, "a tar header has an invalid size") from exc
+        if block[156] in _META_TYPES and n > MAX_TAR_META:
+            raise _damaged(path, "a tar extension header is too large")
+        pos += 512 + (n + 511) // 512 * 512
+    fh.seek(0)
+
+
 def _iter_members(
     path: Path, fh: IO[bytes], size: int
 ) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+    _prescan(path, fh, size)
     try:
         tar = tarfile.open(fileobj=fh, mode="r:")
     except (tarfile.TarError, OSError, EOFError) as exc:
