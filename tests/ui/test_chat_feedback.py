@@ -54,6 +54,7 @@ def test_thumbs_and_a_better_answer_become_rows_with_provenance(qtbot, chat, ui_
     assert row.messages == [{"role": "user", "content": "The capital of France is"}]
     assert row.settings["seed"] == 7 and row.settings["temperature"] == 0.0
 
+    pane._link(QUrl(f"good:{reply.id}"))  # the same rating again: no second row
     # A thumbs down and a better answer on the reply.
     pane._link(QUrl(f"bad:{reply.id}"))
     qtbot.waitUntil(lambda: len(collected(ws)) == 2, timeout=30_000)
@@ -69,6 +70,7 @@ def test_thumbs_and_a_better_answer_become_rows_with_provenance(qtbot, chat, ui_
 
     rows = collected(ws)
     assert [r.rating for r in rows] == [1, -1, 0] and rows[2].better == "Paris."
+    assert pane.feedback_given[reply.id] == "👍 saved · 👎 saved · better answer saved"
     assert len(DatasetStore(ws).versions("Collected")) == 3
     pairs = preference_pairs(rows)
     assert {"prompt": row.messages, "chosen": "Paris.", "rejected": reply.content} in pairs

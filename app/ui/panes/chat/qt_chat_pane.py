@@ -831,12 +831,17 @@ class ChatPane(QWidget):
         label = {"up": "👍 saved", "down": "👎 saved"}.get(rating or "", "")
         if better:
             label = (label + " · " if label else "") + "better answer saved"
+        before = self.feedback_given.get(msg_id, "")
+        if rating and not better and label in before.split(" · "):
+            return  # the same rating again (a double click): one row is enough
 
         def write(_p: object) -> Any:
             return record_feedback(ws, msg_id, rating=rating, better=better)  # type: ignore[arg-type]
 
         def done(result: Any) -> None:
-            self.feedback_given[msg_id] = label
+            parts = [p for p in self.feedback_given.get(msg_id, "").split(" · ") if p]
+            parts += [p for p in label.split(" · ") if p not in parts]
+            self.feedback_given[msg_id] = " · ".join(parts)
             self.stats.setText(f"Feedback saved: row {result[1].rows} of the dataset {COLLECTED}")
             self.render_transcript()
 
