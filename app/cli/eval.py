@@ -106,6 +106,10 @@ def register(sub: Any) -> None:
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_metrics)
 
+    from app.cli.eval_perplexity import register as register_perplexity
+
+    register_perplexity(esub)
+
 
 def _config(args: argparse.Namespace) -> Any:
     from app.core.eval.runner import EvalConfig

@@ -257,6 +257,17 @@ register_metric(
     "ppl",
 )
 register_metric(
+    MetricSpec(
+        "corpus_perplexity",
+        "model",
+        False,
+        "perplexity of a whole text: exp(sum nll / sum tokens) over its windows "
+        "(demoai eval perplexity)",
+        needs_reference=False,
+    ),
+    "corpus_ppl",
+)
+register_metric(
     MetricSpec("latency_ms", "model", False, "wall time of the answer (ms)", needs_reference=False),
     "latency",
 )

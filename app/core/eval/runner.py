@@ -28,6 +28,7 @@ from app.core.eval.metrics import canonical_name, get_metric
 from app.core.store.files import atomic_write_text
 
 if TYPE_CHECKING:
+    from app.core.eval.corpus import PerplexityConfig
     from app.core.eval.perplexity import TokenScorer
     from app.core.infer.engines import Engine
     from app.core.jobs.context import JobContext
@@ -93,6 +94,11 @@ class EvalConfig:
             raise ConfigError("limit must be at least 1.")
         if self.bootstrap < 0:
             raise ConfigError("bootstrap must be 0 (no CIs) or more.")
+        if "corpus_perplexity" in self.metrics:
+            raise ConfigError(
+                "corpus_perplexity is measured on a whole text, not per sample.",
+                "Use `demoai eval perplexity`.",
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvalConfig:
@@ -307,7 +313,9 @@ class EvalStore:
         self.db = ws.db
 
     # -- runs --
-    def create_run(self, run_id: str, cfg: EvalConfig, *, job_id: str | None = None) -> EvalRun:
+    def create_run(
+        self, run_id: str, cfg: EvalConfig | PerplexityConfig, *, job_id: str | None = None
+    ) -> EvalRun:
         self.db.execute(
             "INSERT OR IGNORE INTO eval_runs(id, job_id, name, state, config, dataset_ref, "
             "dataset_version, models, metrics, judge_prompt, created_at) "
@@ -497,7 +505,17 @@ class EvalStore:
                 spec = get_metric(m)
                 vals = [float(v) for s in rows if (v := s.scores.get(m)) is not None]
                 errors = sum(1 for s in rows if s.scores.get(m) is None)
-                if spec.corpus is not None:
+                if m == "corpus_perplexity":  # exp(sum nll / sum tokens), CI over windows
+                    from app.core.eval.corpus import corpus_aggregate
+
+                    done = [s for s in rows if "nll" in s.extra]
+                    value, lo, hi = corpus_aggregate(
+                        [float(s.extra["nll"]) for s in done],
+                        [int(s.extra["n_tokens"]) for s in done],
+                        n_boot=boots,
+                        seed=seed,
+                    )
+                elif spec.corpus is not None:
                     scored = [s for s in rows if s.scores.get(m) is not None]
                     preds = [(s.prediction or "").strip() for s in scored]
                     refs = [_refs(s.reference) for s in scored]
@@ -777,8 +795,11 @@ def _rows(ws: Workspace, cfg: EvalConfig) -> list[dict[str, Any]]:
 
 def run_eval(ctx: JobContext, **params: Any) -> dict[str, Any]:
     """Job ``eval.run``: evaluate each model on the dataset; resumes after the stored samples."""
+    from app.core.eval.corpus import is_perplexity_params, run_perplexity
     from app.core.jobs.context import JobFailed
 
+    if is_perplexity_params(params):  # `demoai eval perplexity`: same kind, same store
+        return run_perplexity(ctx, **params)
     ws: Workspace = ctx.workspace
     cfg = EvalConfig.from_dict(params)
     store = EvalStore(ws)

@@ -246,6 +246,8 @@ class EvalTab(QWidget):
         self.metrics.setObjectName("evalMetrics")
         self.metrics.setMaximumHeight(150)
         for spec in metrics():
+            if spec.name == "corpus_perplexity":  # a whole text, not per sample: its own runs
+                continue
             checkable(
                 self.metrics, spec.name, spec.name, spec.name in DEFAULT_METRICS, spec.description
             )
