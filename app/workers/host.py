@@ -705,7 +705,7 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/health" and method == "GET":
                 self._send_json(200, {"status": "ok", "pid": os.getpid()})
                 return
-            if not (path.startswith("/v1/") or path.startswith("/admin/")):
+            if not (path.startswith(("/v1/", "/admin/")) or path in TOKENIZER_ROUTES):
                 raise HostError(404, f"Unknown route {path}.", code="not_found")
             if not self._authorised():
                 raise HostError(
@@ -717,6 +717,9 @@ class Handler(BaseHTTPRequestHandler):
                 ("GET", "/v1/models"): self._models,
                 ("POST", "/v1/chat/completions"): self._chat,
                 ("POST", "/v1/completions"): self._completions,
+                ("GET", "/tokenizer_info"): self._tokenizer_info,
+                ("POST", "/tokenize"): self._tokenize,
+                ("POST", "/detokenize"): self._detokenize,
                 ("POST", "/v1/embeddings"): self._embeddings,
                 ("POST", "/admin/unload"): self._unload,
                 ("GET", "/v1/host/status"): self._status,
@@ -903,6 +906,87 @@ class Handler(BaseHTTPRequestHandler):
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         usage = {"prompt_tokens": n, "total_tokens": n}
         self._send_json(200, {"object": "list", "data": data, "model": slot.name, "usage": usage})
+        return 200
+
+    # -- the tokenizer (lm-eval's "remote" tokenizer backend, llama.cpp's and vLLM's routes) --
+    def _tokenizer_slot(self, body: Mapping[str, Any]) -> ModelSlot:
+        """The model named by ``model`` in the body or the query, else the only one."""
+        from urllib.parse import parse_qs
+
+        name = body.get("model")
+        if name is None:
+            query = parse_qs(self.path.partition("?")[2])
+            names = query.get("model")
+            name = names[0] if names else None
+        if name is None and len(self.server.config.models) > 1:
+            raise HostError(
+                400,
+                "This host serves several models: name one (model in the body, or ?model=).",
+                code="model_required",
+            )
+        return self._slot({"model": name} if name is not None else {})
+
+    def _tokenizer_info(self, record: dict[str, Any]) -> int:
+        slot = self._tokenizer_slot({})
+        record["model"] = slot.name
+        with slot.lock:
+            engine = slot.get_engine()
+            bos, eos = engine.special_tokens()
+            info = {
+                "model": slot.name,
+                "bos_token": bos or None,
+                "eos_token": eos or None,
+                "pad_token": None,
+                "vocab_size": engine.vocab_size,
+                "max_model_len": int(engine.context_length),
+            }
+        self._send_json(200, info)
+        return 200
+
+    def _tokenize(self, record: dict[str, Any]) -> int:
+        """``{"prompt" | "text", "add_special_tokens"?}`` -> ``{"tokens", "count", "max_model_len"}``."""
+        body = self._read_body()
+        _field(body, "model", (str,), "a string")
+        text = body.get("prompt", body.get("text", body.get("content")))
+        if not isinstance(text, str):
+            raise HostError(400, "prompt must be a string.", code="invalid_prompt")
+        if len(text) > MAX_TOKENIZE_CHARS:
+            raise HostError(
+                400,
+                f"prompt has {len(text):,} characters; at most {MAX_TOKENIZE_CHARS:,} are tokenized.",
+                code="prompt_too_long",
+            )
+        special = _field(body, "add_special_tokens", (bool,), "true or false")
+        slot = self._tokenizer_slot(body)
+        record["model"] = slot.name
+        with slot.lock:
+            engine = slot.get_engine()
+            tokens = engine.tokenize(text, add_special=True if special is None else special)
+            n_ctx = int(engine.context_length)
+        self._send_json(200, {"tokens": tokens, "count": len(tokens), "max_model_len": n_ctx})
+        return 200
+
+    def _detokenize(self, record: dict[str, Any]) -> int:
+        """``{"tokens": [ids]}`` -> ``{"prompt": text}``."""
+        from app.core.infer.engines import check_token_ids
+
+        body = self._read_body()
+        _field(body, "model", (str,), "a string")
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in tokens
+        ):
+            raise HostError(400, "tokens must be a list of token ids.", code="invalid_tokens")
+        if len(tokens) > MAX_TOKENIZE_CHARS // 4:
+            raise HostError(400, "Too many tokens.", code="invalid_tokens")
+        slot = self._tokenizer_slot(body)
+        record["model"] = slot.name
+        with slot.lock:
+            engine = slot.get_engine()
+            if tokens:  # checked first: llama.cpp aborts the process on an unknown id
+                check_token_ids(tokens, engine.vocab_size)
+            text = engine.detokenize(tokens)
+        self._send_json(200, {"prompt": text})
         return 200
 
     def _chat(self, record: dict[str, Any]) -> int:
@@ -1627,6 +1711,12 @@ class LegacyLogprobs:
 def merge_legacy_blocks(blocks: Sequence[Mapping[str, list[Any]]]) -> dict[str, list[Any]]:
     keys = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
     return {k: [v for b in blocks for v in b[k]] for k in keys}
+
+
+#: Routes outside /v1 that clients of other servers expect (lm-eval's remote tokenizer).
+TOKENIZER_ROUTES = ("/tokenizer_info", "/tokenize", "/detokenize")
+#: Characters one /tokenize request may hold.
+MAX_TOKENIZE_CHARS = 8 * 2**20
 
 
 def response_format_grammar(fmt: Any) -> str | None:

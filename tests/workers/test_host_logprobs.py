@@ -344,3 +344,49 @@ def test_bad_values_are_400(
     assert needle in reply["error"]["message"]
     ok, _ = post(host, "/v1/completions", {"model": model, "prompt": "Hi", "max_tokens": 1})
     assert ok == 200
+
+
+def get(host: HostProcess, path: str, token: str | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(host.base_url.removesuffix("/v1") + path)
+    req.add_header("Authorization", f"Bearer {token or host.token}")
+    try:
+        with urllib.request.urlopen(req, timeout=300) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_tokenizer_routes(host: HostProcess, llama: Any, tiny: Any) -> None:
+    """/tokenize, /detokenize and /tokenizer_info (lm-eval's remote tokenizer backend)."""
+    text = "The capital of France is Paris."
+    status, out = post(
+        host, "/tokenize", {"model": "gemma", "prompt": text, "add_special_tokens": False}
+    )
+    assert status == 200, out
+    assert out["tokens"] == gemma_prompt_tokens(llama, text)[1:]  # without BOS
+    status, with_bos = post(host, "/tokenize", {"model": "gemma", "prompt": text})
+    assert with_bos["tokens"] == gemma_prompt_tokens(llama, text)
+    assert post(host, "/detokenize", {"model": "gemma", "tokens": out["tokens"]})[1] == {
+        "prompt": text
+    }
+    status, info = get(host, "/tokenizer_info?model=gemma")
+    assert status == 200 and info["eos_token"] and info["vocab_size"] == llama.n_vocab()
+    _, eos = post(host, "/tokenize", {"model": "gemma", "prompt": info["eos_token"],
+                                      "add_special_tokens": False})  # fmt: skip
+    assert eos["tokens"] == [llama.token_eos()]
+
+    _, tok = tiny
+    status, out = post(host, "/tokenize", {"model": "tiny", "prompt": text})
+    assert out["tokens"] == list(tok(text)["input_ids"])
+    status, back = post(host, "/detokenize", {"model": "tiny", "tokens": out["tokens"]})
+    assert back["prompt"] == tok.decode(out["tokens"], skip_special_tokens=True)
+
+    # Several models and none named: a 400 that says so; bad input is a 400; a key is needed.
+    status, err = get(host, "/tokenizer_info")
+    assert status == 400 and "several models" in err["error"]["message"]
+    for body in ({"model": "gemma", "tokens": [1, 10**9]}, {"model": "gemma", "tokens": "x"}):
+        status, err = post(host, "/detokenize", body)
+        assert status == 400, err
+    assert post(host, "/tokenize", {"model": "gemma", "prompt": 5})[0] == 400
+    assert get(host, "/tokenizer_info?model=gemma", token="wrong")[0] == 401
+    assert post(host, "/detokenize", {"model": "gemma", "tokens": [2]})[0] == 200

@@ -209,3 +209,60 @@ def test_generation_exact_match_equals_demoai(
     ]
     assert [s["exact_match"] for s in samples] == [s.scores["exact_match"] for s in ours]
     assert 0 < results["exact_match,none"] == pytest.approx(agg["exact_match"]["value"], abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def gemma_host(gemma_gguf: Path) -> Iterator[HostProcess]:
+    """The Gemma GGUF alone: the harness's remote tokenizer does not name a model."""
+    h = HostProcess(threads=2, n_ctx=512)
+    h.start({"gemma": (gemma_gguf, "gguf")})
+    yield h
+    h.stop()
+
+
+@needs_lm_eval
+def test_gguf_multiple_choice_with_the_hosts_tokenizer(
+    gemma_host: HostProcess, tasks: Path, tmp_path: Path, gemma_gguf: Path
+) -> None:
+    """No HF tokenizer for a GGUF model: the harness tokenizes through the host's /tokenize.
+    Each choice's log-likelihood equals llama.cpp's on the ids the harness made (context,
+    then context + continuation, without BOS: the harness asks for no special tokens)."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    results, samples = lm_eval(
+        gemma_host, tasks, tmp_path / "out", "demoai_mc",
+        {"model": "gemma", "base_url": gemma_host.base_url + "/completions",
+         "tokenizer_backend": "remote", "auth_token": gemma_host.token, "max_retries": 1},
+    )  # fmt: skip
+    llm = Llama(
+        model_path=str(gemma_gguf), n_ctx=512, n_threads=2, n_threads_batch=2,
+        logits_all=True, verbose=False,
+    )  # fmt: skip
+    try:
+
+        def ids(text: str) -> list[int]:
+            return list(llm.tokenize(text.encode(), add_bos=False, special=True))
+
+        accs = []
+        for (question, choices, gold), sample in zip(MC, samples, strict=True):
+            ctx = ids(question)
+            expected = []
+            for choice in choices:
+                whole = ids(f"{question} {choice}")
+                llm.reset()
+                llm.eval(whole)
+                rows = np.asarray(llm.scores[: len(whole)], dtype=np.float64)
+                norm = rows.max(axis=1) + np.log(
+                    np.exp(rows - rows.max(axis=1, keepdims=True)).sum(axis=1)
+                )
+                expected.append(
+                    sum(rows[i - 1, whole[i]] - norm[i - 1] for i in range(len(ctx), len(whole)))
+                )
+            lls = [float(r[0][0]) for r in sample["resps"]]
+            assert lls == pytest.approx(expected, abs=1e-3)
+            accs.append(float(int(np.argmax(expected)) == gold))
+            assert sample["acc"] == accs[-1]
+        assert results["acc,none"] == pytest.approx(sum(accs) / len(accs))
+    finally:
+        llm.close()
