@@ -19,6 +19,7 @@ shape is a 4xx, never a 500.
 from __future__ import annotations
 
 import argparse
+import collections
 import hmac
 import ipaddress
 import itertools
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.errors import ConfigError, DemoAIError
+from app.workers.host_metrics import HostMetrics
 
 API_KEY_ENV = "DEMOAI_HOST_API_KEY"
 FORMATS = ("hf", "gguf", "lora")
@@ -369,6 +371,24 @@ class ModelSlot:
         return self.weights.unload()
 
 
+#: Requests kept for GET /v1/host/requests.
+RECENT = 200
+
+
+def timed(record: dict[str, Any], chunks: Iterator[Any], t0: float) -> Iterator[Any]:
+    """Pass ``chunks`` through, noting in ``record`` the time to the first generated text
+    (``ttft_ms``, from the request's start ``t0``) and the generation time after it."""
+    first = None
+    for c in chunks:
+        text = getattr(c, "text", None)
+        if first is None and text:
+            first = time.perf_counter()
+            record["ttft_ms"] = round((first - t0) * 1000, 1)
+        yield c
+    if first is not None:
+        record["generation_ms"] = round((time.perf_counter() - first) * 1000, 1)
+
+
 class RequestLog:
     """Appends one JSON line per request."""
 
@@ -440,6 +460,9 @@ class HostServer(ThreadingHTTPServer):
         self.config = config
         self.register_lock = threading.Lock()
         self.log = RequestLog(config.request_log)
+        #: Prometheus figures (GET /metrics) and the last requests (GET /v1/host/requests)
+        self.metrics = HostMetrics(self._model_figures)
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT)
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self.address_family = family
         self._conns: dict[socket.socket, _Conn] = {}
@@ -453,6 +476,14 @@ class HostServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def _model_figures(self) -> list[tuple[str, bool, int]]:
+        """(name, loaded, bytes) of each served model, for the metrics."""
+        out = []
+        for s in list(self.config.models.values()):
+            w = s.weights
+            out.append((s.name, w.engine is not None, w.bytes if w.engine is not None else 0))
+        return out
 
     @property
     def open_connections(self) -> int:
@@ -691,6 +722,7 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
         t0 = self._t0 = time.perf_counter()
+        self.server.metrics.in_progress.inc()
         record: dict[str, Any] = {
             "path": path,
             "model": None,
@@ -705,7 +737,11 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/health" and method == "GET":
                 self._send_json(200, {"status": "ok", "pid": os.getpid()})
                 return
-            if not (path.startswith(("/v1/", "/admin/")) or path in TOKENIZER_ROUTES):
+            if not (
+                path.startswith(("/v1/", "/admin/"))
+                or path == "/metrics"
+                or path in TOKENIZER_ROUTES
+            ):
                 raise HostError(404, f"Unknown route {path}.", code="not_found")
             if not self._authorised():
                 raise HostError(
@@ -724,6 +760,8 @@ class Handler(BaseHTTPRequestHandler):
                 ("POST", "/admin/unload"): self._unload,
                 ("GET", "/v1/host/status"): self._status,
                 ("POST", "/v1/host/models"): self._register,
+                ("GET", "/v1/host/requests"): self._recent,
+                ("GET", "/metrics"): self._metrics,
             }
             route = routes.get((method, path))
             if route is None and method == "GET" and path.startswith("/v1/models/"):
@@ -749,6 +787,7 @@ class Handler(BaseHTTPRequestHandler):
             record["error"] = err.code
             self._send_error_safely(err)
         finally:
+            self.server.metrics.in_progress.dec()
             if self._body_pending:  # answered without reading the body: the stream is out of step
                 self.close_connection = True
             if path != "/health":
@@ -758,8 +797,27 @@ class Handler(BaseHTTPRequestHandler):
                     latency_ms=round((time.perf_counter() - t0) * 1000, 1),
                 )
                 self.server.log.write(record)
+                self.server.metrics.observe(record)
+                if path not in ("/metrics", "/v1/host/requests"):  # the watchers' own reads
+                    self.server.recent.append(dict(record))
 
     # -- endpoints ---------------------------------------------------------------
+    def _metrics(self, record: dict[str, Any]) -> int:
+        """The Prometheus text format (app/workers/host_metrics.py)."""
+        data, ctype = self.server.metrics.render()
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        return 200
+
+    def _recent(self, record: dict[str, Any]) -> int:
+        """The last requests, newest first: route, model, tokens, status, timings (the host
+        never keeps prompt or answer text)."""
+        self._send_json(200, {"object": "list", "data": list(reversed(self.server.recent))})
+        return 200
+
     def _models(self, record: dict[str, Any]) -> int:
         data = [
             {
@@ -779,7 +837,7 @@ class Handler(BaseHTTPRequestHandler):
         """One model with what it can do; loads it (its chat template lives in the weights file)."""
         slot = self._slot({"model": name})
         record["model"] = slot.name
-        with slot.lock:
+        with self.server.metrics.locked(slot.lock):
             engine = slot.get_engine()
             template = slot.chat_template(engine)
             caps = {
@@ -898,7 +956,7 @@ class Handler(BaseHTTPRequestHandler):
                 f"An input has {longest:,} characters, more than {EMBED_MAX_TOKENS} tokens.",
                 code="context_length_exceeded",
             )
-        with slot.lock:
+        with self.server.metrics.locked(slot.lock):
             engine = slot.get_engine()
             vectors = engine.embeddings(texts)
             n = sum(engine.count_tokens(t) for t in texts)
@@ -1036,7 +1094,7 @@ class Handler(BaseHTTPRequestHandler):
         record["model"] = slot.name
         params = SamplingParams.from_openai({**body, "max_tokens": 1} if score_only else body)
         grammar = response_format_grammar(body.get("response_format"))
-        with slot.lock:
+        with self.server.metrics.locked(slot.lock):
             engine = slot.get_engine()
             n_ctx = int(engine.context_length)
         for p in prompts:
@@ -1050,7 +1108,7 @@ class Handler(BaseHTTPRequestHandler):
 
         def run(prompt: str | list[int]) -> Generator[tuple[str, Any, str | None, Any]]:
             """(text, logprobs block or None, finish_reason, usage) pieces of one choice."""
-            with slot.lock:
+            with self.server.metrics.locked(slot.lock):
                 engine = slot.get_engine()
                 if grammar is not None:
                     if not hasattr(engine, "set_grammar"):
@@ -1082,8 +1140,12 @@ class Handler(BaseHTTPRequestHandler):
 
                         yield "", None, "length", Usage(len(tokens), 0)
                         return
-                    for c in engine.complete_tokens(
-                        tokens, params, **({} if top is None else {"logprobs": top})
+                    for c in timed(
+                        record,
+                        engine.complete_tokens(
+                            tokens, params, **({} if top is None else {"logprobs": top})
+                        ),
+                        self._t0,
                     ):
                         block = offsets.block(c.logprobs) if top is not None else None
                         yield c.text, block, c.finish_reason, c.usage
@@ -1192,7 +1254,9 @@ class Handler(BaseHTTPRequestHandler):
             tools, required = chosen_tools(validate_tools(body["tools"]), body.get("tool_choice"))
             if tools and grammar is not None:
                 raise HostError(400, "Use either tools or response_format, not both.")
-        with slot.lock:  # loads the model on first use; the rest is cached and quick
+        with self.server.metrics.locked(
+            slot.lock
+        ):  # loads the model on first use; the rest is cached and quick
             engine = slot.get_engine()
             template = slot.chat_template(engine) if chat else None
             tool_format = slot.tool_format(engine) if tools else None
@@ -1211,7 +1275,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             prompt = body["prompt"]
         check_prompt_fits(slot, engine, prompt, n_ctx)
-        with slot.lock:
+        with self.server.metrics.locked(slot.lock):  # the queue: counted while waiting
             engine = slot.get_engine()
             if tools and required and hasattr(engine, "set_grammar"):
                 # GGUF: the call is grammar-constrained; HF engines generate freely.
@@ -1228,6 +1292,7 @@ class Handler(BaseHTTPRequestHandler):
                 # A reply parsed for tool calls has no per-token logprobs.
                 lp = top if tool_format is None else None
                 chunks = engine.complete(prompt, params, **({} if lp is None else {"logprobs": lp}))
+                chunks = timed(record, chunks, self._t0)
                 rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
                 if tool_format is not None:
                     return self._tool_reply(

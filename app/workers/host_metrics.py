@@ -148,6 +148,16 @@ class HostMetrics:
         finally:
             self.queued.dec()
 
+    @contextmanager
+    def locked(self, lock: threading.Lock) -> Iterator[None]:
+        """Hold ``lock`` (a model's request queue), counted as waiting until it is ours."""
+        with self.waiting():
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
     def observe(self, record: Mapping[str, Any]) -> None:
         """Count one answered request from its request-log record."""
         route = route_label(str(record.get("path", "")))

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import openai
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.core.serving import figures, read_metrics, read_requests
+from app.workers.host_client import HostProcess
 from app.workers.host_metrics import HostMetrics
 
 
@@ -78,3 +87,87 @@ def test_two_hosts_do_not_mix_their_figures() -> None:
     a.observe(record(path="/v1/models", model=None))
     assert ("demoai_requests_total", (("route", "/v1/models"), ("status", "200"))) in scrape(a)
     assert ("demoai_requests_total", (("route", "/v1/models"), ("status", "200"))) not in scrape(b)
+
+
+# -- through the real host ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def host(gemma_gguf: Path) -> Iterator[HostProcess]:
+    h = HostProcess(threads=2, n_ctx=256)
+    h.start({"gemma": (gemma_gguf, "gguf")})
+    yield h
+    h.stop()
+
+
+def _get(url: str, key: str | None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_the_host_serves_metrics_with_the_key_and_counts_what_it_did(host: HostProcess) -> None:
+    root = host.base_url.removesuffix("/v1")
+    assert _get(root + "/metrics", None)[0] == 401
+    assert _get(root + "/metrics", "wrong")[0] == 401
+    before = read_metrics(root, host.token)
+    client = openai.OpenAI(base_url=host.base_url, api_key=host.token, max_retries=0)
+    out = client.completions.create(model="gemma", prompt="The capital of France is",
+                                    max_tokens=8, temperature=0)  # fmt: skip
+    stream = client.completions.create(
+        model="gemma", prompt="One, two,", max_tokens=8, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    usage = [c.usage for c in stream if c.usage is not None]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=host.base_url, api_key="nope", max_retries=0).models.list()
+    after = read_metrics(root, host.token)
+    f = figures(before, after)
+    # the first scrape (counted once answered), two answers, one refusal
+    assert after.requests - before.requests == 4
+    assert after.errors - before.errors == 1
+    assert out.usage is not None and len(usage) == 1
+    assert after.completion_tokens - before.completion_tokens == (
+        out.usage.completion_tokens + usage[0].completion_tokens
+    )
+    assert after.prompt_tokens - before.prompt_tokens == (
+        out.usage.prompt_tokens + usage[0].prompt_tokens
+    )
+    assert f.ttft_p50 is not None and f.ttft_p50 > 0  # first tokens were timed
+    assert "gemma" in after.loaded and after.loaded["gemma"] > 100e6  # the Q4_K_M weights
+    rows = read_requests(root, host.token)
+    assert [r["path"] for r in rows[:3]] == ["/v1/models", "/v1/completions", "/v1/completions"]
+    assert rows[0]["status"] == 401 and rows[1]["status"] == 200
+    assert rows[1]["ttft_ms"] is not None and rows[1]["ttft_ms"] <= rows[1]["latency_ms"]
+    assert all("prompt" not in r for r in rows)  # prompts are never kept
+
+
+def test_requests_waiting_for_a_busy_model_show_as_waiting(host: HostProcess) -> None:
+    root = host.base_url.removesuffix("/v1")
+    client = openai.OpenAI(base_url=host.base_url, api_key=host.token, max_retries=0)
+    seen = {"waiting": 0.0, "in_progress": 0.0}
+    done = threading.Event()
+
+    def ask() -> None:
+        client.completions.create(model="gemma", prompt="Count: 1, 2, 3,", max_tokens=48,
+                                  temperature=0)  # fmt: skip
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            r = read_metrics(root, host.token)
+            seen["waiting"] = max(seen["waiting"], r.waiting)
+            seen["in_progress"] = max(seen["in_progress"], r.in_progress)
+    finally:
+        for t in threads:
+            t.join(timeout=120)
+        done.set()
+    # three requests for one model: while one generates, the others queue for its lock
+    assert seen["waiting"] >= 1 and seen["in_progress"] >= 3, seen
+    r = read_metrics(root, host.token)
+    assert r.waiting == 0 and r.in_progress == 1  # only this scrape

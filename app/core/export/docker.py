@@ -63,7 +63,7 @@ INSTALLED_BASE_IMAGE_INFO = ".demoai-base-image.json"
 #: Where the offline installer puts that tarball under its prefix (for messages).
 INSTALLER_IMAGE_TAR = "/opt/demoai/current/share/docker/demoai-base-image.tar"
 #: What the server needs inside the image (dependencies are followed).
-SERVER_REQUIREMENTS = ("llama-cpp-python", "jinja2", "psutil")
+SERVER_REQUIREMENTS = ("llama-cpp-python", "jinja2", "psutil", "prometheus-client")
 #: Where the server code starts; its ``app.*`` imports are followed.
 SERVER_ENTRY = "app.workers.host"
 #: Packages copied whole (engines are registered by name strings, not imports).
@@ -287,7 +287,7 @@ assert v == '{pyver}', 'this bundle needs Python {pyver} in the base image, foun
  && python3 -m venv /opt/demoai/venv \\
  && /opt/demoai/venv/bin/python -m pip install --no-index --no-cache-dir \\
       --find-links /opt/demoai/wheels {" ".join(SERVER_REQUIREMENTS)} \\
- && /opt/demoai/venv/bin/python -c "import llama_cpp, jinja2, psutil" \\
+ && /opt/demoai/venv/bin/python -c "import llama_cpp, jinja2, psutil, prometheus_client" \\
  && rm -rf /opt/demoai/wheels
 COPY server /opt/demoai/server
 COPY model /opt/demoai/model
