@@ -78,3 +78,13 @@ def test_thumbs_and_a_better_answer_become_rows_with_provenance(qtbot, chat, ui_
     assert examples[-1]["messages"][-1] == {"role": "assistant", "content": "Paris."}
     # The conversation itself is unchanged.
     assert [m.id for m in store.path(pane.conv.id)] == [user.id, reply.id]
+    # Opened again (another session), the reply shows what was saved, read from Collected.
+    pane.feedback_given.clear()
+    pane.render_transcript()
+    assert "better answer saved" not in pane.transcript.toPlainText()
+    with ui_watchdog.watch():
+        pane.open_conversation(pane.conv.id)
+        qtbot.waitUntil(lambda: reply.id in pane.feedback_given, timeout=30_000)
+    ui_watchdog.assert_no_stall()
+    assert pane.feedback_given[reply.id] == "👍 saved · 👎 saved · better answer saved"
+    assert "better answer saved" in pane.transcript.toPlainText()

@@ -200,6 +200,22 @@ def collected(ws: Workspace, version: str | None = None) -> list[Feedback]:
     return [Feedback.from_row(r) for r in store.read_table(ref).to_pylist()]
 
 
+def saved_labels(rows: list[Feedback], conversation_id: str) -> dict[str, str]:
+    """For the replies of one conversation, what feedback was saved ("👍 saved · ...")."""
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        if r.conversation_id != conversation_id or not r.path:
+            continue
+        parts = out.setdefault(r.path[-1], [])
+        for label in (
+            {1: "👍 saved", -1: "👎 saved"}.get(r.rating),
+            "better answer saved" if r.better else None,
+        ):
+            if label and label not in parts:
+                parts.append(label)
+    return {k: " · ".join(v) for k, v in out.items() if v}
+
+
 def chat_examples(rows: list[Feedback]) -> list[dict[str, Any]]:
     """Training examples ``{"messages": [...]}``: the prompt and the preferred answer."""
     out = []

@@ -403,6 +403,25 @@ class ChatPane(QWidget):
         self._set_mode(s.get("mode") or self._default_mode())
         self.banner.hide()
         self.render_transcript()
+        self._load_feedback(conv_id)
+
+    def _load_feedback(self, conv_id: str) -> None:
+        """Read which replies of this chat have feedback in Collected (off the UI thread)."""
+        from app.core.data.collected import collected, saved_labels
+
+        ws = self.services.workspace
+
+        def done(labels: dict[str, str]) -> None:
+            if labels and self.conv is not None and self.conv.id == conv_id:
+                self.feedback_given.update(labels)
+                self.render_transcript()
+
+        self.services.actions.run(
+            self,
+            "Reading feedback",
+            lambda _p: saved_labels(collected(ws), conv_id),
+            done=done,
+        )
 
     def new_chat(self) -> None:
         """An empty transcript; the conversation is saved with its first message."""
