@@ -26,6 +26,7 @@ from app.core.eval.perplexity import (
     corpus_spans,
     llama_cpp_style_perplexity,
     nll_f32,
+    nll_f32_threads,
     sliding_window_perplexity,
 )
 from tests.support.models import SAMPLE_TEXTS
@@ -64,6 +65,10 @@ def test_nll_f32_equals_float64_log_softmax() -> None:
     assert nll_f32(logits, targets) == pytest.approx(ref, rel=1e-6)
     assert np.array_equal(logits, before)  # the caller's rows are not modified
     assert nll_f32(logits[:0], []) == 0.0
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=3) as pool:  # rows split over threads: same sum
+        assert nll_f32_threads(logits, targets, pool) == pytest.approx(ref, rel=1e-6)
 
 
 def test_spans_cover_the_text_as_the_reference_does() -> None:

@@ -369,6 +369,19 @@ def nll_f32(logits: npt.NDArray[np.float32], targets: Sequence[int]) -> float:
     return total
 
 
+def nll_f32_threads(logits: npt.NDArray[np.float32], targets: Sequence[int], pool: Any) -> float:
+    """:func:`nll_f32` with the rows split over ``pool``'s threads (numpy releases the GIL)."""
+    workers = int(getattr(pool, "_max_workers", 1)) if pool is not None else 1
+    n = len(targets)
+    if workers <= 1 or n < 16:
+        return nll_f32(logits, targets)
+    step = -(-n // workers)
+    parts = [
+        pool.submit(nll_f32, logits[s : s + step], targets[s : s + step]) for s in range(0, n, step)
+    ]
+    return float(sum(f.result() for f in parts))
+
+
 class GGUFCorpusScorer:
     """Scores :class:`Span` lists with llama.cpp: ``n_seq`` windows per decode.
 
@@ -406,6 +419,7 @@ class GGUFCorpusScorer:
         self._model: Any = None
         self._ctx: Any = None
         self._batch: Any = None
+        self._pool: Any = None
         try:
             mparams = llama_cpp.llama_model_default_params()
             self._model = _internals.LlamaModel(
@@ -439,8 +453,15 @@ class GGUFCorpusScorer:
             self.close()
             raise
         self.n_vocab = int(self._model.n_vocab())
+        if threads > 1:  # the log-softmax runs on as many threads as the model, as the tool's
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ppl")
 
     def close(self) -> None:
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool is not None:
+            pool.shutdown(wait=True)
         batch, self._batch = self._batch, None
         if batch is not None:
             self._lib.llama_batch_free(batch)
@@ -494,7 +515,7 @@ class GGUFCorpusScorer:
         for sp, idx in zip(spans, firsts, strict=True):
             ptr = self._lib.llama_get_logits_ith(self._ctx.ctx, idx)
             rows = np.ctypeslib.as_array(ptr, shape=(sp.n_scored, self.n_vocab))
-            out.append(nll_f32(rows, sp.tokens[sp.first + 1 :]))
+            out.append(nll_f32_threads(rows, sp.tokens[sp.first + 1 :], self._pool))
         return out
 
 
