@@ -143,3 +143,53 @@ def test_gguf_fast_path_equals_the_reference(gemma_gguf: Path) -> None:
     finally:
         fast.close()
     assert math.exp(nll / n) == pytest.approx(ref.perplexity, rel=1e-6)
+
+
+def test_killed_run_resumes_after_the_stored_windows(workspace: Any, tiny_llama_dir: Path) -> None:
+    import os
+    import signal
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from app.core.eval.corpus import PerplexityConfig, submit_perplexity
+    from app.core.eval.runner import EvalStore
+    from app.core.jobs.store import JobService, JobState
+    from app.core.models.registry import ModelRegistry
+    from app.workers.supervisor import Supervisor
+
+    text_file = Path(workspace.root) / "corpus.txt"
+    text = " ".join(SAMPLE_TEXTS * 60)
+    text_file.write_text(text, encoding="utf-8")
+    model = ModelRegistry(workspace).import_path(tiny_llama_dir, copy=False).id
+    cfg = PerplexityConfig(models=[model], text_path=str(text_file), n_ctx=16, threads=1)
+    job = submit_perplexity(workspace, cfg)
+    sup, jobs, store = Supervisor(workspace), JobService(workspace), EvalStore(workspace)
+    sup.start(job.id)
+    end = time.monotonic() + 120
+    while len(store.done_indices(job.id, model)) < 16:
+        assert time.monotonic() < end, jobs.log_tail(job.id)
+        sup.pump()
+        time.sleep(0.01)
+    pid = jobs.get(job.id).pid
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    dead = sup.wait(job.id, timeout=60)
+    assert dead.state in (JobState.FAILED, JobState.INTERRUPTED)
+    before = store.done_indices(job.id, model)
+    jobs.resume(job.id)
+    sup.start(job.id)
+    final = sup.wait(job.id, timeout=300)
+    assert final.state == JobState.SUCCEEDED, jobs.log_tail(job.id)
+    assert "already stored" in jobs.log_tail(job.id, 200)
+    samples = store.samples(job.id)
+    n_windows = len(samples)
+    assert len(before) < n_windows and [s.idx for s in samples] == list(range(n_windows))
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), dtype=torch.float32).eval()
+    ref = llama_cpp_style_perplexity(HFScorer(hf, tok), HFScorer(hf, tok).tokenize(text), n_ctx=16)
+    agg = store.aggregates(job.id)[model]["corpus_perplexity"]
+    assert agg["n"] == ref.windows == n_windows
+    assert agg["value"] == pytest.approx(ref.perplexity, rel=1e-5)

@@ -526,10 +526,13 @@ class HFCorpusScorer:
     the last ``len - first`` positions only (``logits_to_keep``) when it supports it.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, logits_budget: int = 256 << 20) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, *, logits_budget: int = 256 << 20, max_batch: int = 16
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.logits_budget = logits_budget
+        self.max_batch = max_batch  # progress and cancel between batches
         cfg = getattr(model, "config", None)
         self.n_vocab = int(getattr(cfg, "vocab_size", 0) or len(tokenizer))
         self.context_limit = int(getattr(cfg, "max_position_embeddings", 0) or 0)
@@ -549,7 +552,7 @@ class HFCorpusScorer:
     def batch_size(self, span: Span) -> int:
         """How many windows like ``span`` fit the logits budget in one forward."""
         per = max(1, (len(span.tokens) - span.first) * self.n_vocab * 4 * 2)
-        return max(1, self.logits_budget // per)
+        return max(1, min(self.max_batch, self.logits_budget // per))
 
     def score(self, spans: Sequence[Span]) -> list[float]:
         import torch
