@@ -217,6 +217,15 @@ class HostManager:
         return self.prepare_models({model.id: (str(model.path), model.format)}, template)
 
     # -- status ------------------------------------------------------------------
+    def endpoint(self) -> tuple[str, str] | None:
+        """(base URL ending in /v1, token) of the running host; None when none runs.
+        Never starts it (the Serving pane watches, it does not start a host)."""
+        with self._state:
+            host = self._host
+        if host is None or not host.is_alive():
+            return None
+        return host.base_url, host.token
+
     @property
     def running(self) -> bool:
         host = self._host

@@ -11,7 +11,7 @@ is not safe while another thread uses Qt: importing pyqtgraph on a thread crashe
 window (a segmentation fault in pyqtgraph's ``_copy_attrs``, seen in a test run). So:
 
 - a thread imports only what is not Qt-bound (:func:`non_qt_imports`: read from the
-  panes' sources with ``ast``, nothing is imported to find it);
+  panes' sources, nothing is imported to find it);
 - the UI thread does the rest in slices, one per event-loop turn (:class:`UiSlices`),
   so input and painting run in between: PySide6 types made a few dozen at a time, then
   each Qt-bound library and each pane module on its own.
@@ -19,8 +19,8 @@ window (a segmentation fault in pyqtgraph's ``_copy_attrs``, seen in a test run)
 
 from __future__ import annotations
 
-import ast
 import importlib
+import re
 import sys
 import threading
 import time
@@ -76,6 +76,28 @@ def _source_of(module: str) -> Path | None:
     return None
 
 
+#: ``import a.b, c as d`` and ``from a.b import x`` at any indentation (a function's own
+#: imports count too). A regular expression, not ``ast``: CPython 3.11's ``ast.parse`` on
+#: a second thread can fail ("AST constructor recursion depth mismatch") while the main
+#: thread compiles, as pytest's assertion rewriting does.
+_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+([A-Za-z_][\w.]*)[ \t]+import\b|import[ \t]+([^#\n;]+))",
+                     re.MULTILINE)  # fmt: skip
+
+
+def imported_names(source: str) -> list[str]:
+    """Absolute module names ``source`` imports (relative imports are skipped)."""
+    out = []
+    for m in _IMPORT.finditer(source):
+        if m[1]:
+            out.append(m[1])
+            continue
+        for part in m[2].split(","):
+            name = part.strip().split()[0] if part.strip() else ""
+            if re.fullmatch(r"[A-Za-z_][\w.]*", name):
+                out.append(name)
+    return out
+
+
 def non_qt_imports(modules: Iterable[str]) -> list[str]:
     """What ``modules`` (and the ``app.ui`` modules they import) import that is not
     Qt-bound, read from their sources: top-level and function-level imports alike."""
@@ -91,21 +113,14 @@ def non_qt_imports(modules: Iterable[str]) -> list[str]:
         if source is None:
             continue
         try:
-            tree = ast.parse(source.read_text(encoding="utf-8"), str(source))
-        except (OSError, SyntaxError, ValueError):
+            text = source.read_text(encoding="utf-8")
+        except (OSError, ValueError):
             continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            for name in names:
-                if name.startswith("app.ui"):
-                    todo.append(name)
-                elif not name.startswith(QT_BOUND):
-                    found[name] = None
+        for name in imported_names(text):
+            if name.startswith("app.ui"):
+                todo.append(name)
+            elif not name.startswith(QT_BOUND) and name != "__future__":
+                found[name] = None
     return list(found)
 
 
@@ -181,7 +196,10 @@ class PaneWarmup(QObject):
             for name in non_qt_imports(self.modules):
                 import_quietly(name)
         finally:
-            self._libraries_imported.emit()
+            try:
+                self._libraries_imported.emit()
+            except RuntimeError:  # the window closed meanwhile: nothing left to warm up
+                pass
 
     @Slot()
     def _import_qt_bound(self) -> None:

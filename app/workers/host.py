@@ -373,6 +373,9 @@ class ModelSlot:
 
 #: Requests kept for GET /v1/host/requests.
 RECENT = 200
+#: Reads by the window and by monitoring: counted in the metrics' totals, not as requests
+#: in progress nor in the recent list.
+WATCH_ROUTES = ("/health", "/metrics", "/v1/host/requests", "/v1/host/status")
 
 
 def timed(record: dict[str, Any], chunks: Iterator[Any], t0: float) -> Iterator[Any]:
@@ -722,7 +725,10 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
         t0 = self._t0 = time.perf_counter()
-        self.server.metrics.in_progress.inc()
+        #: requests people sent, not the watchers' own reads
+        counted = path not in WATCH_ROUTES
+        if counted:
+            self.server.metrics.in_progress.inc()
         record: dict[str, Any] = {
             "path": path,
             "model": None,
@@ -787,7 +793,8 @@ class Handler(BaseHTTPRequestHandler):
             record["error"] = err.code
             self._send_error_safely(err)
         finally:
-            self.server.metrics.in_progress.dec()
+            if counted:
+                self.server.metrics.in_progress.dec()
             if self._body_pending:  # answered without reading the body: the stream is out of step
                 self.close_connection = True
             if path != "/health":
@@ -798,7 +805,7 @@ class Handler(BaseHTTPRequestHandler):
                 )
                 self.server.log.write(record)
                 self.server.metrics.observe(record)
-                if path not in ("/metrics", "/v1/host/requests"):  # the watchers' own reads
+                if counted:
                     self.server.recent.append(dict(record))
 
     # -- endpoints ---------------------------------------------------------------

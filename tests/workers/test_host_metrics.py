@@ -168,6 +168,6 @@ def test_requests_waiting_for_a_busy_model_show_as_waiting(host: HostProcess) ->
             t.join(timeout=120)
         done.set()
     # three requests for one model: while one generates, the others queue for its lock
-    assert seen["waiting"] >= 1 and seen["in_progress"] >= 3, seen
+    assert seen["waiting"] >= 1 and seen["in_progress"] >= 2, seen
     r = read_metrics(root, host.token)
-    assert r.waiting == 0 and r.in_progress == 1  # only this scrape
+    assert r.waiting == 0 and r.in_progress == 0  # a scrape does not count itself

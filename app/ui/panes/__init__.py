@@ -78,6 +78,13 @@ PANES: list[PaneSpec] = [
         "mdi6.export-variant",
     ),
     PaneSpec(
+        "serving",
+        "Serving",
+        "app.ui.panes.serving.qt_serving_pane:ServingPane",
+        "Live figures of a model server: this app's host, demoai serve, a Docker bundle",
+        "mdi6.chart-line",
+    ),
+    PaneSpec(
         "jobs",
         "Jobs",
         "app.ui.panes.jobs.qt_jobs_pane:JobsPane",
