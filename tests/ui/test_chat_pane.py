@@ -321,7 +321,8 @@ def test_rename_delete_and_export_run_as_actions(qtbot, main_window, tmp_path) -
         ),
         timeout=5_000,
     )
-    assert pane.conv.title == "New title"
+    # the list may refresh (change broadcast) before the action reports; both come
+    qtbot.waitUntil(lambda: pane.conv.title == "New title", timeout=5_000)
 
     out = tmp_path / "chat.json"
     pane.export_to(str(out))
