@@ -176,19 +176,28 @@ class BarChart(QWidget):
             self.plot.getAxis(axis).setTextPen(self.palette().color(self.foregroundRole()))
         self.legend = self.plot.addLegend(offset=(10, 10))
         self.items: list[Any] = []
-        self._shown: tuple[list[str], dict[str, list[float | None]]] | None = None
+        self._shown: Any = None
+        self.whiskers: list[Any] = []
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.plot)
 
-    def set_data(self, labels: list[str], series: dict[str, list[float | None]]) -> None:
-        if (labels, series) == self._shown:
+    def set_data(
+        self,
+        labels: list[str],
+        series: dict[str, list[float | None]],
+        cis: dict[str, list[tuple[float | None, float | None]]] | None = None,
+    ) -> None:
+        """Bars; ``cis`` (per series, per label: (low, high)) adds a whisker to each bar."""
+        shown = (list(labels), {k: list(v) for k, v in series.items()}, cis)
+        if shown == self._shown:
             return  # redrawn on every job tick otherwise (pyqtgraph: ~100 ms on a busy machine)
-        self._shown = (list(labels), {k: list(v) for k, v in series.items()})
+        self._shown = shown
         pg = self._pg
         self.plot.clear()
         self.legend.clear()
         self.items = []
+        self.whiskers = []
         n = max(1, len(series))
         width = 0.8 / n
         for k, (name, values) in enumerate(series.items()):
@@ -200,6 +209,27 @@ class BarChart(QWidget):
             self.plot.addItem(bar)
             self.legend.addItem(bar, name)
             self.items.append(bar)
+            ci = (cis or {}).get(name)
+            if ci:
+                pts = [
+                    (x, y, lo, hi)
+                    for x, y, (lo, hi) in zip(xs, ys, ci, strict=False)
+                    if lo is not None and hi is not None
+                ]
+                if pts:
+                    import numpy as np
+
+                    arr = np.asarray(pts, dtype=float)  # pyqtgraph does arithmetic on them
+                    whisker = pg.ErrorBarItem(
+                        x=arr[:, 0],
+                        y=arr[:, 1],
+                        top=arr[:, 3] - arr[:, 1],
+                        bottom=arr[:, 1] - arr[:, 2],
+                        beam=width * 0.4,
+                        pen=self.palette().color(self.foregroundRole()),
+                    )
+                    self.plot.addItem(whisker)
+                    self.whiskers.append(whisker)
         self.plot.getAxis("bottom").setTicks([list(enumerate(labels))])
         if labels:
             self.plot.setXRange(-0.6, len(labels) - 0.4, padding=0)
@@ -281,6 +311,20 @@ class EvalTab(QWidget):
         self.error.hide()
         self.run_btn = QPushButton("Run")
         self.run_btn.setObjectName("evalRun")
+        self.ppl_ctx = QSpinBox()
+        self.ppl_ctx.setObjectName("evalPplCtx")
+        self.ppl_ctx.setRange(16, 32768)
+        self.ppl_ctx.setValue(512)
+        self.ppl_ctx.setToolTip(
+            "Window in tokens for corpus perplexity (llama.cpp-style: the second half of each "
+            "window is scored). The column needs at least two windows of text."
+        )
+        self.ppl_btn = QPushButton("Corpus perplexity")
+        self.ppl_btn.setObjectName("evalPerplexity")
+        self.ppl_btn.setToolTip(
+            "Perplexity of the whole input column (its rows joined) for each checked model, "
+            "with a 95% CI over windows. Lower is better."
+        )
         self.cancel_btn = QPushButton("Cancel")
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
@@ -307,6 +351,7 @@ class EvalTab(QWidget):
         form.addRow("Rubric", self.rubric)
         form.addRow("", self.rubric_btn)
         form.addRow("Name", self.name)
+        form.addRow("Perplexity window", self.ppl_ctx)
         setup = QWidget()
         sl = QVBoxLayout(setup)
         sl.addLayout(form)
@@ -324,6 +369,7 @@ class EvalTab(QWidget):
         scl.addWidget(self.error)
         brow = QHBoxLayout()
         brow.addWidget(self.run_btn)
+        brow.addWidget(self.ppl_btn)
         brow.addWidget(self.cancel_btn)
         scl.addLayout(brow)
         scl.addWidget(self.progress)
@@ -406,6 +452,7 @@ class EvalTab(QWidget):
         self.dataset.currentIndexChanged.connect(self._dataset_changed)
         self.version.currentIndexChanged.connect(self._version_changed)
         self.run_btn.clicked.connect(self.start_run)
+        self.ppl_btn.clicked.connect(self.start_perplexity)
         self.cancel_btn.clicked.connect(self.cancel_run)
         self.runs.itemSelectionChanged.connect(self._run_selected)
         self.compare_btn.clicked.connect(self.compare_selected)
@@ -594,6 +641,60 @@ class EvalTab(QWidget):
         self.refresh_runs(select=job.id)  # the hub's next tick (250 ms) starts and follows it
         return job
 
+    def perplexity_config(self) -> Any:
+        """The setup as a corpus perplexity config: checked models, the input column."""
+        from app.core.eval.corpus import PerplexityConfig
+
+        ds_id, ver = self.dataset.currentData(), self.version.currentData()
+        if ds_id is None:
+            raise DemoAIError("Choose a dataset (create or import one in the Datasets pane).")
+        if not self.input_col.currentText():
+            raise DemoAIError("Choose the input column: its text is what is scored.")
+        return PerplexityConfig(
+            models=checked_data(self.models),
+            dataset=f"{ds_id}@{ver}" if ver else ds_id,
+            column=self.input_col.currentText(),
+            n_ctx=self.ppl_ctx.value(),
+            name=self.name.text().strip(),
+        )
+
+    def start_perplexity(self) -> None:
+        """Check the text's length off the UI thread (it is tokenized), then submit the job."""
+        from app.core.eval.corpus import submit_perplexity
+
+        self.error.hide()
+        try:
+            cfg = self.perplexity_config()
+        except DemoAIError as exc:
+            self._show_error(exc.message + (f" {exc.hint}" if exc.hint else ""))
+            return
+        ws = self.ws
+        self.run_btn.setEnabled(False)
+        self.ppl_btn.setEnabled(False)
+        self.status.setText("Checking the text…")
+
+        def done(job: Job) -> None:
+            self.job_id = job.id
+            self.progress.setValue(0)
+            self.status.setText(
+                f"Queued: corpus perplexity of {len(cfg.models)} model(s). "
+                "Progress also shows in the Jobs pane."
+            )
+            self._set_running(True)
+            self.refresh_runs(select=job.id)
+
+        def failed(exc: BaseException) -> None:
+            self._set_running(False)
+            self.status.setText("")
+            if isinstance(exc, DemoAIError):
+                self._show_error(exc.message + (f" {exc.hint}" if exc.hint else ""))
+            else:
+                self._show_error(f"Could not start: {exc}")
+
+        self.services.actions.run(
+            self, "Check corpus", lambda _p: submit_perplexity(ws, cfg), done=done, failed=failed
+        )
+
     def cancel_run(self) -> None:
         if self.job_id is None:
             return
@@ -610,6 +711,7 @@ class EvalTab(QWidget):
 
     def _set_running(self, running: bool) -> None:
         self.run_btn.setEnabled(not running)
+        self.ppl_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
         self.progress.setVisible(running or self.progress.value() > 0)
 
@@ -742,13 +844,22 @@ class EvalTab(QWidget):
             names.get(model, model): [per.get(m, {}).get("value") for m in labels]
             for model, per in agg.items()
         }
-        self.chart.set_data(labels, series)
+        cis = {
+            names.get(model, model): [
+                (per.get(m, {}).get("ci_low"), per.get(m, {}).get("ci_high")) for m in labels
+            ]
+            for model, per in agg.items()
+        }
+        self.chart.set_data(labels, series, cis)
         info = [
             f"<b>{run.name or run.id}</b> · {run.state}",
             f"dataset {self._dataset_label(run.dataset_ref)}",
         ]
         cfg = run.config
-        info.append(f"max tokens {cfg.get('max_tokens')}, temperature {cfg.get('temperature')}")
+        if cfg.get("task") == "corpus_perplexity":
+            info.append(f"corpus perplexity ({cfg.get('method')}, window {cfg.get('n_ctx')})")
+        else:
+            info.append(f"max tokens {cfg.get('max_tokens')}, temperature {cfg.get('temperature')}")
         if run.errors:
             info.append("errors: " + "; ".join(f"{m}: {e}" for m, e in run.errors.items()))
         self.run_info.setText(" · ".join(info))
