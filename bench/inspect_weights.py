@@ -13,7 +13,7 @@ Prints GB of tensors per second for each (median of the runs), the ratio ours/ba
 (goal >= 0.8x) and each process's peak RSS (goal for ours: under 1 GB whatever the size;
 try ``--gb 4``).
 
-    python bench/inspect.py --gb 1 --dtype BF16 --runs 3
+    python bench/inspect_weights.py --gb 1 --dtype BF16 --runs 3
 """
 
 from __future__ import annotations
