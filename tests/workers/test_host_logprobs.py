@@ -390,3 +390,27 @@ def test_tokenizer_routes(host: HostProcess, llama: Any, tiny: Any) -> None:
     assert post(host, "/tokenize", {"model": "gemma", "prompt": 5})[0] == 400
     assert get(host, "/tokenizer_info?model=gemma", token="wrong")[0] == 401
     assert post(host, "/detokenize", {"model": "gemma", "tokens": [2]})[0] == 200
+
+
+def test_gguf_echo_of_a_prompt_longer_than_one_scoring_decode(
+    host: HostProcess, llama: Any
+) -> None:
+    """Scoring splits a long prompt over several llama.cpp decodes (128 positions each for
+    Gemma's vocabulary): the scores still equal one whole evaluation."""
+    text = "One two three four five six seven eight nine ten. " * 30
+    tokens = gemma_prompt_tokens(llama, text)
+    assert 300 < len(tokens) < N_CTX
+    llama.reset()
+    llama.eval(tokens)
+    status, reply = post(
+        host, "/v1/completions",
+        {"model": "gemma", "prompt": text, "max_tokens": 0, "echo": True, "logprobs": 0},
+    )  # fmt: skip
+    assert status == 200, reply
+    got = reply["choices"][0]["logprobs"]["token_logprobs"]
+    assert len(got) == len(tokens) and got[0] is None
+    worst = max(
+        abs(got[i] - log_softmax(llama.scores[i - 1])[tokens[i]]) for i in range(1, len(tokens))
+    )
+    assert worst < TOL
+    assert reply["choices"][0]["logprobs"]["top_logprobs"][5] == {}

@@ -24,8 +24,10 @@ from app.core.infer.sampling import SamplingParams, StopBuffer
 #: Context size used when the caller gives none (the model's own may be far larger
 #: and its KV cache would take gigabytes).
 DEFAULT_N_CTX = 4096
-#: Prompt positions scored per llama.cpp decode (``score_tokens``): bounds the logits buffer.
-SCORE_BATCH = 64
+#: Bytes of logits one llama.cpp decode may return when scoring a prompt (``score_tokens``):
+#: the positions per decode are this over the vocabulary's row size (128 for Gemma 3's 262k
+#: tokens), at most n_batch. Fewer, larger decodes are faster (bench/logprobs.py).
+SCORE_LOGITS_BYTES = 128 * 2**20
 
 
 class LlamaEngine(Engine):
@@ -184,10 +186,10 @@ class LlamaEngine(Engine):
 
     def score_tokens(self, tokens: Sequence[int], top: int = 0) -> list[TokenLogprob]:
         """Evaluate ``tokens`` from an empty cache, asking llama.cpp for every position's
-        logits, SCORE_BATCH positions per decode (the logits buffer holds that many rows
-        of the vocabulary: 64 x 262k floats = 64 MB for Gemma 3, instead of n_ctx rows
-        for a model loaded with ``logits_all``). The cache then holds the tokens, so a
-        completion of the same tokens reuses it."""
+        logits, in decodes of at most SCORE_LOGITS_BYTES of logits (llama.cpp keeps an
+        output buffer that size, instead of the n_ctx x vocabulary floats of a model
+        loaded with ``logits_all``: 4 GB for Gemma 3 at 4096 tokens). The cache then
+        holds the tokens, so a completion of the same tokens reuses it."""
         import numpy as np
         from llama_cpp._internals import LlamaBatch
 
@@ -198,13 +200,14 @@ class LlamaEngine(Engine):
         n_ctx = self.context_length
         if len(tokens) > n_ctx:
             raise ContextOverflowError(len(tokens), n_ctx)
+        step = max(16, min(int(llm.n_batch), SCORE_LOGITS_BYTES // (4 * n_vocab)))
         llm.reset()
         llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         out = [TokenLogprob(tokens[0], self.token_bytes(tokens[0]), None)]
-        batch: Any = LlamaBatch(n_tokens=SCORE_BATCH, embd=0, n_seq_max=1, verbose=False)
+        batch: Any = LlamaBatch(n_tokens=step, embd=0, n_seq_max=1, verbose=False)
         try:
-            for start in range(0, len(tokens), SCORE_BATCH):
-                part = tokens[start : start + SCORE_BATCH]
+            for start in range(0, len(tokens), step):
+                part = tokens[start : start + step]
                 batch.set_batch(part, n_past=start, logits_all=True)
                 llm._ctx.decode(batch)
                 llm.input_ids[start : start + len(part)] = part
