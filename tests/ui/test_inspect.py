@@ -85,6 +85,13 @@ def test_inspect_window_stats_compare_heatmap_and_export(
     assert rows[0] == ["module", "0", "1"] and len(rows) == 10
     assert float(rows[1 + q][1]) == pytest.approx(l2.values[q][0])
 
+    # a model made from another one proposes it for comparison
+    reg.add_lineage(tuned.id, base.id, "fine-tuned-from")
+    pane.select_model(tuned.id)
+    other = pane.inspect_selected()
+    assert other.compare_picker.current_id() == base.id
+    other.close()
+
     if os.environ.get("DEMOAI_SCREENSHOT_DIR"):  # for looking at it by eye
         win.tabs.setCurrentIndex(4)
         qtbot.wait(200)
@@ -140,4 +147,41 @@ def test_prompt_tab_runs_a_job_and_shows_answer_lens_and_attention(
     win._token_hovered(QUrl("tok:0"))
     first = probe["answer"][0]
     assert f"{first['prob']:.3f}" in QToolTip.text()
+    win.close()
+
+
+def test_adapter_statistics_show_the_lora_updates(
+    qtbot, main_window, tiny_llama_dir, tmp_path, ui_watchdog
+) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from app.core.models.registry import ModelRegistry
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(tiny_llama_dir), use_safetensors=True, local_files_only=True
+    )
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    adapter_dir = tmp_path / "adapter"
+    get_peft_model(model, cfg).save_pretrained(str(adapter_dir), safe_serialization=True)
+    rec = ModelRegistry(main_window.services.workspace).import_path(adapter_dir, name="tiny-lora")
+    pane = main_window.pane("models")
+    pane.refresh()
+    pane.select_model(rec.id)
+    with ui_watchdog.watch():
+        win = pane.inspect_selected()
+        qtbot.waitUntil(lambda: win.tree.topLevelItemCount() > 0, timeout=30_000)
+        win.compute_stats()
+        qtbot.waitUntil(lambda: win.lora_table.rowCount() == 4, timeout=60_000)
+        g = win.show_heatmap("lora", "norm")
+    ui_watchdog.assert_no_stall()
+    assert win.tabs.isTabVisible(3)
+    norms = sorted(win.lora_table.item(r, 3).value for r in range(4))
+    assert g is not None and g.layers == [0, 1] and len(g.types) == 2
+    assert sorted(v for row in g.values for v in row) == pytest.approx(norms)
+    assert all(win.lora_table.item(r, 2).value == 2.0 for r in range(4))  # alpha 8 / r 4
     win.close()

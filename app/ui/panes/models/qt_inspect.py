@@ -124,6 +124,8 @@ class InspectWindow(QDialog):
             "A fine-tune or merge of the same architecture, or a GGUF export of this model "
             "(its quantization error)"
         )
+        if model.format != "lora":  # an adapter shares no tensor with its base
+            self._propose_parent(model.id)
         self.compare_btn = QPushButton("Compare")
         self.stats_btn.clicked.connect(self.compute_stats)
         self.compare_btn.clicked.connect(
@@ -167,15 +169,15 @@ class InspectWindow(QDialog):
         row.addWidget(self.png_btn)
         row.addWidget(self.csv_btn)
         hl.addLayout(row)
-        self.plot = pg.PlotWidget(background="w", enableMenu=False)
-        self.plot.setObjectName("inspectHeatmap")
-        self.image = pg.ImageItem(axisOrder="row-major")
-        self.plot.addItem(self.image)
-        self.plot.setLabel("bottom", "layer")
-        self.plot.getPlotItem().setMenuEnabled(False)
-        self.colorbar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), interactive=False)
-        self.colorbar.setImageItem(self.image, insert_in=self.plot.getPlotItem())
-        hl.addWidget(self.plot, 1)
+        # The plots are built when first shown: a pyqtgraph plot costs ~50 ms of UI thread.
+        self._heat_layout = hl
+        self.heat_tab = heat
+        self.plot: Any = None
+        self.image: Any = None
+        self.colorbar: Any = None
+        self.prompt_tab = QWidget()
+        QVBoxLayout(self.prompt_tab).setContentsMargins(0, 0, 0, 0)
+        self._prompt_built = False
 
         self.tabs = QTabWidget()
         self.tabs.addTab(self.tree, "Architecture")
@@ -183,7 +185,8 @@ class InspectWindow(QDialog):
         self.tabs.addTab(self.compare_table, "Compare")
         self.tabs.addTab(self.lora_table, "LoRA")
         self.tabs.addTab(heat, "Heatmap")
-        self.tabs.addTab(self._build_prompt_tab(), "Prompt")
+        self.tabs.addTab(self.prompt_tab, "Prompt")
+        self.tabs.currentChanged.connect(self._tab_shown)
         for i in (1, 2, 3, 4):
             self.tabs.setTabVisible(i, False)  # shown once they have something
         self.probe_job: str | None = None
@@ -199,6 +202,19 @@ class InspectWindow(QDialog):
         lay.addWidget(self.tabs, 1)
         self._update_buttons(busy=True)
         self._run("Reading the headers", self._compute_fn())
+
+    def _propose_parent(self, model_id: str) -> None:
+        """Preselect the model this one was made from (a GGUF export's source, a merge's base)."""
+        from app.core.errors import DemoAIError
+        from app.core.models.registry import ModelRegistry
+
+        try:
+            parents = ModelRegistry(self.services.workspace).lineage(model_id).parents
+        except DemoAIError:
+            return
+        for edge in parents:
+            if edge.name is not None and self.compare_picker.select(edge.model_id):
+                return
 
     # -- running ---------------------------------------------------------------------
     def _compute_fn(self, stats: bool = False, compare: str | None = None) -> Any:
@@ -390,8 +406,35 @@ class InspectWindow(QDialog):
         self.stat_choice.blockSignals(False)
         has = self.stat_choice.count() > 0
         self.tabs.setTabVisible(4, has)
-        if has:
+        if has and self.plot is not None:
             self.show_heatmap()
+
+    def _tab_shown(self, index: int) -> None:
+        page = self.tabs.widget(index)
+        if page is self.heat_tab and self.plot is None:
+            self.show_heatmap()
+        elif page is self.prompt_tab:
+            self._ensure_prompt()
+
+    def _ensure_plot(self) -> None:
+        if self.plot is not None:
+            return
+        self.plot = pg.PlotWidget(background="w", enableMenu=False)
+        self.plot.setObjectName("inspectHeatmap")
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.plot.addItem(self.image)
+        self.plot.setLabel("bottom", "layer")
+        self.plot.getPlotItem().setMenuEnabled(False)
+        self.colorbar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), interactive=False)
+        self.colorbar.setImageItem(self.image, insert_in=self.plot.getPlotItem())
+        self._heat_layout.addWidget(self.plot, 1)
+
+    def _ensure_prompt(self) -> None:
+        if not self._prompt_built:
+            self._prompt_built = True
+            layout = self.prompt_tab.layout()
+            assert layout is not None
+            layout.addWidget(self._build_prompt_tab())
 
     def show_heatmap(self, section: str | None = None, key: str | None = None) -> Grid | None:
         """Draw the chosen statistic (or ``section``/``key``) over layer × module type."""
@@ -406,6 +449,7 @@ class InspectWindow(QDialog):
         sec, _, k = str(data).partition(":")
         g = grid(self.report, sec, k)
         self.current_grid = g
+        self._ensure_plot()
         if not g.layers:
             self.image.clear()
             return g
@@ -433,6 +477,7 @@ class InspectWindow(QDialog):
 
     def export_png(self, path: str | Path) -> Path:
         p = Path(path)
+        self._ensure_plot()
         if not self.plot.grab().save(str(p), "PNG"):
             raise OSError(f"Could not write {p}.")
         return p
@@ -543,6 +588,7 @@ class InspectWindow(QDialog):
         prompt = prompt.strip()
         if not prompt or self.probe_job is not None:
             return None
+        self._ensure_prompt()
         params = {
             "model": self.record.id,
             "stats": False,
