@@ -171,6 +171,49 @@ def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+class FifoLock:
+    """A lock granted in the order it was asked for: a model's request queue.
+
+    ``threading.Lock`` is not fair: a request that arrived later could take a busy model
+    first, and under load one client could wait for many others' answers. Here each
+    ``acquire`` takes a ticket and waits for its turn (``acquire(blocking=False)`` only
+    succeeds when nobody holds or waits for the lock). Waits have no timeout: a ticket
+    is always used.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._next = 0  # the next ticket to hand out
+        self._turn = 0  # the ticket whose turn it is (held, or about to be)
+
+    def acquire(self, blocking: bool = True) -> bool:
+        with self._cond:
+            if not blocking and self._next != self._turn:
+                return False
+            ticket = self._next
+            self._next += 1
+            while ticket != self._turn:
+                self._cond.wait()
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            if self._turn >= self._next:
+                raise RuntimeError("release of an unlocked FifoLock")
+            self._turn += 1
+            self._cond.notify_all()
+
+    def locked(self) -> bool:
+        with self._cond:
+            return self._next != self._turn
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 @dataclass
 class Weights:
     """A model in memory, loaded once whatever names and templates serve it.
@@ -183,7 +226,8 @@ class Weights:
     fmt: str | None
     options: Any
     engine: Any = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The request queue: granted in arrival order.
+    lock: FifoLock = field(default_factory=FifoLock)
     prep_lock: threading.Lock = field(default_factory=threading.Lock)
     #: Memory the load took (process RSS after minus before), measured at load.
     bytes: int = 0
@@ -337,7 +381,7 @@ class ModelSlot:
         return self.weights.engine
 
     @property
-    def lock(self) -> threading.Lock:
+    def lock(self) -> FifoLock:
         return self.weights.lock
 
     @property

@@ -149,7 +149,7 @@ class HostMetrics:
             self.queued.dec()
 
     @contextmanager
-    def locked(self, lock: threading.Lock) -> Iterator[None]:
+    def locked(self, lock: Any) -> Iterator[None]:
         """Hold ``lock`` (a model's request queue), counted as waiting until it is ours."""
         with self.waiting():
             lock.acquire()

@@ -1,0 +1,200 @@
+"""Load on a model server: 1, 4, 8 and 16 concurrent streaming clients.
+
+DemoAI's model host (``app.workers.host``, the one the app, ``demoai serve`` and the
+Docker bundles run) serving the Gemma 3 270M Q4_K_M test fixture; each client is the
+official ``openai`` async client streaming ``/v1/completions`` (64 tokens, greedy),
+``--requests`` requests each, one after the other. Per level: aggregate generated
+tokens per second over the level's wall time, time to first token p50 and p99,
+errors, whether the requests that queued were answered in arrival order, and the
+slowest ``/health`` answer while the load ran (a poller every 50 ms). Ratios are
+against the 1-client level of the same run.
+
+With ``--llama-server PATH`` (a ``llama-server`` binary built from the runtime's
+llama.cpp), the same load runs against it too (``--parallel 8``), for comparison.
+
+    .venv/bin/python bench/serve_load.py [--levels 1,4,8,16] [--requests 2] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PROMPT = "Write a short story about a lighthouse keeper.\n\nThe lighthouse"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+async def client_run(
+    client: Any, model: str, n: int, out: list[dict[str, Any]], max_tokens: int
+) -> None:
+    for _ in range(n):
+        t0 = time.perf_counter()
+        first = None
+        tokens = 0
+        try:
+            stream = await client.completions.create(
+                model=model, prompt=PROMPT, max_tokens=max_tokens, temperature=0,
+                stream=True, stream_options={"include_usage": True},
+            )  # fmt: skip
+            async for chunk in stream:
+                if first is None and chunk.choices and chunk.choices[0].text:
+                    first = time.perf_counter()
+                if chunk.usage is not None:
+                    tokens = chunk.usage.completion_tokens
+            out.append({"start": t0, "first": first, "end": time.perf_counter(),
+                        "tokens": tokens, "error": None})  # fmt: skip
+        except Exception as exc:  # counted, the load goes on
+            out.append({"start": t0, "first": None, "end": time.perf_counter(), "tokens": 0,
+                        "error": type(exc).__name__})  # fmt: skip
+
+
+def health_poller(root: str, stop: Any, worst: list[float]) -> None:
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(root + "/health", timeout=5) as r:
+                r.read()
+            worst.append(time.perf_counter() - t0)
+        except OSError:
+            worst.append(float("inf"))
+        stop.wait(0.05)
+
+
+def level(base_url: str, key: str, model: str, clients: int, n: int,
+          max_tokens: int) -> dict[str, Any]:  # fmt: skip
+    import threading
+
+    from openai import AsyncOpenAI
+
+    results: list[dict[str, Any]] = []
+    stop = threading.Event()
+    health: list[float] = []
+    poller = threading.Thread(
+        target=health_poller, args=(base_url.removesuffix("/v1"), stop, health), daemon=True
+    )
+
+    async def main() -> None:
+        client = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=600)
+        await asyncio.gather(
+            *(client_run(client, model, n, results, max_tokens) for _ in range(clients))
+        )
+        await client.close()
+
+    poller.start()
+    t0 = time.perf_counter()
+    asyncio.run(main())
+    wall = time.perf_counter() - t0
+    stop.set()
+    poller.join()
+    ok = [r for r in results if r["error"] is None]
+    ttft = [r["first"] - r["start"] for r in ok if r["first"] is not None]
+    by_start = sorted(ok, key=lambda r: r["start"])
+    firsts = [r["first"] for r in by_start if r["first"] is not None]
+    return {
+        "clients": clients,
+        "tok_s": sum(r["tokens"] for r in ok) / wall,
+        "ttft_p50": pct(ttft, 0.5),
+        "ttft_p99": pct(ttft, 0.99),
+        "errors": len(results) - len(ok),
+        "in_order": firsts == sorted(firsts),
+        "health_max": max(health) if health else float("nan"),
+    }
+
+
+def run_levels(name: str, base_url: str, key: str, model: str, levels: list[int], n: int,
+               max_tokens: int) -> None:  # fmt: skip
+    rows = [level(base_url, key, model, c, n, max_tokens) for c in levels]
+    one = rows[0]["tok_s"]
+    print(f"\n{name}")
+    print("clients  tok/s  x1-client  TTFT p50  TTFT p99  errors  arrival order  /health max")
+    for r in rows:
+        print(
+            f"{r['clients']:>7}  {r['tok_s']:5.1f}  {r['tok_s'] / one:8.2f}x  "
+            f"{r['ttft_p50'] * 1000:6.0f} ms  {r['ttft_p99'] * 1000:6.0f} ms  {r['errors']:>6}  "
+            f"{'yes' if r['in_order'] else 'NO':>13}  {r['health_max'] * 1000:8.0f} ms"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--levels", default="1,4,8,16")
+    ap.add_argument("--requests", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER", ""))
+    args = ap.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+
+    from app.workers.host_client import HostProcess
+    from tests.support.models import gemma_gguf_cached
+
+    gguf = gemma_gguf_cached()
+    host = HostProcess(threads=args.threads, n_ctx=2048)
+    host.start({"gemma": (gguf, "gguf")})
+    try:
+        run_levels("DemoAI model host", host.base_url, host.token, "gemma", levels,
+                   args.requests, args.max_tokens)  # fmt: skip
+    finally:
+        host.stop()
+
+    if args.llama_server:
+        key = os.urandom(12).hex()
+        port = 18080 + os.getpid() % 1000
+        proc = subprocess.Popen(
+            [
+                args.llama_server,
+                "-m",
+                str(gguf),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--parallel",
+                "8",
+                "-c",
+                str(2048 * 8),
+                "-t",
+                str(args.threads),
+                "--api-key",
+                key,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            run_levels("llama-server --parallel 8", f"http://127.0.0.1:{port}/v1", key,
+                       "gemma", levels, args.requests, args.max_tokens)  # fmt: skip
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    else:
+        print("\n(llama-server: not run; pass --llama-server PATH to compare)")
+    print(f"\none pass per level; machine load average {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
