@@ -15,8 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# bench/ holds a script named inspect.py, which would shadow the standard library's
-# module of that name: run from the repository root instead of this folder.
+# Imports resolve from the repository root (app.*), not from this folder.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
