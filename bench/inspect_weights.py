@@ -18,20 +18,13 @@ try ``--gb 4``).
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This file is called inspect.py: run as a script, its folder comes first on sys.path and
-# would shadow the standard library's ``inspect`` (numpy imports it). Drop that entry.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import argparse
 import json
 import resource
 import statistics
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -132,21 +133,22 @@ def inspect_model(
         elif step == "probe" and prompt:
             from app.core.inspect.probe import probe
 
-            step_progress = sub(i)
-
-            def probe_progress(fraction: float | None, message: str) -> None:
-                step_progress(fraction or 0.0, message)
-
             found = probe(
                 target.path,
                 prompt,
                 max_tokens=max_tokens,
                 attention_file=attention_file,
-                progress=probe_progress,
+                progress=functools.partial(_known_fraction, sub(i)),
             )
             found.pop("_attention_array", None)
             report["probe"] = found
     return report
+
+
+def _known_fraction(
+    report: Callable[[float, str], None], fraction: float | None, message: str
+) -> None:
+    report(fraction or 0.0, message)
 
 
 def inspect_job(
