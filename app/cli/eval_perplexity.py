@@ -93,7 +93,6 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     for model, per in agg.items():
         a = per.get(METRIC, {})
         v, lo, hi = a.get("value"), a.get("ci_low"), a.get("ci_high")
-        fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
         print(
             f"  {model_label(ws, model)}: perplexity {_fmt(v)}  95% CI [{_fmt(lo)}, {_fmt(hi)}]  "
             f"windows {a.get('n')}"
