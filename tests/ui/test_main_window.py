@@ -696,3 +696,27 @@ def test_icons_arrive_after_the_first_paint_without_stalling_the_ui(tmp_path) ->
     assert out["SIDEBAR_ICON"] == "True" and out["HOME_ICON"] == "True", r.stdout
     assert out["SCHEME"] == "dark"
     assert out["STALLS"] == "", out["STALLS"]
+
+
+def test_training_curves_follow_the_theme(qtbot, main_window) -> None:
+    """The Fine-tune plots were white in the dark theme: they take the theme's colours,
+    and change with it."""
+    from app.ui.theme import DARK, LIGHT
+
+    curves = main_window.pane("finetune").curves
+    theme = main_window.theme
+
+    def colors() -> set[tuple[str, str]]:
+        out = set()
+        for item in curves.plots.values():
+            bg = item.getViewWidget().backgroundBrush().color().name()
+            out.add((bg, item.getAxis("left").textPen().color().name()))
+        return out
+
+    try:
+        theme.set_choice("dark")
+        qtbot.waitUntil(lambda: colors() == {(DARK.base, DARK.text)}, timeout=5_000)
+        theme.set_choice("light")
+        qtbot.waitUntil(lambda: colors() == {(LIGHT.base, LIGHT.text)}, timeout=5_000)
+    finally:
+        theme.set_choice("system")

@@ -10,7 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import pyqtgraph as pg
+from PySide6.QtCore import QEvent
 from PySide6.QtWidgets import QGridLayout, QWidget
+
+from app.ui.theme import current_colors
 
 PLOTS = (
     ("loss", "Loss", ("train_loss", "eval_loss", "ckpt_eval_loss")),
@@ -30,7 +33,7 @@ class CurvesWidget(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        pg.setConfigOptions(antialias=True, background="w", foreground="k")
+        pg.setConfigOptions(antialias=True)
         grid = QGridLayout(self)
         grid.setContentsMargins(0, 0, 0, 0)
         self.plots: dict[str, pg.PlotItem] = {}
@@ -48,6 +51,32 @@ class CurvesWidget(QWidget):
         self.lines: dict[tuple[str, str], Any] = {}
         self._run_color: dict[str, str] = {}
         self._labels: dict[str, str] = {}
+        self._titles = {key: title for key, title, _ in PLOTS}
+        self.apply_colors()
+
+    def apply_colors(self) -> None:
+        """Background, axes, titles and legends in the current theme's colours (the plots
+        were white in the dark theme); called again when the theme changes."""
+        c = current_colors()
+        for key, item in self.plots.items():
+            widget = item.getViewWidget()
+            if widget is not None:
+                widget.setBackground(c.base)
+            item.setTitle(self._titles[key], color=c.text)
+            for side in ("left", "bottom"):
+                axis = item.getAxis(side)
+                axis.setPen(c.muted)
+                axis.setTextPen(c.text)
+            legend = item.legend
+            if legend is not None:
+                legend.setLabelTextColor(c.text)
+                for _sample, label in legend.items:
+                    label.setText(label.text, color=c.text)
+
+    def changeEvent(self, event: QEvent) -> None:
+        super().changeEvent(event)
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange):
+            self.apply_colors()
 
     def set_runs(self, runs: dict[str, str]) -> None:
         """Show exactly these runs (job id -> label); others are removed."""
@@ -91,7 +120,7 @@ class CurvesWidget(QWidget):
                 symbol=POINT_SERIES[key[1]],
                 symbolSize=12,
                 symbolBrush=color,
-                symbolPen=pg.mkPen("k", width=1),
+                symbolPen=pg.mkPen(current_colors().text, width=1),
             )
             self.lines[key] = line
         elif line is None:
