@@ -178,11 +178,15 @@ def build_llama_perplexity() -> Path:
         return exe
     tmp = root / (key + ".tmp")
     print(f"building llama-perplexity into {build} (minutes) ...", file=sys.stderr)
-    subprocess.run(["cmake", "-S", str(src), "-B", str(tmp), *TOOL_FLAGS], check=True)
+    # the build's output goes to stderr: stdout is the JSON result
+    subprocess.run(
+        ["cmake", "-S", str(src), "-B", str(tmp), *TOOL_FLAGS], check=True, stdout=sys.stderr
+    )
     jobs = str(os.cpu_count() or 2)
     subprocess.run(
         ["nice", "cmake", "--build", str(tmp), "--target", "llama-perplexity", "-j", jobs],
         check=True,
+        stdout=sys.stderr,
     )
     if build.exists():
         shutil.rmtree(build)
