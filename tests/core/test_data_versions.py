@@ -217,3 +217,22 @@ def test_cleanup_orphans_spares_folders_another_process_may_be_registering(
     removed = store.cleanup_orphans()
     assert sorted(removed) == sorted(["deadbeef0000", f"{v.dataset_id}/{'1' * 64}"])
     assert fresh.exists() and store.read_table(v.dataset_id).num_rows == 1
+
+
+def test_a_wall_clock_step_does_not_make_a_live_owner_look_dead(monkeypatch: Any) -> None:
+    """Owners are told apart by their start counted from boot: a clock adjusted by an hour
+    (what psutil's create_time follows) leaves our own temporary names alive, while a
+    name written by an older version (start in epoch milliseconds) is still judged."""
+    import time as _time
+
+    import app.core.system.procs as procs
+    from app.core.store import files
+
+    live = files.owned_temp_name("version")
+    pid, start = files._own_owner()
+    assert start < files._EPOCH_MS  # since boot, on Linux
+    real = procs.process_start_time
+    monkeypatch.setattr(procs, "process_start_time", lambda p: (real(p) or 0) + 3600.0)
+    assert files.temp_owner(live) == "alive"
+    epoch_name = live.replace(f".p{pid}-{start}-", f".p{pid}-{int(_time.time() * 1000)}-")
+    assert files.temp_owner(epoch_name) == "dead"  # judged by the (moved) wall clock

@@ -107,7 +107,29 @@ def _host_tag() -> str:
     return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
 
 
-def _start_ms(pid: int) -> int | None:
+#: A start written as milliseconds since the epoch is above this; since boot, below it.
+_EPOCH_MS = 10**11
+
+
+def _boot_ms(pid: int) -> int | None:
+    """When ``pid`` started, in milliseconds since boot (Linux: ``/proc/PID/stat`` field 22).
+
+    Counted from boot, not read from the wall clock: psutil's ``create_time`` is the boot
+    time plus this, and the boot time it derives moves when the clock is adjusted (NTP,
+    a VM's clock correction), so a start measured an hour apart differed by more than a
+    second and a live process's temporary files read as a dead one's (seen in CI)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        fields = data[data.rindex(b")") + 2 :].split()  # the name may hold spaces and ')'
+        return int(fields[19]) * 1000 // os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _start_ms(pid: int, *, since_boot: bool) -> int | None:
+    if since_boot:
+        return _boot_ms(pid)
     from app.core.system.procs import process_start_time
 
     started = process_start_time(pid)
@@ -117,7 +139,10 @@ def _start_ms(pid: int) -> int | None:
 @lru_cache(maxsize=1)
 def _own_owner() -> tuple[int, int]:
     pid = os.getpid()
-    return pid, _start_ms(pid) or int(time.time() * 1000)
+    boot = _boot_ms(pid)
+    if boot is not None:
+        return pid, boot
+    return pid, _start_ms(pid, since_boot=False) or int(time.time() * 1000)
 
 
 def _owned_prefix(tag: str) -> str:
@@ -151,7 +176,7 @@ def temp_owner(name: str) -> Literal["alive", "dead", "unknown"]:
     if m is None or m.group(3) != _host_tag():
         return "unknown"
     pid, start = int(m.group(1)), int(m.group(2))
-    now = _start_ms(pid)
+    now = _start_ms(pid, since_boot=start < _EPOCH_MS)  # epoch: names of older versions
     if now is None:
         import psutil
 
