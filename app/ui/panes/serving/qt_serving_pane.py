@@ -85,13 +85,17 @@ class _Read(QRunnable):
 
     def run(self) -> None:
         try:
-            reading = read_metrics(self.url, self.key)
+            reading: Reading | None = read_metrics(self.url, self.key)
             rows = read_requests(self.url, self.key)
-            self.relay.read.emit(self.source, reading, rows, None)
+            error: ServingError | None = None
         except ServingError as exc:
-            self.relay.read.emit(self.source, None, [], exc)
+            reading, rows, error = None, [], exc
         except Exception as exc:  # reported, never raised into the pool
-            self.relay.read.emit(self.source, None, [], ServingError(str(exc)))
+            reading, rows, error = None, [], ServingError(str(exc))
+        try:
+            self.relay.read.emit(self.source, reading, rows, error)
+        except RuntimeError:  # the pane was closed meanwhile
+            pass
 
 
 class AddServerDialog(QDialog):
