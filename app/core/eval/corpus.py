@@ -311,8 +311,13 @@ def run_perplexity(ctx: JobContext, **params: Any) -> dict[str, Any]:
     """The job: score every window of the corpus with each model; resumes after stored windows."""
     from app.core.errors import DemoAIError
     from app.core.eval.perplexity import corpus_spans
-    from app.core.eval.runner import EvalSample, EvalStore, model_label, resolve_model
-    from app.core.jobs.context import JobFailed
+    from app.core.eval.runner import (
+        EvalSample,
+        EvalStore,
+        finish_run,
+        model_label,
+        resolve_model,
+    )
 
     ws: Workspace = ctx.workspace
     cfg = PerplexityConfig.from_dict(params)
@@ -393,21 +398,5 @@ def run_perplexity(ctx: JobContext, **params: Any) -> dict[str, Any]:
     except BaseException:
         store.set_state(run_id, "interrupted", errors=load_errors or None)
         raise
-    aggregates = store.aggregates(run_id)
-    summary: dict[str, Any] = {"aggregates": aggregates, "windows": windows}
-    for model, per in aggregates.items():
-        agg = per.get(METRIC) or {}
-        if agg.get("value") is not None:
-            ctx.metric(f"{model}/{METRIC}", 0, float(agg["value"]))
-    if load_errors:
-        store.set_state(run_id, "failed", summary=summary, errors=load_errors)
-        names = "; ".join(f"{m}: {e}" for m, e in load_errors.items())
-        raise JobFailed(
-            f"Could not load {len(load_errors)} model(s): {names}. "
-            "The results of the other models are kept.",
-            "Check the model files (demoai models show ID), then resume the run.",
-        )
-    store.set_state(run_id, "succeeded", summary=summary, errors={})
-    result = {"run_id": run_id, **summary}
-    ctx.result(result)
-    return result
+    summary: dict[str, Any] = {"aggregates": store.aggregates(run_id), "windows": windows}
+    return finish_run(ctx, store, run_id, summary, load_errors)

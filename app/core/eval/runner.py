@@ -796,7 +796,6 @@ def _rows(ws: Workspace, cfg: EvalConfig) -> list[dict[str, Any]]:
 def run_eval(ctx: JobContext, **params: Any) -> dict[str, Any]:
     """Job ``eval.run``: evaluate each model on the dataset; resumes after the stored samples."""
     from app.core.eval.corpus import is_perplexity_params, run_perplexity
-    from app.core.jobs.context import JobFailed
 
     if is_perplexity_params(params):  # `demoai eval perplexity`: same kind, same store
         return run_perplexity(ctx, **params)
@@ -843,11 +842,24 @@ def run_eval(ctx: JobContext, **params: Any) -> dict[str, Any]:
     except BaseException:
         store.set_state(run_id, "interrupted", errors=load_errors or None)
         raise
-    aggregates = store.aggregates(run_id)
-    summary: dict[str, Any] = {"aggregates": aggregates, "rows": len(rows)}
-    for model, per in aggregates.items():
+    summary: dict[str, Any] = {"aggregates": store.aggregates(run_id), "rows": len(rows)}
+    return finish_run(ctx, store, run_id, summary, load_errors)
+
+
+def finish_run(
+    ctx: JobContext,
+    store: EvalStore,
+    run_id: str,
+    summary: dict[str, Any],
+    load_errors: dict[str, str],
+) -> dict[str, Any]:
+    """End an eval job: its aggregates as metrics, then the run failed (naming the models
+    that did not load; the others' results are kept) or succeeded. Returns the result."""
+    from app.core.jobs.context import JobFailed
+
+    for model, per in summary["aggregates"].items():
         for metric, agg in per.items():
-            if agg["value"] is not None:
+            if agg.get("value") is not None:
                 ctx.metric(f"{model}/{metric}", 0, float(agg["value"]))
     if load_errors:
         store.set_state(run_id, "failed", summary=summary, errors=load_errors)
