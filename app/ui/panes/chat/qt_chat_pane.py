@@ -873,45 +873,68 @@ class ChatPane(QWidget):
             failed=lambda exc: self._error(f"The feedback was not saved: {exc}"),
         )
 
-    def open_better_dialog(self, msg_id: str) -> QDialog:
-        """An editor holding the reply; OK saves the edited text as the better answer."""
+    def _message_editor(
+        self,
+        msg_id: str,
+        *,
+        title: str,
+        name: str,
+        note: str,
+        ok_text: str,
+        attr: str,
+        accept: Callable[[str, str], bool],
+        then: Callable[[str], None],
+    ) -> QDialog:
+        """A resizable editor sized to message ``msg_id``, kept in ``self.<attr>`` while open;
+        OK calls ``then(text)`` when ``accept(text, old text)`` holds."""
         old = self.store.message(msg_id)
         dlg = QDialog(self)
-        dlg.setWindowTitle("Write a better answer")
-        dlg.setObjectName("betterAnswerDialog")
+        dlg.setWindowTitle(title)
+        dlg.setObjectName(f"{name}Dialog")
         dlg.setSizeGripEnabled(True)
         editor = QPlainTextEdit(old.content)
-        editor.setObjectName("betterAnswerText")
-        note = QLabel(
-            "Saved with the prompt, the model and its settings to the dataset Collected, "
-            "for fine-tuning (chat examples) and preference pairs (this answer chosen, the "
-            "model's rejected). The conversation is not changed."
-        )
-        note.setWordWrap(True)
+        editor.setObjectName(f"{name}Text")
+        label = QLabel(note)
+        label.setWordWrap(True)
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
         )
-        buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Save answer")
+        buttons.button(QDialogButtonBox.StandardButton.Ok).setText(ok_text)
         buttons.accepted.connect(dlg.accept)
         buttons.rejected.connect(dlg.reject)
         lay = QVBoxLayout(dlg)
         lay.addWidget(editor, 1)
-        lay.addWidget(note)
+        lay.addWidget(label)
         lay.addWidget(buttons)
         dlg.resize(*_editor_size(editor, old.content, self))
 
         def done() -> None:
             text = editor.toPlainText()
-            if text.strip() and text.strip() != old.content.strip():
-                self.give_feedback(msg_id, better=text)
+            if accept(text, old.content):
+                then(text)
 
         dlg.accepted.connect(done)
-        dlg.finished.connect(lambda _r: setattr(self, "better_dialog", None))
+        dlg.finished.connect(lambda _r: setattr(self, attr, None))
         dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        self.better_dialog = dlg
+        setattr(self, attr, dlg)
         editor.setFocus()
         dlg.open()
         return dlg
+
+    def open_better_dialog(self, msg_id: str) -> QDialog:
+        """An editor holding the reply; OK saves the edited text as the better answer."""
+        return self._message_editor(
+            msg_id,
+            title="Write a better answer",
+            name="betterAnswer",
+            note="Saved with the prompt, the model and its settings to the dataset Collected, "
+            "for fine-tuning (chat examples) and preference pairs (this answer chosen, the "
+            "model's rejected). The conversation is not changed.",
+            ok_text="Save answer",
+            attr="better_dialog",
+            accept=lambda text, old: bool(text.strip()) and text.strip() != old.strip(),
+            then=lambda text: self.give_feedback(msg_id, better=text),
+        )
 
     def _link(self, url: QUrl) -> None:
         kind, _, target = url.toString().partition(":")
@@ -936,39 +959,16 @@ class ChatPane(QWidget):
 
     def open_edit_dialog(self, msg_id: str) -> QDialog:
         """A resizable editor sized to the message; OK makes a new branch, answered at once."""
-        old = self.store.message(msg_id)
-        dlg = QDialog(self)
-        dlg.setWindowTitle("Edit message")
-        dlg.setObjectName("editMessageDialog")
-        dlg.setSizeGripEnabled(True)
-        editor = QPlainTextEdit(old.content)
-        editor.setObjectName("editMessageText")
-        note = QLabel("The edited message starts a new version; the old one stays one click away.")
-        note.setWordWrap(True)
-        buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        return self._message_editor(
+            msg_id,
+            title="Edit message",
+            name="editMessage",
+            note="The edited message starts a new version; the old one stays one click away.",
+            ok_text="Send edited",
+            attr="edit_dialog",
+            accept=lambda text, old: bool(text.strip()) and text != old,
+            then=lambda text: self.edit_message(msg_id, text),
         )
-        buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Send edited")
-        buttons.accepted.connect(dlg.accept)
-        buttons.rejected.connect(dlg.reject)
-        lay = QVBoxLayout(dlg)
-        lay.addWidget(editor, 1)
-        lay.addWidget(note)
-        lay.addWidget(buttons)
-        dlg.resize(*_editor_size(editor, old.content, self))
-
-        def done() -> None:
-            text = editor.toPlainText()
-            if text.strip() and text != old.content:
-                self.edit_message(msg_id, text)
-
-        dlg.accepted.connect(done)
-        dlg.finished.connect(lambda _r: setattr(self, "edit_dialog", None))
-        dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        self.edit_dialog = dlg
-        editor.setFocus()
-        dlg.open()
-        return dlg
 
     def shutdown(self) -> None:
         """Stop streaming and give the model back (the window stops the shared host)."""
