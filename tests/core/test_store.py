@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,46 @@ def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
             c.execute("INSERT INTO tx VALUES (1)")
             raise RuntimeError("boom")
     assert db.query("SELECT * FROM tx") == []
+
+
+def test_reads_do_not_wait_for_another_threads_write_transaction(tmp_path: Path) -> None:
+    """The window's thread reads while a worker thread holds a write transaction open."""
+    register_migrations("zz_read", ["CREATE TABLE rd(a INTEGER)"])
+    db = Database.open(tmp_path / "r.db")
+    db.execute("INSERT INTO rd(a) VALUES (1)")
+    inside, release, done = threading.Event(), threading.Event(), threading.Event()
+    seen_inside: list[list[dict[str, int]]] = []
+
+    def writer() -> None:
+        with db.transaction() as c:
+            c.execute("INSERT INTO rd(a) VALUES (2)")
+            seen_inside.append(db.query("SELECT a FROM rd ORDER BY a"))  # its own writes
+            inside.set()
+            release.wait(30)
+        done.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert inside.wait(30)
+        got: list[object] = []
+        reader = threading.Thread(
+            target=lambda: got.append(db.query_one("SELECT max(a) AS m FROM rd"))
+        )
+        reader.start()
+        reader.join(10)
+        # the reader finished while the write transaction was still open (the old shared
+        # connection made it wait for the lock), and saw the last committed state
+        assert not reader.is_alive() and not done.is_set()
+        assert got == [{"m": 1}]
+        assert seen_inside == [[{"a": 1}, {"a": 2}]]
+    finally:
+        release.set()
+        t.join(30)
+    assert db.query("SELECT a FROM rd ORDER BY a") == [{"a": 1}, {"a": 2}]  # after the commit
+    db.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        db.query("SELECT 1")
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:

@@ -1,5 +1,11 @@
 """The workspace database: SQLite in WAL mode, serialized writes, versioned migrations.
 
+Writes go through one connection, serialized by a lock. Reads outside a write
+transaction use a connection of the reading thread's own (in WAL mode readers
+never wait for a writer): the window's thread reading a dataset record must not
+queue behind a worker thread's ``BEGIN IMMEDIATE`` (which may itself wait up to
+the busy timeout for another process) or its commit's checkpoint.
+
 Each capability registers its own ordered list of migrations under a component
 name (``register_migrations("jobs", [...])``); the applied version of every
 component is kept in ``schema_versions``. A database written by a newer DemoAI
@@ -13,6 +19,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +48,10 @@ def known_components() -> dict[str, int]:
     return {name: len(steps) for name, steps in _MIGRATIONS.items()}
 
 
+class _Reader(sqlite3.Connection):
+    """A thread's read-only connection (a subclass, so the database can hold it weakly)."""
+
+
 class SchemaTooNewError(WorkspaceError):
     """The database was written by a newer DemoAI."""
 
@@ -52,6 +63,13 @@ class Database:
         self.path = path
         self._conn = conn
         self._lock = threading.RLock()
+        #: The thread inside ``transaction()`` (its reads must see its own uncommitted writes).
+        self._writer: int | None = None
+        self._local = threading.local()
+        #: Every thread's reader, so ``close()`` closes them; a thread's reader goes with it.
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
+        self._wal = False
+        self._closed = False
 
     # -- opening -------------------------------------------------------------
     @classmethod
@@ -89,6 +107,8 @@ class Database:
         mode = c.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":  # e.g. a filesystem without shared memory
             c.execute("PRAGMA journal_mode = DELETE")
+        else:
+            self._wal = True
         # NORMAL in WAL mode: a committed transaction survives a killed process;
         # only an OS crash / power loss can lose the last commits.
         c.execute("PRAGMA synchronous = NORMAL")
@@ -151,14 +171,47 @@ class Database:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (BEGIN IMMEDIATE), serialized in this process and across processes."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            outer = self._writer
+            self._writer = threading.get_ident()
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            else:
-                self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                else:
+                    self._conn.execute("COMMIT")
+            finally:
+                self._writer = outer
+
+    def _reader(self) -> sqlite3.Connection | None:
+        """This thread's read connection; None where reads must use the writer's connection.
+
+        That is: not in WAL mode (a reader would wait for writers anyway), inside this
+        thread's own write transaction, or where a reader cannot be opened.
+        """
+        if not self._wal or self._closed or self._writer == threading.get_ident():
+            return None
+        conn: _Reader | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=30.0,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=_Reader,
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error:
+            return None
+        self._local.conn = conn
+        self._readers.add(conn)
+        return conn
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
         """Run one write statement in its own transaction; returns the number of rows changed."""
@@ -167,6 +220,9 @@ class Database:
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         """Rows of a read query as dicts."""
+        reader = self._reader()
+        if reader is not None:
+            return [dict(r) for r in reader.execute(sql, params).fetchall()]
         with self._lock:
             return [dict(r) for r in self._conn.execute(sql, params).fetchall()]
 
@@ -174,6 +230,14 @@ class Database:
         self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
     ) -> dict[str, Any] | None:
         """The first row of a read query, or None."""
+        reader = self._reader()
+        if reader is not None:
+            cur = reader.execute(sql, params)
+            try:
+                row = cur.fetchone()
+            finally:
+                cur.close()  # ends the read transaction now, not when the cursor is collected
+            return dict(row) if row is not None else None
         with self._lock:
             row = self._conn.execute(sql, params).fetchone()
         return dict(row) if row is not None else None
@@ -192,8 +256,11 @@ class Database:
         }
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection and every thread's reader."""
         with self._lock:
+            self._closed = True
+            for reader in list(self._readers):
+                reader.close()
             self._conn.close()
 
 
