@@ -26,3 +26,15 @@ register_kind(
         "dropped, provenance columns); a new version for review.",
     )
 )
+
+register_kind(
+    JobKind(
+        name="eval.agent",
+        entry="app.workers.agent_eval_job:agent_eval_job",
+        title="Evaluate agents",
+        resumable=True,
+        description="Run agent versions x models on a dataset of tasks (each in a scratch copy "
+        "of its granted folders); success, tool-call accuracy, steps, tokens, time; resumes "
+        "after the tasks already stored.",
+    )
+)

@@ -4,7 +4,10 @@
 listens on 127.0.0.1 (port 0), needs ``Authorization: Bearer $SCRIPTED_TOKEN``
 and answers ``POST /v1/chat/completions`` with the script item whose index is
 the number of assistant messages in the request (so a replayed conversation
-gets the same answers). Items are strings, or objects sent as their JSON text;
+gets the same answers). A script may also be an object ``{"by_input": {TEXT:
+[items]}, "default": [items], "delay_s": S}``: the list whose TEXT occurs in the
+first user message (one script per task of an agent eval), each answer after S s.
+Items are strings, or objects sent as their JSON text;
 an object with ``tool_calls`` (``[{"name": ..., "arguments": {...}}]``) is sent
 as a native tool-call message instead. With ``--tool-format F`` the server
 answers ``GET /v1/models/{id}`` with ``capabilities.tools = F`` (a model whose
@@ -76,6 +79,12 @@ class _Handler(BaseHTTPRequestHandler):
             fh.write(json.dumps(body) + "\n")
         turn = sum(1 for m in body.get("messages", []) if m.get("role") == "assistant")
         script = self.server.script
+        if isinstance(script, dict):  # {"by_input": {TEXT: [...]}, "default": [...], "delay_s": S}
+            time.sleep(float(script.get("delay_s") or 0))
+            first = next((m for m in body.get("messages", []) if m.get("role") == "user"), {})
+            user = str(first.get("content") or "")
+            by_input = script.get("by_input") or {}
+            script = next((v for k, v in by_input.items() if k in user), script.get("default", []))
         item = script[turn] if turn < len(script) else {"final": "(script exhausted)"}
         message: dict[str, Any]
         if isinstance(item, dict) and "tool_calls" in item:
@@ -142,7 +151,10 @@ class ScriptedServer:
     """The scripted server as a child process: ``base_url``, ``token``, ``requests()``."""
 
     def __init__(
-        self, script: list[Any], token: str = "scripted-token", tool_format: str | None = None
+        self,
+        script: list[Any] | dict[str, Any],
+        token: str = "scripted-token",
+        tool_format: str | None = None,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="scripted-"))
         (self.dir / "script.json").write_text(json.dumps(script), encoding="utf-8")

@@ -281,3 +281,4 @@ register_metric(
     ),
     "llm_judge",
 )
+from app.core.eval import agent_eval_metrics as _agent_eval_metrics  # noqa: E402, F401
