@@ -71,6 +71,7 @@ def _fmt(x: float | None, points: float = 1.0) -> str:
 
 
 def cmd_agent_eval(args: argparse.Namespace) -> int:
+    import app.workers  # noqa: F401  (registers the eval.agent kind)
     from app.core.eval.agent_eval import KIND, METRICS, submit_agent_eval
     from app.core.eval.metrics import get_metric
     from app.core.eval.runner import EvalStore
