@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "app.cli.agent",
     "app.cli.backup",
     "app.cli.feedback",
+    "app.cli.pipeline",
 )
 
 

@@ -164,6 +164,7 @@ def _register_core_schemas() -> None:
     import app.core.export.records
     import app.core.jobs.store
     import app.core.models.registry
+    import app.core.runs.schema
     import app.core.workspace.verify  # noqa: F401
     from app.core.store import changes
 

@@ -1,0 +1,1 @@
+"""Pipelines: versioned specs, runs as chains of jobs with pinned inputs, a step cache."""
