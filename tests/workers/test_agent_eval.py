@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import signal
+import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ import pyarrow as pa
 import pytest
 
 from app.core.agents import AgentSpec, AgentStore, Limits, RunStore, ToolGrant
+from app.core.agents.approvals import ApprovalStore, Grant
+from app.core.agents.spec import McpServerConfig
 from app.core.data.store import DatasetStore
 from app.core.errors import ConfigError
 from app.core.eval.agent_eval import AgentEvalConfig, submit_agent_eval
@@ -317,3 +321,66 @@ def test_cli_with_gemma_end_to_end(tmp_path: Path, gemma_gguf: Path) -> None:
         assert shown.returncode == 0, shown.stderr
     finally:
         ws.close()
+
+
+MCP_SERVER = textwrap.dedent(
+    """
+    import pathlib, sys
+    from mcp.server.mcpserver import MCPServer
+    from mcp.types import ToolAnnotations
+
+    app = MCPServer("fx")
+
+    @app.tool()
+    def touch(name: str) -> str:
+        "Create a file (a side effect outside any scratch copy)."
+        pathlib.Path(sys.argv[1], name).write_text("touched")
+        return "ok"
+
+    @app.tool(annotations=ToolAnnotations(readOnlyHint=True))
+    def shout(text: str) -> str:
+        "Upper-case a text."
+        return text.upper() + "!"
+
+    app.run()
+    """
+)
+
+
+def test_side_effecting_mcp_call_is_refused_and_fails_the_task(
+    workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    script = tmp_path / "fx_server.py"
+    script.write_text(MCP_SERVER, encoding="utf-8")
+    server_cfg = McpServerConfig(
+        name="fx", command=sys.executable, args=(str(script), str(outside))
+    )
+    spec = AgentStore(workspace.db).save(
+        AgentSpec(name="mcper", mcp_servers=(server_cfg,), tool_mode="json",
+                  limits=Limits(max_steps=3, max_tokens=64, timeout_s=60))
+    )  # fmt: skip
+    ApprovalStore(workspace.db).approve(spec, Grant.for_server(server_cfg))  # may start
+    tasks = {
+        "[m1] Shout hi.": [_call("fx.shout", text="hi"), {"final": "HI!"}],
+        "[m2] Touch evil.txt.": [_call("fx.touch", name="evil.txt"), {"final": "Done."}],
+    }
+    ver = DatasetStore(workspace).create_dataset("mcp-tasks", pa.table({"task": list(tasks)}))
+    with ScriptedServer({"by_input": {k[:4]: v for k, v in tasks.items()}}) as server:
+        monkeypatch.setenv(KEY_ENV, server.token)
+        cfg = AgentEvalConfig.from_dict(
+            {"agents": ["mcper"], "dataset": ver.dataset_id, "input_column": "task",
+             "base_url": server.base_url, "api_key_env": KEY_ENV, "model_name": "scripted"}
+        )  # fmt: skip
+        job = submit_agent_eval(workspace, cfg)
+        sup = Supervisor(workspace)
+        sup.start(job.id)
+        done = sup.wait(job.id, timeout=180)
+    assert done.state == JobState.SUCCEEDED, JobService(workspace).log_tail(job.id, 80)
+    shout, touch = EvalStore(workspace).samples(job.id)
+    assert shout.scores["agent_success"] == 1.0 and shout.prediction == "HI!"
+    assert touch.scores["agent_success"] == 0.0 and touch.scores["tool_accuracy"] == 1.0
+    assert touch.extra["refused"] == ["fx.touch"] and "refused" in (touch.error or "")
+    assert [c["refused"] for c in touch.extra["calls"]] == [True]
+    assert list(outside.iterdir()) == []  # the side effect never happened
