@@ -109,6 +109,10 @@ def register(sub: Any) -> None:
     from app.cli.eval_perplexity import register as register_perplexity
 
     register_perplexity(esub)
+
+    from app.cli.eval_harness import register as register_harness
+
+    register_harness(esub)
     from app.cli.eval_agent import register as register_agent_eval
 
     register_agent_eval(esub)

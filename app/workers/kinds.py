@@ -38,3 +38,14 @@ register_kind(
         "after the tasks already stored.",
     )
 )
+
+register_kind(
+    JobKind(
+        name="eval.harness",
+        entry="app.workers.harness_job:harness_job",
+        title="Harness task",
+        resumable=True,
+        description="An lm-evaluation-harness task against a library model through the model "
+        "host; the harness scores, the results are an eval run (docs/eval-harness.md).",
+    )
+)

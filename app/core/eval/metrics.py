@@ -282,3 +282,4 @@ register_metric(
     "llm_judge",
 )
 from app.core.eval import agent_eval_metrics as _agent_eval_metrics  # noqa: E402, F401
+from app.core.eval import harness_metrics as _harness_metrics  # noqa: E402, F401 (lm_eval: names)
