@@ -27,6 +27,8 @@ DATA_FORMATS: tuple[str, ...] = ("chat", "prompt_completion", "instruction")
 METHODS: tuple[str, ...] = ("lora", "qlora", "lora8bit")
 SCHEDULERS: tuple[str, ...] = ("linear", "cosine", "constant")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: Most processes one training run may start (world_size).
+MAX_WORLD_SIZE = 64
 
 
 def _help(text: str) -> dict[str, str]:
@@ -161,6 +163,14 @@ class TrainConfig:
     device: Device = field(
         default="auto", metadata=_help("'auto' (CUDA when present), 'cpu' or 'cuda'.")
     )
+    world_size: int = field(
+        default=1,
+        metadata=_help(
+            "Processes training together with DDP on this machine (torch.distributed: gloo on "
+            "CPU, nccl with one GPU each). Each batch of batch_size is split across them, so "
+            "the effective batch, the data order and the loss stay those of one process."
+        ),
+    )
     name: str | None = field(
         default=None, metadata=_help("A name for the run (shown in the job list).")
     )
@@ -221,6 +231,18 @@ class TrainConfig:
             p.append(
                 f"micro_batch_size must divide batch_size {self.batch_size} (got {mb}; "
                 "None: batch_size)"
+            )
+        if not 1 <= self.world_size <= MAX_WORLD_SIZE:
+            p.append(f"world_size must be between 1 and {MAX_WORLD_SIZE}")
+        elif self.world_size > 1 and self.batch_size % self.world_size:
+            p.append(
+                f"batch_size {self.batch_size} must be a multiple of world_size "
+                f"{self.world_size} (each process takes an equal share of every batch)"
+            )
+        elif self.world_size > 1 and self.method != "lora":
+            p.append(
+                f"world_size > 1 runs method lora only ({self.method} with several processes "
+                "needs FSDP, which is not available yet)"
             )
         if self.max_seq_len < 8:
             p.append("max_seq_len must be at least 8")

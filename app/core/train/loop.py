@@ -47,6 +47,7 @@ from app.core.train.data import (
     split_eval,
     tokenize_record,
 )
+from app.core.train.ddp import DistGroup, RankProcesses, free_port, is_peer_failure, timeout_s
 
 CHECKPOINT_PREFIX = "checkpoint-"
 #: QLoRA / 8-bit on CUDA: keep norms and embeddings in float32 as peft's
@@ -86,6 +87,8 @@ class StepStats:
     seconds: float
     skipped: bool = False  # True when the update was dropped (non-finite loss or gradient)
     micro_batch: int = 0  # sequences per forward/backward pass in this step
+    #: world_size > 1: each rank's [tokens, seconds, cpu MB, gpu MB] of this step, by rank.
+    per_rank: list[list[float]] | None = None
 
 
 @dataclass
@@ -145,24 +148,38 @@ def lr_factor(config: TrainConfig, step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _set_threads() -> None:
+def _set_threads(world_size: int = 1) -> None:
     threads = os.environ.get("DEMOAI_TRAIN_THREADS")
     if threads:
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
+    elif world_size > 1:  # several ranks on one machine share its cores
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
 
 
 class TrainSession:
     """A loaded model, its LoRA adapter, the data and the optimizer, ready to step."""
 
-    def __init__(self, config: TrainConfig, log: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        log: Callable[[str, str], None] | None = None,
+        dist: DistGroup | None = None,
+    ) -> None:
         import numpy as np
         import torch
 
         self.config = config
         self._log = log or (lambda text, level: None)
-        _set_threads()
+        #: The process group when several ranks train together (world_size > 1).
+        self.dist = dist
+        self.rank = dist.rank if dist else 0
+        self.world_size = dist.world_size if dist else 1
+        self._ddp: Any = None
+        _set_threads(self.world_size)
         random.seed(config.seed)
         np.random.seed(config.seed % 2**32)
         torch.manual_seed(config.seed)
@@ -190,12 +207,43 @@ class TrainSession:
         self.history: list[dict[str, float]] = []
         self.tokens_seen = 0
         self._check_fast_loss()
+        if dist is not None:
+            self._wrap_ddp()
+
+    def _wrap_ddp(self) -> None:
+        """DDP around a module whose forward is :meth:`_loss_sum` (the fast loss path too)."""
+        import torch
+        from torch.nn.parallel import DistributedDataParallel
+
+        session = self
+
+        class _LossModule(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = session.model
+
+            def forward(self, batch: dict[str, Any]) -> Any:
+                return session._loss_sum(batch)[0]
+
+        cuda = self.device == "cuda"
+        self._ddp = DistributedDataParallel(
+            _LossModule(),
+            device_ids=[torch.cuda.current_device()] if cuda else None,
+            broadcast_buffers=False,
+        )
+        if self.rank > 0:
+            # Same LoRA init on every rank (seeded above); dropout then differs per rank.
+            torch.manual_seed(self.config.seed + 7919 * self.rank)
+            if cuda:
+                torch.cuda.manual_seed(self.config.seed + 7919 * self.rank)
 
     # -- set-up ---------------------------------------------------------------------
     def _pick_device(self) -> str:
         import torch
 
         want = self.config.device
+        if self.dist is not None:  # the launcher chose the backend for the resolved device
+            return "cuda" if self.dist.backend == "nccl" else "cpu"
         if want == "cuda" and not torch.cuda.is_available():
             raise JobFailed(
                 "device cuda was asked for but torch sees no CUDA GPU.",
@@ -375,15 +423,28 @@ class TrainSession:
         return [self.order.batch(step * ga + j)[1] for j in range(ga)]
 
     def micro_batches(self, step: int) -> list[list[int]]:
-        """Sample indices of each forward/backward pass of 0-based optimizer step ``step``:
-        the data batches cut into pieces of ``self.micro_batch``."""
-        m = self.micro_batch
-        return [b[i : i + m] for b in self.data_batches(step) for i in range(0, len(b), m)]
+        """Sample indices of each forward/backward pass of 0-based optimizer step ``step``
+        on this rank: rank ``r`` of ``W`` takes samples ``r, r+W, ...`` of each data batch,
+        cut into pieces of ``self.micro_batch``. Every rank makes the same number of passes;
+        with several ranks a pass may be empty (the short last batch of an epoch)."""
+        m, w, r = self.micro_batch, self.world_size, self.rank
+        if w == 1:
+            return [b[i : i + m] for b in self.data_batches(step) for i in range(0, len(b), m)]
+        out: list[list[int]] = []
+        for b in self.data_batches(step):
+            share = b[r::w]
+            out += [share[i : i + m] for i in range(0, -(-len(b) // w), m)]
+        return out
 
     @property
     def accum_passes(self) -> int:
-        """Forward/backward passes per optimizer step (grad_accum x batch / micro-batch)."""
-        return self.config.grad_accum * -(-self.config.batch_size // self.micro_batch)
+        """Forward/backward passes per optimizer step and rank (grad_accum x share / micro)."""
+        share = -(-self.config.batch_size // self.world_size)
+        return self.config.grad_accum * -(-share // self.micro_batch)
+
+    def agree_stop(self, stop: bool) -> bool:
+        """With several ranks: True on all of them when any asks to stop (rank 0's cancel)."""
+        return self.dist.any_true(stop) if self.dist is not None else stop
 
     def reduce_micro_batch(
         self, step: int, error: str = "", phase: str = "train"
@@ -416,6 +477,8 @@ class TrainSession:
         The retry happens outside the ``except`` block, so the failed attempt's
         tensors (held by the traceback) are gone before memory is freed.
         """
+        if self.world_size > 1:
+            return fn()  # ranks cannot retry alone: out of memory fails the run (resume it)
         rng = self._rng_state()
         while True:
             error = ""
@@ -449,6 +512,8 @@ class TrainSession:
         n_labels = sum(s.n_label_tokens for s in samples)
         n_tokens = sum(len(s.input_ids) for s in samples)
         total_loss: float = self._retry_on_oom(lambda: self._accumulate(n_labels), self.step + 1)
+        if self.dist is not None:
+            total_loss = self.dist.sum_floats([total_loss])[0]
         loss = total_loss / max(1, n_labels)
         clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
@@ -464,6 +529,9 @@ class TrainSession:
         self.tokens_seen += n_tokens
         if self.device == "cuda":
             torch.cuda.synchronize()
+        per_rank = None
+        if self.dist is not None:
+            per_rank = self.dist.gather_floats(self._rank_reading(time.perf_counter() - t0))
         stats = StepStats(
             self.step,
             loss,
@@ -474,6 +542,7 @@ class TrainSession:
             time.perf_counter() - t0,
             bad,
             self.micro_batch,
+            per_rank,
         )
         self.history.append(
             {"step": self.step, "train_loss": loss, "grad_norm": grad_norm, "learning_rate": lr}
@@ -486,6 +555,8 @@ class TrainSession:
         Each pass's loss is divided by the label tokens of the whole step, so the
         gradient does not depend on how the step is cut into micro-batches.
         """
+        if self._ddp is not None:
+            return self._accumulate_ddp(n_labels)
         total_loss = 0.0
         for idx in self.micro_batches(self.step):
             batch = self._to_device(collate([self.train_samples[i] for i in idx], self.pad_id))
@@ -493,6 +564,48 @@ class TrainSession:
             (loss_sum / max(1, n_labels)).backward()
             total_loss += float(loss_sum.detach())
         return total_loss
+
+    def _accumulate_ddp(self, n_labels: int) -> float:
+        """:meth:`_accumulate` on one rank of several: this rank's share of the summed loss.
+
+        DDP averages gradients over the ranks, so each pass's loss is multiplied by the
+        world size: the update is the gradient of (all ranks' token loss) / (the step's
+        label tokens), as with one process. Gradients are exchanged once, after the last
+        pass of the step; an empty pass runs one sample with weight 0 (every rank must
+        make the same passes).
+        """
+        import contextlib
+
+        passes = self.micro_batches(self.step)
+        scale = self.world_size / max(1, n_labels)
+        total_loss = 0.0
+        for k, idx in enumerate(passes):
+            samples = [self.train_samples[i] for i in idx] or self.train_samples[:1]
+            batch = self._to_device(collate(samples, self.pad_id))
+            last = k == len(passes) - 1
+            with contextlib.nullcontext() if last else self._ddp.no_sync():
+                loss_sum = self._ddp(batch)
+                (loss_sum * (scale if idx else 0.0)).backward()
+            if idx:
+                total_loss += float(loss_sum.detach())
+        return total_loss
+
+    def _rank_reading(self, seconds: float) -> list[float]:
+        """This rank's [tokens, seconds, cpu MB, gpu MB] for the step just done."""
+        import psutil
+
+        tokens = sum(
+            len(self.train_samples[i].input_ids)
+            for idx in self.micro_batches(self.step - 1)
+            for i in idx
+        )
+        gpu = 0.0
+        if self.device == "cuda":
+            import torch
+
+            gpu = torch.cuda.max_memory_allocated() / 2**20
+        rss = psutil.Process().memory_info().rss / 2**20
+        return [float(tokens), seconds, rss, gpu]
 
     def evaluate(self) -> float | None:
         """Mean token loss on the held-out examples (None without an eval split)."""
@@ -509,13 +622,18 @@ class TrainSession:
         try:
             with torch.no_grad():
                 bs = self.micro_batch
-                for i in range(0, len(self.eval_samples), bs):
+                starts = range(0, len(self.eval_samples), bs)
+                # With several ranks, rank r evaluates batches r, r+W, ... (same batches).
+                for i in list(starts)[self.rank :: self.world_size]:
                     batch = self._to_device(collate(self.eval_samples[i : i + bs], self.pad_id))
                     s, n = self._loss_sum(batch)
                     total += float(s)
                     count += int(n)
         finally:
             self.model.train()
+        if self.dist is not None:
+            total, n_all = self.dist.sum_floats([total, float(count)])
+            count = int(n_all)
         return total / max(1, count)
 
     # -- checkpoints --------------------------------------------------------------------
@@ -523,14 +641,16 @@ class TrainSession:
         """Write ``checkpoint-<step>`` atomically (a .tmp folder, then a rename).
 
         Holds the raw trainable weights, optimizer and RNG state for an exact resume, and
-        the adapter in PEFT's layout for :mod:`app.core.eval.checkpoints`.
+        the adapter in PEFT's layout for :mod:`app.core.eval.checkpoints`. With several
+        ranks every rank calls it (their RNG states are gathered) and rank 0 writes.
         """
         import numpy as np
         import torch
         from safetensors.torch import save
 
+        rank_rng = self._gather_rng() if self.dist is not None else {}
         final = folder / f"{CHECKPOINT_PREFIX}{self.step}"
-        if final.is_dir():
+        if final.is_dir() or self.rank != 0:
             return final
         tmp = folder / f"{CHECKPOINT_PREFIX}{self.step}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -555,9 +675,10 @@ class TrainSession:
                     plain.setdefault(str(idx), {})[key] = val
         atomic_write_bytes(tmp / "optimizer.safetensors", save(tensors))
         rng_t = {"torch_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and self.dist is None:
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 rng_t[f"cuda_{i}"] = s
+        rng_t.update(rank_rng)
         atomic_write_bytes(tmp / "rng.safetensors", save(rng_t))
         py_state = random.getstate()
         np_state: Any = np.random.get_state()
@@ -590,8 +711,25 @@ class TrainSession:
         _fsync_dir(folder)
         return final
 
+    def _gather_rng(self) -> dict[str, Any]:
+        """Every rank's torch RNG states (collective), keyed ``torch_cpu.rank<r>``."""
+        import torch
+
+        assert self.dist is not None
+        out: dict[str, Any] = {}
+        for r, st in enumerate(self.dist.gather_bytes(torch.get_rng_state())):
+            out[f"torch_cpu.rank{r}"] = st
+        if self.device == "cuda":
+            for r, st in enumerate(self.dist.gather_bytes(torch.cuda.get_rng_state())):
+                out[f"cuda.rank{r}"] = st
+        return out
+
     def load_checkpoint(self, path: Path) -> None:
-        """Restore everything :meth:`save_checkpoint` wrote."""
+        """Restore everything :meth:`save_checkpoint` wrote.
+
+        The world size may differ from the run that wrote it (the steps are the same);
+        a rank without its own RNG state in the checkpoint keeps its seeded one.
+        """
         import numpy as np
         import torch
         from safetensors.torch import load_file
@@ -601,7 +739,9 @@ class TrainSession:
             saved = TrainConfig.from_dict(state.get("config") or {}).to_dict()
         except ConfigError:
             saved = None
-        if saved != self.config.to_dict():
+        if saved is not None:
+            saved.pop("world_size", None)
+        if saved != {k: v for k, v in self.config.to_dict().items() if k != "world_size"}:
             raise JobFailed(
                 f"Checkpoint {path.name} was written with another config.",
                 "Start a new run instead of resuming this one.",
@@ -624,10 +764,20 @@ class TrainSession:
                 g["betas"] = tuple(g["betas"])
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
         rng = load_file(str(path / "rng.safetensors"))
-        torch.set_rng_state(rng["torch_cpu"])
-        cuda_states = [rng[k] for k in sorted(rng) if k.startswith("cuda_")]
-        if cuda_states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda_states)
+        if self.dist is None:
+            torch.set_rng_state(rng["torch_cpu"])
+            cuda_states = [rng[k] for k in sorted(rng) if k.startswith("cuda_")]
+            if cuda_states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            mine = rng.get(f"torch_cpu.rank{self.rank}")
+            if mine is None and self.rank == 0:
+                mine = rng["torch_cpu"]
+            if mine is not None:
+                torch.set_rng_state(mine)
+            cuda_mine = rng.get(f"cuda.rank{self.rank}")
+            if cuda_mine is not None and self.device == "cuda":
+                torch.cuda.set_rng_state(cuda_mine)
         py = state["rng"]["python"]
         random.setstate((py[0], tuple(py[1]), py[2]))
         npst = state["rng"]["numpy"]
@@ -740,17 +890,94 @@ def _oom_failure(session: TrainSession) -> JobFailed:
 
 
 def train(ctx: JobContext, **params: Any) -> dict[str, Any]:
-    """Job ``train.lora``: fine-tune a LoRA adapter; resumes from the newest checkpoint."""
-    import psutil
+    """Job ``train.lora``: fine-tune a LoRA adapter; resumes from the newest checkpoint.
 
+    With ``world_size`` > 1 this process is rank 0 of a DDP group whose other ranks it
+    starts (:mod:`app.core.train.ddp`); a rank that dies fails the job cleanly.
+    """
     config = TrainConfig.from_dict(params)
     problems = validate_against_model(config)
     if problems:
         raise JobFailed("The training config cannot run: " + "; ".join(problems) + ".")
+    ckpt_dir = ctx.checkpoint_dir
+    prune_checkpoints(ckpt_dir, config.keep_checkpoints)
+    done = complete_checkpoints(ckpt_dir)
+    if config.world_size == 1:
+        return _train(ctx, config, done, None)
+    ranks, group = _start_ranks(ctx, config, done[-1] if done else None)
+    try:
+        result = _train(ctx, config, done, group)
+        ranks.wait(timeout=60.0)
+        return result
+    except BaseException as exc:
+        if is_peer_failure(exc):
+            raise ranks.failure() from exc
+        raise
+    finally:
+        ranks.stop()
+        group.close()
+
+
+def _start_ranks(
+    ctx: JobContext, config: TrainConfig, resume: Path | None
+) -> tuple[RankProcesses, DistGroup]:
+    """Start ranks 1..W-1, wait until each is up, then join the process group as rank 0."""
+    import torch
+
+    world = config.world_size
+    cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if cuda and torch.cuda.device_count() < world:
+        raise JobFailed(
+            f"world_size {world} needs {world} CUDA GPUs; torch sees {torch.cuda.device_count()}.",
+            "Lower world_size to the number of GPUs, or use device cpu.",
+        )
+    folder = ctx.run_dir / "ddp" / f"attempt-{ctx.attempt}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    spec = {
+        **config.with_changes(device="cuda" if cuda else "cpu").to_dict(),
+        "_checkpoint_dir": str(ctx.checkpoint_dir),
+        "_resume": str(resume) if resume else None,
+    }
+    atomic_write_json(folder / "config.json", spec)
+    port = free_port()
+    ranks = RankProcesses(world, port, folder / "config.json", folder)
+    atomic_write_json(folder / "pids.json", {str(r): pid for r, pid in ranks.pids().items()})
+    ctx.log(
+        f"starting {world} training processes ({'nccl' if cuda else 'gloo'}, "
+        f"127.0.0.1:{port}); ranks 1..{world - 1}: pids "
+        f"{', '.join(str(p) for p in ranks.pids().values())}",
+        "info",
+    )
+    try:
+        end = time.monotonic() + timeout_s()
+        while not all((folder / f"rank{r}.ready").exists() for r in range(1, world)):
+            if ranks.dead():
+                raise ranks.failure(grace=0.0)
+            if ctx.cancelled():
+                raise Cancelled()
+            if time.monotonic() > end:
+                raise JobFailed(
+                    f"The training processes did not start within {timeout_s():.0f} s.",
+                    f"See the logs in {folder}.",
+                )
+            time.sleep(0.05)
+        group = DistGroup.join(0, world, port, cuda)
+    except BaseException:
+        ranks.stop()
+        raise
+    return ranks, group
+
+
+def _train(
+    ctx: JobContext, config: TrainConfig, done: list[Path], group: DistGroup | None
+) -> dict[str, Any]:
+    import psutil
+
     t_start = time.time()
     ctx.progress(None, "loading the model and the data")
     try:
-        session = TrainSession(config, log=lambda text, level: ctx.log(text, level))
+        session = TrainSession(config, log=lambda text, level: ctx.log(text, level), dist=group)
     except JobFailed:
         raise
     except BaseException as exc:
@@ -758,8 +985,6 @@ def train(ctx: JobContext, **params: Any) -> dict[str, Any]:
             raise JobFailed(f"Out of memory while loading the model: {exc}", OOM_HINT) from exc
         raise
     ckpt_dir = ctx.checkpoint_dir
-    prune_checkpoints(ckpt_dir, config.keep_checkpoints)
-    done = complete_checkpoints(ckpt_dir)
     if done:
         session.load_checkpoint(done[-1])
         ctx.log(
@@ -777,7 +1002,7 @@ def train(ctx: JobContext, **params: Any) -> dict[str, Any]:
     ctx.log(
         f"training {session.trainable_params:,} parameters ({', '.join(session.target_modules)}) "
         f"on {session.device} with {config.method}: {session.n_train} examples, "
-        f"{total} steps",
+        f"{total} steps" + (f", {session.world_size} processes" if group else ""),
         "info",
     )
     proc = psutil.Process()
@@ -793,7 +1018,7 @@ def train(ctx: JobContext, **params: Any) -> dict[str, Any]:
     eval_loss: float | None = None
     try:
         while session.step < total:
-            if ctx.cancelled():
+            if session.agree_stop(ctx.cancelled()):
                 checkpoint()
                 ctx.log(f"cancelled at step {session.step}; checkpoint written", "info")
                 raise Cancelled()
@@ -818,6 +1043,11 @@ def train(ctx: JobContext, **params: Any) -> dict[str, Any]:
                 import torch
 
                 ctx.metric("gpu_mem_mb", s, torch.cuda.max_memory_allocated() / 2**20)
+            for r, (tokens, seconds, cpu_mb, gpu_mb) in enumerate(stats.per_rank or []):
+                ctx.metric(f"tokens_per_s.rank{r}", s, tokens / max(seconds, 1e-9))
+                ctx.metric(f"cpu_mem_mb.rank{r}", s, cpu_mb)
+                if session.device == "cuda":
+                    ctx.metric(f"gpu_mem_mb.rank{r}", s, gpu_mb)
             if config.eval_every and s % config.eval_every == 0 and s < total:
                 eval_loss = session.evaluate()
                 if eval_loss is not None:
@@ -833,7 +1063,7 @@ def train(ctx: JobContext, **params: Any) -> dict[str, Any]:
     except (Cancelled, JobFailed):
         raise
     except BaseException as exc:
-        if is_out_of_memory(exc):
+        if is_out_of_memory(exc) and not is_peer_failure(exc):
             raise _oom_failure(session) from exc
         raise
 
@@ -865,6 +1095,7 @@ def train(ctx: JobContext, **params: Any) -> dict[str, Any]:
         **metrics,
         "micro_batch_size": session.micro_batch,
         "oom_reductions": len(session.reductions),
+        "world_size": session.world_size,
     }
     ctx.result(result)
     return result
