@@ -7,6 +7,7 @@ library model (and its tools' embedding models), which the core may not do.
 from __future__ import annotations
 
 import contextlib
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,8 +15,14 @@ from app.core.eval.agent_eval import run_agent_eval
 from app.core.jobs.context import JobContext
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # recorded as cancelled; the finally blocks stop the model host
+
+
 def agent_eval_job(ctx: JobContext, **params: Any) -> dict[str, Any]:
     ws = ctx.workspace
+    # A cancel the job does not see in time ends in SIGTERM: stop the host, not orphan it.
+    signal.signal(signal.SIGTERM, _terminated)
     n_ctx = int(params.get("n_ctx") or 4096)
 
     @contextlib.contextmanager

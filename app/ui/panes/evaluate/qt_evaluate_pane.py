@@ -9,6 +9,7 @@ from __future__ import annotations
 from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
+from app.ui.panes.evaluate.qt_agent_eval_tab import AgentEvalTab
 from app.ui.panes.evaluate.qt_arena_tab import ArenaTab
 from app.ui.panes.evaluate.qt_eval_tab import EvalTab
 from app.ui.services import Services
@@ -26,6 +27,8 @@ class EvaluatePane(QWidget):
         self.tabs.setObjectName("evaluateTabs")
         self.tabs.addTab(self.eval_tab, "Evaluate")
         self.tabs.addTab(self.arena_tab, "Arena")
+        self.agent_eval_tab = AgentEvalTab(services)
+        self.tabs.addTab(self.agent_eval_tab, "Agent eval")
         self.tabs.currentChanged.connect(self._tab_changed)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
