@@ -152,13 +152,20 @@ def samples(ws: Path, run_id: str) -> list[Any]:
         w.close()
 
 
-@needs_lm_eval
-def test_multiple_choice_task_equals_eval_run(setup: dict[str, Any]) -> None:
-    ws, tiny = setup["ws"], setup["tiny"]
-    h = run_json(
-        ws, "eval", "harness", "--model", tiny, "--task", str(setup["tasks"] / "mc.yaml"),
-        "--threads", "2", "--n-ctx", "512",
+@pytest.fixture(scope="module")
+def mc_run(setup: dict[str, Any]) -> dict[str, Any]:
+    """`demoai eval harness` on the multiple-choice task with the tiny Llama, uninterrupted."""
+    return run_json(
+        setup["ws"], "eval", "harness", "--model", setup["tiny"],
+        "--task", str(setup["tasks"] / "mc.yaml"), "--threads", "2", "--n-ctx", "512",
     )  # fmt: skip
+
+
+@needs_lm_eval
+def test_multiple_choice_task_equals_eval_run(
+    setup: dict[str, Any], mc_run: dict[str, Any]
+) -> None:
+    ws, tiny, h = setup["ws"], setup["tiny"], mc_run
     d = run_json(
         ws, "eval", "run", "--model", tiny, "--dataset", setup["mc"], "--input", "question",
         "--reference", "answer", "--choices", "choices", "--metric", "mc_accuracy",
@@ -218,24 +225,165 @@ def test_generation_task_from_the_library_equals_eval_run(setup: dict[str, Any])
 
 @needs_lm_eval
 def test_missing_data_names_the_dataset_to_import_and_starts_no_job(
-    setup: dict[str, Any], tmp_path: Path
+    tmp_path: Path, tiny_llama_dir: Path, setup: dict[str, Any]
 ) -> None:
-    ws = tmp_path / "ws"
-    r = demoai(
-        ws, "eval", "harness", "--model", str(setup["tasks"] / "mc.jsonl"),
-        "--task", str(setup["tasks"] / "missing.yaml"),
-    )  # fmt: skip
-    assert r.returncode != 0
-    r = demoai(
-        setup["ws"], "eval", "harness", "--model", setup["tiny"],
-        "--task", str(setup["tasks"] / "missing.yaml"),
-    )  # fmt: skip
+    """A named lm-eval task (arc_easy, whose data is a Hub dataset) and a task file naming
+    a Hub dataset: refused before any job, with the library name and the import command."""
+    from app.core.models.registry import ModelRegistry
+    from app.core.workspace import Workspace
+
+    wsdir = tmp_path / "ws"
+    ws = Workspace.open(wsdir)
+    try:
+        model = ModelRegistry(ws).import_path(tiny_llama_dir, copy=False).id
+    finally:
+        ws.close()
+    r = demoai(wsdir, "eval", "harness", "--model", model, "--task", "arc_easy")
     assert r.returncode == 2, r.stderr
-    assert "nobody/absent-bench/main:test" in r.stderr
+    assert "'allenai/ai2_arc/ARC-Easy:test'" in r.stderr
     assert (
-        'demoai data import nobody_absent-bench_main_test.jsonl --name "nobody/absent-bench/main:test"'
+        'demoai data import allenai_ai2_arc_ARC-Easy_test.jsonl --name "allenai/ai2_arc/ARC-Easy:test"'
         in r.stderr
     )
-    jobs = json.loads(demoai(setup["ws"], "jobs", "list", "--json").stdout)
-    assert not [j for j in (jobs if isinstance(jobs, list) else jobs["jobs"])
-                if "missing" in json.dumps(j)]  # fmt: skip
+    r = demoai(
+        wsdir, "eval", "harness", "--model", model, "--task", str(setup["tasks"] / "missing.yaml")
+    )
+    assert r.returncode == 2, r.stderr
+    assert '--name "nobody/absent-bench/main:test"' in r.stderr
+    r = demoai(wsdir, "eval", "harness", "--model", model, "--task", "no_such_task_anywhere")
+    assert r.returncode == 2 and "no task named 'no_such_task_anywhere'" in r.stderr
+    ws = Workspace.open(wsdir)
+    try:
+        assert ws.db.query("SELECT id FROM jobs") == []
+        assert ws.db.query("SELECT id FROM eval_runs") == []
+    finally:
+        ws.close()
+
+
+@needs_lm_eval
+def test_named_task_reads_its_data_from_the_library(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """`--task arc_easy`: lm-eval's own YAML (prompt, choices, metrics), the data from the
+    library dataset 'allenai/ai2_arc/ARC-Easy:test' (ARC's columns), first 3 documents."""
+    from app.core.data.store import DatasetStore
+    from app.core.models.registry import ModelRegistry
+    from app.core.workspace import Workspace
+
+    rows = [
+        ("Which is a liquid at room temperature?", ["water", "iron", "salt"], "A"),
+        ("Which animal can fly?", ["dog", "eagle", "cow", "fish"], "B"),
+        ("What do plants need for photosynthesis?", ["sand", "plastic", "light"], "C"),
+        ("Which is a planet?", ["Mars", "Moon"], "A"),
+    ]
+    wsdir = tmp_path / "ws"
+    ws = Workspace.open(wsdir)
+    try:
+        model = ModelRegistry(ws).import_path(tiny_llama_dir, copy=False).id
+        table = pa.table(
+            {
+                "id": [f"q{i}" for i in range(len(rows))],
+                "question": [q for q, _, _ in rows],
+                "choices": [{"text": c, "label": list("ABCD"[: len(c)])} for _, c, _ in rows],
+                "answerKey": [a for _, _, a in rows],
+            }
+        )
+        ver = DatasetStore(ws).create_dataset("allenai/ai2_arc/ARC-Easy:test", table)
+    finally:
+        ws.close()
+    h = run_json(
+        wsdir, "eval", "harness", "--model", model, "--task", "arc_easy", "--limit", "3",
+        "--threads", "2", "--n-ctx", "512",
+    )  # fmt: skip
+    agg = h["aggregates"][model]
+    assert set(agg) == {"mc_accuracy", "lm_eval:acc_norm"}
+    assert agg["mc_accuracy"]["n"] == agg["lm_eval:acc_norm"]["n"] == 3
+    assert agg["mc_accuracy"]["value"] == pytest.approx(h["harness"]["results"]["acc,none"])
+    assert agg["lm_eval:acc_norm"]["value"] == pytest.approx(
+        h["harness"]["results"]["acc_norm,none"]
+    )
+    got = samples(wsdir, h["run_id"])
+    assert [s.input for s in got] == [f"Question: {q}\nAnswer:" for q, _, _ in rows[:3]]
+    for s, (_, choices, key) in zip(got, rows, strict=False):
+        assert s.reference == choices["ABCD".index(key)]
+        best = max(range(len(choices)), key=lambda i: s.extra["choice_logprobs"][i])
+        assert s.scores["mc_accuracy"] == float(best == "ABCD".index(key))
+    from app.core.eval.runner import EvalStore
+
+    w = Workspace.open(wsdir)
+    try:
+        assert EvalStore(w).get_run(h["run_id"]).dataset_ref == f"{ver.dataset_id}@{ver.hash}"
+    finally:
+        w.close()
+
+
+@needs_lm_eval
+def test_cancelled_run_resumes_without_resending_answered_requests(
+    setup: dict[str, Any], mc_run: dict[str, Any], tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """Cancel after the first chunks of requests; the resumed job sends only the others, and
+    the result is the uninterrupted one's."""
+    import sqlite3
+    import time
+
+    from app.core.eval.harness import HarnessConfig, submit_harness
+    from app.core.eval.runner import EvalStore
+    from app.core.jobs.store import JobService, JobState
+    from app.core.models.registry import ModelRegistry
+    from app.core.workspace import Workspace
+    from app.workers.supervisor import Supervisor
+
+    many = MC * 6
+    data = tmp_path / "mc.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in many)
+    )
+    task = tmp_path / "mc.yaml"
+    task.write_text(MC_YAML.replace("demoai_mc_job", "demoai_mc_resume"))
+    total = sum(len(c) for _, c, _ in many)
+    ws = Workspace.open(tmp_path / "ws")
+    try:
+        model = ModelRegistry(ws).import_path(tiny_llama_dir, copy=False).id
+        cfg = HarnessConfig.from_dict(
+            {"models": [model], "task": str(task), "threads": 2, "n_ctx": 512}
+        )
+        job = submit_harness(ws, cfg)
+        sup, jobs = Supervisor(ws), JobService(ws)
+        sup.start(job.id)
+        cache = job.run_dir / "requests.sqlite"
+        end = time.monotonic() + 300
+
+        def answered() -> int:
+            if not cache.exists():
+                return 0
+            with sqlite3.connect(cache) as c:
+                try:
+                    return int(c.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+                except sqlite3.OperationalError:
+                    return 0
+
+        while answered() < 16:
+            assert time.monotonic() < end, jobs.log_tail(job.id)
+            assert jobs.get(job.id).state in (JobState.QUEUED, JobState.RUNNING)
+            sup.pump()
+            time.sleep(0.05)
+        sup.cancel(job.id)
+        stopped = sup.wait(job.id, timeout=120)
+        assert stopped.state == JobState.CANCELLED, jobs.log_tail(job.id)
+        first = answered()
+        assert 16 <= first < total
+        assert EvalStore(ws).get_run(job.id).state == "interrupted"
+        events = (job.run_dir / "events.jsonl").read_text()
+        assert "loglikelihood: 8/" in events  # progress in requests
+        jobs.resume(job.id)
+        sup.start(job.id)
+        final = sup.wait(job.id, timeout=600)
+        assert final.state == JobState.SUCCEEDED, jobs.log_tail(job.id)
+        run = EvalStore(ws).get_run(job.id)
+        requests = (run.summary or {})["harness"]["requests"]
+        assert requests["cached"] >= first
+        assert requests["cached"] + requests["sent"] == total
+        assert [s.idx for s in EvalStore(ws).samples(job.id)] == list(range(len(many)))
+        acc = EvalStore(ws).aggregates(job.id)[model]["mc_accuracy"]["value"]
+        per_doc = {s.input: s.scores["mc_accuracy"] for s in samples(setup["ws"], mc_run["run_id"])}
+        assert acc == pytest.approx(sum(per_doc[q] for q, _, _ in many) / len(many))
+    finally:
+        ws.close()
