@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 from app.ui.panes.evaluate.qt_agent_eval_tab import AgentEvalTab
 from app.ui.panes.evaluate.qt_arena_tab import ArenaTab
 from app.ui.panes.evaluate.qt_eval_tab import EvalTab
+from app.ui.panes.evaluate.qt_harness_tab import HarnessTab
 from app.ui.services import Services
 
 
@@ -29,6 +30,8 @@ class EvaluatePane(QWidget):
         self.tabs.addTab(self.arena_tab, "Arena")
         self.agent_eval_tab = AgentEvalTab(services)
         self.tabs.addTab(self.agent_eval_tab, "Agent eval")
+        self.harness_tab = HarnessTab(services)
+        self.tabs.addTab(self.harness_tab, "Harness task")
         self.tabs.currentChanged.connect(self._tab_changed)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
