@@ -36,9 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -145,17 +143,6 @@ def plain_hf(path: Path, data: list[dict[str, str]], args: Any) -> tuple[float, 
 
 
 # -- corpus perplexity -------------------------------------------------------------------
-TOOL_FLAGS = (
-    "-DCMAKE_BUILD_TYPE=Release",
-    "-DGGML_NATIVE=OFF",  # these VMs advertise AMX they cannot run (ENVIRONMENT.md)
-    "-DLLAMA_CURL=OFF",
-    "-DLLAMA_OPENSSL=OFF",
-    "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF",
-    "-DLLAMA_BUILD_SERVER=OFF",
-    "-DLLAMA_BUILD_APP=OFF",
-    "-DBUILD_SHARED_LIBS=OFF",
-)
 
 
 def llama_source() -> Path:
@@ -168,30 +155,13 @@ def llama_source() -> Path:
 
 
 def build_llama_perplexity() -> Path:
-    """``llama-perplexity`` from the vendored llama.cpp, built once into the cache."""
-    src = llama_source()
-    key = src.parents[2].name + "-portable"  # llama_cpp_python-<version>-<flags hash>
-    root = Path(os.environ.get("DEMOAI_TOOLS_CACHE", "~/.cache/demoai/llama-tools")).expanduser()
-    build = root / key
-    exe = build / "bin" / "llama-perplexity"
-    if exe.is_file():
-        return exe
-    tmp = root / (key + ".tmp")
-    print(f"building llama-perplexity into {build} (minutes) ...", file=sys.stderr)
-    # the build's output goes to stderr: stdout is the JSON result
-    subprocess.run(
-        ["cmake", "-S", str(src), "-B", str(tmp), *TOOL_FLAGS], check=True, stdout=sys.stderr
-    )
-    jobs = str(os.cpu_count() or 2)
-    subprocess.run(
-        ["nice", "cmake", "--build", str(tmp), "--target", "llama-perplexity", "-j", jobs],
-        check=True,
-        stdout=sys.stderr,
-    )
-    if build.exists():
-        shutil.rmtree(build)
-    tmp.rename(build)  # CMake caches hold absolute paths; the binary itself does not care
-    return exe
+    """``llama-perplexity`` from the vendored llama.cpp, built once into the shared cache."""
+    from app.core.export.llama_tools import llama_tool
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr)  # stdout is the JSON result
+
+    return llama_tool("llama-perplexity", src=llama_source(), log=say)
 
 
 def corpus_text(chars: int) -> str:

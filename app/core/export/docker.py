@@ -1,26 +1,23 @@
-"""Docker bundles for IT: the GGUF, the app's own model host and an offline wheelhouse.
+"""Docker bundles for IT: the GGUF model served by llama.cpp's own ``llama-server``.
 
 A bundle folder (and a ``.tar.gz`` of it) holds a Dockerfile (base image
 configurable), ``compose.yaml`` with a healthcheck, Kubernetes manifests
-(``kubernetes/``, see :mod:`app.core.export.kubernetes`), the GGUF model, the same
-OpenAI-compatible server the app runs (``app.workers.host`` and the modules it
-imports, copied as source), a wheelhouse so ``docker build --network=none``
-works, a README for IT, a CycloneDX SBOM and ``SHA256SUMS`` of every file.
+(``kubernetes/``, see :mod:`app.core.export.kubernetes`), the GGUF model,
+``bin/llama-server`` built from the same llama.cpp revision as the app's runtime
+(:mod:`app.core.export.llama_tools`; static, portable), ``serve.sh`` (the one place
+that says how the server runs: parallel slots with continuous batching, the API key
+from a file, ``--metrics``, Jinja chat templates), a chat template file when the model
+has none, a README for IT, a CycloneDX SBOM and ``SHA256SUMS`` of every file.
 
-The wheelhouse reuses the portable llama-cpp-python wheel that
-installers/setup.sh built; the other packages are repacked from this
-installation (their installed files and metadata), so no network is needed.
-The image therefore needs the same Python minor version and CPU architecture
-as this machine (checked in the Dockerfile).
+Nothing is downloaded when the image is built (``docker build --network=none``). The
+binary needs a glibc-based base image at least as new as this machine's (checked in
+the Dockerfile); Python 3 in the base image is used only by the health check.
+An HF model is first converted to a verified GGUF by :func:`app.core.export.gguf.export_gguf`.
 """
 
 from __future__ import annotations
 
-import ast
-import base64
-import csv
 import hashlib
-import importlib.metadata as md
 import io
 import json
 import os
@@ -33,7 +30,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +38,9 @@ from typing import TYPE_CHECKING, Any
 import app
 from app.core.errors import ConfigError, DemoAIError
 from app.core.export.checksums import write_sums
-from app.core.export.kubernetes import HEALTH, HEALTH_PATH
+from app.core.export.kubernetes import HEALTH, HEALTH_PATH, KEY_FILE
 from app.core.export.kubernetes import render as kubernetes_manifests
 from app.core.export.records import ExportStore, new_export_id
-from app.core.export.sbom import cyclonedx_for_wheels
 from app.core.models.registry import ModelRegistry, slugify
 from app.core.store.files import atomic_write_json, atomic_write_text
 
@@ -62,13 +57,12 @@ LOCAL_BASE_IMAGE = "demoai/bookworm-python:3.11"
 INSTALLED_BASE_IMAGE_INFO = ".demoai-base-image.json"
 #: Where the offline installer puts that tarball under its prefix (for messages).
 INSTALLER_IMAGE_TAR = "/opt/demoai/current/share/docker/demoai-base-image.tar"
-#: What the server needs inside the image (dependencies are followed).
-SERVER_REQUIREMENTS = ("llama-cpp-python", "jinja2", "psutil", "prometheus-client")
-#: Where the server code starts; its ``app.*`` imports are followed.
-SERVER_ENTRY = "app.workers.host"
-#: Packages copied whole (engines are registered by name strings, not imports).
-SERVER_PACKAGES = ("app.core.infer",)
 CONTAINER_PORT = 8080
+#: Default parallel slots (concurrent requests batched together) and context per slot.
+DEFAULT_PARALLEL = 4
+DEFAULT_CTX_PER_SLOT = 2048
+#: The chat template file written when the model carries none (our preset for it).
+TEMPLATE_FILE = "chat-template.jinja"
 ProgressFn = Callable[[float | None, str], None]
 
 
@@ -84,7 +78,7 @@ class BundleResult:
     folder: Path
     tarball: Path
     model_id: str
-    wheels: list[str]
+    server: str = "llama-server"
     image: str | None = None
     image_tar: Path | None = None
     files: list[str] = field(default_factory=list)
@@ -94,169 +88,7 @@ class BundleResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
-# --------------------------------------------------------------------------- server code
-
-
-def _app_root() -> Path:
-    return Path(app.__file__).resolve().parent
-
-
-def _module_file(mod: str) -> Path | None:
-    root = _app_root().parent
-    p = root.joinpath(*mod.split("."))
-    if (p / "__init__.py").is_file():
-        return p / "__init__.py"
-    if p.with_suffix(".py").is_file():
-        return p.with_suffix(".py")
-    return None
-
-
-def _app_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    out: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names if a.name.split(".")[0] == "app")
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module.split(".")[0] == "app":
-                out.add(node.module)
-                out.update(f"{node.module}.{a.name}" for a in node.names)
-    return out
-
-
-def server_modules() -> list[Path]:
-    """Source files of the model host and every ``app`` module it imports (relative paths)."""
-    root = _app_root().parent
-    todo = [SERVER_ENTRY]
-    for pkg in SERVER_PACKAGES:
-        pdir = root.joinpath(*pkg.split("."))
-        todo += [f"{pkg}.{p.stem}" for p in sorted(pdir.glob("*.py")) if p.stem != "__init__"]
-    seen: set[Path] = set()
-    while todo:
-        mod = todo.pop()
-        parts = mod.split(".")
-        for i in range(1, len(parts) + 1):  # every parent package's __init__ too
-            f = _module_file(".".join(parts[:i]))
-            if f is None or f in seen:
-                continue
-            seen.add(f)
-            todo.extend(_app_imports(f))
-    return sorted(p.relative_to(root) for p in seen)
-
-
-# --------------------------------------------------------------------------- wheelhouse
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _requirement_names(dist: md.Distribution) -> list[str]:
-    out = []
-    for req in dist.requires or []:
-        if ";" in req and "extra" in req.split(";", 1)[1]:
-            continue
-        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
-        if m:
-            out.append(m.group(1))
-    return out
-
-
-def resolve_installed(names: Iterable[str]) -> list[md.Distribution]:
-    """The installed distributions ``names`` need, dependencies included (no extras)."""
-    found: dict[str, md.Distribution] = {}
-    todo = list(names)
-    while todo:
-        n = _norm(todo.pop())
-        if n in found:
-            continue
-        try:
-            dist = md.distribution(n)
-        except md.PackageNotFoundError:
-            raise ConfigError(
-                f"The package {n} is not installed, so it cannot go into the wheelhouse.",
-                "Run installers/setup.sh.",
-            ) from None
-        found[n] = dist
-        todo.extend(_requirement_names(dist))
-    return [found[k] for k in sorted(found)]
-
-
-def repack_wheel(dist: md.Distribution, dest: Path) -> Path:
-    """Rebuild a wheel from an installed distribution's files (offline ``pip wheel``)."""
-    files = [f for f in dist.files or [] if ".." not in Path(str(f)).parts]
-    info = next((f for f in files if str(f).endswith(".dist-info/WHEEL")), None)
-    if info is None:
-        raise ConfigError(f"{dist.metadata['Name']} was not installed from a wheel.")
-    tags = [
-        ln.split(":", 1)[1].strip()
-        for ln in (info.read_text() or "").splitlines()
-        if ln.startswith("Tag:")
-    ]
-    tag = tags[0] if tags else "py3-none-any"
-    name = re.sub(r"[-.]+", "_", dist.metadata["Name"])
-    whl = dest / f"{name}-{dist.version}-{tag}.whl"
-    skip = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
-    record_name = f"{Path(str(info)).parent.as_posix()}/RECORD"
-    rows: list[list[str]] = []
-    tmp = whl.with_name(f".{whl.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for f in sorted(files, key=str):
-            rel = Path(str(f)).as_posix()
-            if "__pycache__" in rel or rel.endswith(".pyc"):
-                continue
-            if rel.split("/")[0].endswith(".dist-info") and Path(rel).name in skip:
-                continue
-            src = Path(str(f.locate()))
-            if not src.is_file():
-                continue
-            data = src.read_bytes()
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-            zi = zipfile.ZipInfo(rel, date_time=(2020, 1, 1, 0, 0, 0))
-            zi.external_attr = (src.stat().st_mode & 0o777 | 0o100000) << 16
-            zi.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(zi, data)
-            rows.append([rel, f"sha256={digest.decode()}", str(len(data))])
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows([*rows, [record_name, "", ""]])
-        zf.writestr(zipfile.ZipInfo(record_name, date_time=(2020, 1, 1, 0, 0, 0)), buf.getvalue())
-    os.replace(tmp, whl)
-    return whl
-
-
-def cached_llama_wheel() -> Path | None:
-    """The portable llama-cpp-python wheel installers/setup.sh built, when it is there."""
-    from app.core.export.gguf import llama_cpp_source
-
-    try:
-        version = md.version("llama-cpp-python")
-    except md.PackageNotFoundError:
-        return None
-    roots = []
-    if os.environ.get("DEMOAI_WHEEL_CACHE"):
-        roots += sorted(Path(os.environ["DEMOAI_WHEEL_CACHE"]).glob("llama_cpp_python-*"))
-    try:
-        roots.insert(0, llama_cpp_source().parents[2])  # <cache>/src/vendor/llama.cpp
-    except (ConfigError, IndexError):
-        pass
-    for root in roots:
-        for whl in sorted(root.glob(f"llama_cpp_python-{version}-*.whl")):
-            return whl
-    return None
-
-
-def build_wheelhouse(dest: Path, requirements: Iterable[str] = SERVER_REQUIREMENTS) -> list[Path]:
-    """Fill ``dest`` with wheels for ``requirements`` and their dependencies, offline."""
-    dest.mkdir(parents=True, exist_ok=True)
-    out: list[Path] = []
-    for dist in resolve_installed(requirements):
-        if _norm(dist.metadata["Name"]) == "llama-cpp-python":
-            cached = cached_llama_wheel()
-            if cached is not None:
-                out.append(Path(shutil.copy2(cached, dest / cached.name)))
-                continue
-        out.append(repack_wheel(dist, dest))
-    return out
+# --------------------------------------------------------------------------- server
 
 
 def _gomp() -> Path | None:
@@ -268,35 +100,177 @@ def _gomp() -> Path | None:
     return None
 
 
-# --------------------------------------------------------------------------- files
+#: Hermes-style tool calls for presets that have none: the tools go into the system turn,
+#: calls are ``<tool_call>{json}</tool_call>`` in the assistant turn, results come back in a
+#: user turn. llama-server's template analysis finds the call markers in it and builds the
+#: grammar and parser for streamed tool calls from them (as for our ``hermes`` preset).
+_TOOLS_PRELUDE = (
+    "{%- set _t = namespace(msgs=[], sys='') -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'system' and loop.first -%}{%- set _t.sys = m['content'] -%}"
+    "{%- elif m['role'] == 'tool' -%}"
+    "{%- set _t.msgs = _t.msgs + [{'role': 'user', 'content': "
+    "'<tool_response>\\n' + m['content'] + '\\n</tool_response>'}] -%}"
+    "{%- elif m['role'] == 'assistant' and m['tool_calls'] -%}"
+    "{%- set _c = namespace(text=(m['content'] or '')) -%}"
+    "{%- for c in m['tool_calls'] -%}"
+    "{%- set _c.text = _c.text + '<tool_call>\\n' + ({'name': c['function']['name'], "
+    "'arguments': c['function']['arguments']} | tojson) + '\\n</tool_call>' -%}"
+    "{%- endfor -%}"
+    "{%- set _t.msgs = _t.msgs + [{'role': 'assistant', 'content': _c.text}] -%}"
+    "{%- else -%}{%- set _t.msgs = _t.msgs + [{'role': m['role'], 'content': m['content']}] -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if tools -%}"
+    "{%- set _t.sys = (_t.sys + '\\n\\n' if _t.sys else '') + '# Tools\\n\\nYou may call one or "
+    "more functions to assist with the user query. You are provided with function signatures "
+    "within <tools></tools> XML tags:\\n<tools>' -%}"
+    "{%- for t in tools -%}{%- set _t.sys = _t.sys + '\\n' + (t | tojson) -%}{%- endfor -%}"
+    "{%- set _t.sys = _t.sys + '\\n</tools>\\n\\nFor each function call, return a JSON object "
+    "with the function name and arguments within <tool_call></tool_call> XML tags:\\n"
+    '<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n'
+    "</tool_call>' -%}"
+    "{%- endif -%}"
+    "{%- set _msgs = ([{'role': 'system', 'content': _t.sys}] if _t.sys else []) + _t.msgs -%}"
+)
 
 
-def _dockerfile(model_file: str, model_name: str, base_image: str, pyver: str) -> str:
+def bundle_chat_template(model_path: Path) -> tuple[str, str] | None:
+    """(what it is, Jinja source) of the template file the bundle ships, or None for none.
+
+    A model whose own template handles tools needs no file (llama-server reads the
+    template from the GGUF). A model without a template gets the preset the app guesses
+    for its architecture. A template (its own or a preset) without tool calls gets
+    :data:`_TOOLS_PRELUDE` in front (ChatML becomes our ``hermes`` preset), so that the
+    bundle's server streams tool calls for every model.
+    """
+    from app.core.infer.templates import guess_preset, preset
+    from app.core.models.metadata import read_gguf_metadata
+
+    meta = read_gguf_metadata(model_path)
+    source = meta.chat_template
+    if source is None:
+        name = guess_preset(meta.architecture)
+        if name in ("chatml", "hermes"):
+            return "DemoAI's hermes preset", preset("hermes").source
+        what, source = f"DemoAI's {name} preset", preset(name).source
+    elif "tool" in source:
+        return None
+    else:
+        what = "the model's own template"
+    return f"{what}, with DemoAI's tool-call prelude", _TOOLS_PRELUDE + re.sub(
+        r"\bmessages\b", "_msgs", source
+    )
+
+
+def _first_int(value: Any) -> int:
+    if isinstance(value, list):  # per-layer values (some architectures)
+        return max((int(v) for v in value), default=0)
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def kv_cache_mb(model_path: Path, n_ctx: int) -> float:
+    """The f16 KV cache of ``n_ctx`` tokens (all slots together) in MiB, from the GGUF header."""
+    from app.core.models.metadata import read_gguf_header
+
+    kv, _ = read_gguf_header(model_path)
+    arch = str(kv.get("general.architecture") or "")
+    layers = _first_int(kv.get(f"{arch}.block_count"))
+    embd = _first_int(kv.get(f"{arch}.embedding_length"))
+    heads = _first_int(kv.get(f"{arch}.attention.head_count")) or 1
+    heads_kv = _first_int(kv.get(f"{arch}.attention.head_count_kv")) or heads
+    k_len = _first_int(kv.get(f"{arch}.attention.key_length")) or embd // heads
+    v_len = _first_int(kv.get(f"{arch}.attention.value_length")) or embd // heads
+    return n_ctx * layers * heads_kv * (k_len + v_len) * 2 / 2**20
+
+
+def memory_estimate_mb(model_path: Path, parallel: int, ctx_per_slot: int) -> float:
+    """What the server needs: the model, the KV cache of every slot, compute buffers, runtime.
+
+    Compute buffers and the runtime were measured with llama-server on the test models
+    (tiny Llama, Gemma 3 270M: about 2x the vocabulary times 4 KiB plus 64 MiB at the
+    default batch sizes); the estimate rounds up.
+    """
+    from app.core.models.metadata import read_gguf_header
+
+    kv, _ = read_gguf_header(model_path)
+    vocab = kv.get("tokenizer.ggml.tokens")
+    n_vocab = len(vocab) if isinstance(vocab, list) else 32000
+    compute = 2 * n_vocab * 4096 / 2**20 + 64
+    return (
+        model_path.stat().st_size / 2**20
+        + kv_cache_mb(model_path, parallel * ctx_per_slot)
+        + compute
+        + 64
+    )
+
+
+def _serve_sh(model_file: str, model_name: str) -> str:
     return f"""\
-# DemoAI model server: {model_name}
+#!/bin/sh
+# Starts llama.cpp's llama-server as this bundle runs it: the image's CMD, and the same
+# script runs from the unpacked bundle folder on a Linux host (DEMOAI_HOST=127.0.0.1).
+# Settings (environment): DEMOAI_PARALLEL slots (default {DEFAULT_PARALLEL}), DEMOAI_CTX_PER_SLOT
+# tokens (default {DEFAULT_CTX_PER_SLOT}), DEMOAI_THREADS (0 = llama.cpp's default), DEMOAI_HOST,
+# DEMOAI_LISTEN_PORT (default {CONTAINER_PORT}), DEMOAI_API_KEY_FILE (default {KEY_FILE}).
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+key_file=${{DEMOAI_API_KEY_FILE:-{KEY_FILE}}}
+die() {{ echo "serve.sh: $*" >&2; exit 64; }}
+[ -r "$key_file" ] || die "cannot read the API key file $key_file (mount the key there, see README.md)"
+# llama-server serves WITHOUT authentication when the file holds no key: refuse that.
+grep -v '^#' "$key_file" | grep -q '[^[:space:]]' || die "the API key file $key_file is empty"
+parallel=${{DEMOAI_PARALLEL:-{DEFAULT_PARALLEL}}}
+ctx=${{DEMOAI_CTX_PER_SLOT:-{DEFAULT_CTX_PER_SLOT}}}
+threads=${{DEMOAI_THREADS:-0}}
+port=${{DEMOAI_LISTEN_PORT:-{CONTAINER_PORT}}}
+for v in "$parallel" "$ctx" "$threads" "$port"; do
+  case $v in ''|*[!0-9]*) die "DEMOAI_PARALLEL, DEMOAI_CTX_PER_SLOT, DEMOAI_THREADS and DEMOAI_LISTEN_PORT must be numbers";; esac
+done
+[ "$parallel" -ge 1 ] || die "DEMOAI_PARALLEL must be at least 1"
+set -- --model "$here/model/{model_file}" --alias {shlex.quote(model_name)} \
+  --host "${{DEMOAI_HOST:-0.0.0.0}}" --port "$port" --api-key-file "$key_file" \
+  --parallel "$parallel" --ctx-size $((parallel * ctx)) --cont-batching \
+  --metrics --no-slots --no-webui --cache-ram 0 --jinja
+if [ -f "$here/{TEMPLATE_FILE}" ]; then
+  set -- "$@" --chat-template-file "$here/{TEMPLATE_FILE}"
+fi
+if [ "$threads" -gt 0 ]; then
+  set -- "$@" --threads "$threads" --threads-batch "$threads"
+fi
+export LD_LIBRARY_PATH="$here/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"
+exec "$here/bin/llama-server" "$@"
+"""
+
+
+_HEALTH_CMD = (
+    "import urllib.request; "
+    f"urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}{HEALTH_PATH}', timeout=4)"
+)
+
+
+def _dockerfile(model_name: str, base_image: str, glibc: str, template: bool) -> str:
+    copy_template = f"COPY {TEMPLATE_FILE} /opt/demoai/{TEMPLATE_FILE}\n" if template else ""
+    return f"""\
+# DemoAI model server: {model_name}, served by llama.cpp's llama-server
 # Build offline:  docker build --network=none -t IMAGE .
 ARG BASE_IMAGE={base_image}
 FROM ${{BASE_IMAGE}}
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \\
-    LD_LIBRARY_PATH=/opt/demoai/lib PYTHONPATH=/opt/demoai/server \\
-    DEMOAI_MODEL_NAME={model_name} DEMOAI_THREADS=0 DEMOAI_N_CTX=4096
-COPY wheels /opt/demoai/wheels
+ENV DEMOAI_PARALLEL={DEFAULT_PARALLEL} DEMOAI_CTX_PER_SLOT={DEFAULT_CTX_PER_SLOT} DEMOAI_THREADS=0 \
+    DEMOAI_API_KEY_FILE={KEY_FILE}
+COPY bin /opt/demoai/bin
 COPY lib /opt/demoai/lib
-RUN python3 -c "import sys; v='%d.%d' % sys.version_info[:2]; \\
-assert v == '{pyver}', 'this bundle needs Python {pyver} in the base image, found ' + v" \\
- && python3 -m venv /opt/demoai/venv \\
- && /opt/demoai/venv/bin/python -m pip install --no-index --no-cache-dir \\
-      --find-links /opt/demoai/wheels {" ".join(SERVER_REQUIREMENTS)} \\
- && /opt/demoai/venv/bin/python -c "import llama_cpp, jinja2, psutil, prometheus_client" \\
- && rm -rf /opt/demoai/wheels
-COPY server /opt/demoai/server
+COPY serve.sh /opt/demoai/serve.sh
+# llama-server was built against glibc {glibc}; the base image needs that or newer.
+RUN LD_LIBRARY_PATH=/opt/demoai/lib /opt/demoai/bin/llama-server --version \
+ || {{ echo "llama-server does not run on this base image: it needs glibc {glibc} or newer and libstdc++" >&2; exit 1; }}
 COPY model /opt/demoai/model
-USER 65534:65534
+{copy_template}USER 65534:65534
 EXPOSE {CONTAINER_PORT}
-HEALTHCHECK --interval={HEALTH["interval"]}s --timeout={HEALTH["timeout"]}s --start-period={HEALTH["start_period"]}s --retries={HEALTH["retries"]} \\
-  CMD ["/opt/demoai/venv/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}{HEALTH_PATH}', timeout=4)"]
-# The API key comes from DEMOAI_HOST_API_KEY; the server refuses to start without it.
-CMD ["sh", "-c", "exec /opt/demoai/venv/bin/python -m app.workers.host --host 0.0.0.0 --allow-remote --port {CONTAINER_PORT} --threads \\"$DEMOAI_THREADS\\" --n-ctx \\"$DEMOAI_N_CTX\\" --preload --model \\"$DEMOAI_MODEL_NAME=/opt/demoai/model/{model_file}:gguf\\""]
+HEALTHCHECK --interval={HEALTH["interval"]}s --timeout={HEALTH["timeout"]}s --start-period={HEALTH["start_period"]}s --retries={HEALTH["retries"]} \
+  CMD ["python3", "-c", "{_HEALTH_CMD}"]
+# The API key is read from DEMOAI_API_KEY_FILE ({KEY_FILE}); serve.sh refuses to start without one.
+CMD ["/opt/demoai/serve.sh"]
 """
 
 
@@ -313,10 +287,15 @@ services:
     ports:
       - "${{DEMOAI_PORT:-8080}}:{CONTAINER_PORT}"
     environment:
-      DEMOAI_HOST_API_KEY: ${{DEMOAI_HOST_API_KEY:?set DEMOAI_HOST_API_KEY to the API key clients must send}}
+      DEMOAI_PARALLEL: ${{DEMOAI_PARALLEL:-{DEFAULT_PARALLEL}}}
+      DEMOAI_CTX_PER_SLOT: ${{DEMOAI_CTX_PER_SLOT:-{DEFAULT_CTX_PER_SLOT}}}
       DEMOAI_THREADS: ${{DEMOAI_THREADS:-0}}
+      DEMOAI_API_KEY_FILE: {KEY_FILE}
+    secrets:
+      - source: api-key
+        target: {KEY_FILE.rsplit("/", 1)[1]}
     healthcheck:
-      test: ["CMD", "/opt/demoai/venv/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}{HEALTH_PATH}', timeout=4)"]
+      test: ["CMD", "python3", "-c", "{_HEALTH_CMD}"]
       interval: {HEALTH["interval"]}s
       timeout: {HEALTH["timeout"]}s
       retries: {HEALTH["retries"]}
@@ -330,62 +309,105 @@ services:
       - no-new-privileges:true
     cap_drop:
       - ALL
+secrets:
+  api-key:
+    # a file holding the key clients must send, readable by uid 65534 (README.md)
+    file: ${{DEMOAI_API_KEY_FILE:?set DEMOAI_API_KEY_FILE to the file holding the API key}}
 """
 
 
 def _readme(m: dict[str, Any]) -> str:
+    template = (
+        f"`{TEMPLATE_FILE}` ({m['template']})"
+        if m["template"] != "the model's own template"
+        else "the chat template the model carries"
+    )
     return f"""\
-# {m["model_name"]}: DemoAI model server
+# {m["model_name"]}: DemoAI model server (llama.cpp's llama-server)
 
 This folder builds a container that serves **{m["model_name"]}** ({m["quant"] or "GGUF"},
-{m["model_size_mb"]:.0f} MB) through an OpenAI-compatible HTTP API (`/v1/chat/completions`,
-`/v1/completions`, `/v1/models`, `/v1/embeddings`; `/health` without a key). It is the
-same server the DemoAI app uses. Nothing is downloaded: the build works with
-networking off.
+{m["model_size_mb"]:.0f} MB) with llama.cpp's own `llama-server` ({m["llama_cpp"]}, the
+same revision as the DemoAI runtime): an OpenAI-compatible API (`/v1/chat/completions`
+with streaming and tool calls, `/v1/completions`, `/v1/models`, `/v1/embeddings`),
+Prometheus metrics on `/metrics` (with the key) and `/health` without a key.
+Concurrent requests run in {m["parallel"]} parallel slots with continuous batching.
+Chat prompts are rendered with Jinja from {template}.
+Nothing is downloaded: the build works with networking off.
 
 ## Check the files
 
     sha256sum -c SHA256SUMS
 
 Every file is listed; a modified file fails the check. `sbom.cdx.json` is a
-CycloneDX SBOM of the Python packages inside the image (`wheels/`).
+CycloneDX SBOM of what runs inside the image (llama-server, the model).
 
 ## Build
 
     docker build --network=none -t {m["image"]} .
-    # or another base image with Python {m["python"]} ({m["arch"]}):
-    docker build --network=none --build-arg BASE_IMAGE=registry.example/python:{m["python"]}-slim -t {m["image"]} .
+    # or another base image (glibc {m["glibc"]} or newer, {m["arch"]}, Python 3 for the health check):
+    docker build --network=none --build-arg BASE_IMAGE=registry.example/debian-python:bookworm -t {m["image"]} .
 
-The base image must provide Python {m["python"]} with `venv` (the default,
-`{m["base_image"]}`, does). Without a registry, load the base image that
-DemoAI's offline installer carries (`docker load -i
-/opt/demoai/current/share/docker/demoai-base-image.tar`, then
+Without a registry, load the base image that DemoAI's offline installer carries
+(`docker load -i /opt/demoai/current/share/docker/demoai-base-image.tar`, then
 `--build-arg BASE_IMAGE={LOCAL_BASE_IMAGE}`), or import one you trust.
 
 ## Run
 
-    export DEMOAI_HOST_API_KEY=$(openssl rand -hex 24)   # clients send it as a Bearer token
-    docker run -d --name {m["slug"]} -p 8080:{CONTAINER_PORT} -e DEMOAI_HOST_API_KEY {m["image"]}
-    # or: DEMOAI_HOST_API_KEY=... DEMOAI_PORT=8080 docker compose up -d
+The API key is read from a file (a Docker or Kubernetes secret), mounted at
+`{KEY_FILE}`; clients send it as a Bearer token. `serve.sh` refuses to start when the
+file is missing or holds no key (llama-server would otherwise serve without one).
+The container runs as uid 65534, so the file must be readable by it:
 
-The server refuses to start without `DEMOAI_HOST_API_KEY`. Change the published
-port with `-p PORT:{CONTAINER_PORT}` (compose: `DEMOAI_PORT`). `DEMOAI_THREADS`
-sets CPU threads (0 = all), `DEMOAI_N_CTX` the context size (default 4096).
+    install -m 0400 -o 65534 /dev/null /etc/demoai-{m["slug"]}.key    # as root
+    openssl rand -hex 24 > /etc/demoai-{m["slug"]}.key
+    docker run -d --name {m["slug"]} -p 8080:{CONTAINER_PORT} --read-only \
+      -v /etc/demoai-{m["slug"]}.key:{KEY_FILE}:ro {m["image"]}
+    # or: DEMOAI_API_KEY_FILE=/etc/demoai-{m["slug"]}.key DEMOAI_PORT=8080 docker compose up -d
+
+Settings (environment): `DEMOAI_PARALLEL` (slots, default {DEFAULT_PARALLEL}),
+`DEMOAI_CTX_PER_SLOT` (tokens per request, prompt plus answer, default {DEFAULT_CTX_PER_SLOT}),
+`DEMOAI_THREADS` (CPU threads, 0 = llama.cpp's default). Change the published port
+with `-p PORT:{CONTAINER_PORT}` (compose: `DEMOAI_PORT`).
 
 Test it:
 
     curl -s localhost:8080/health
-    curl -s localhost:8080/v1/chat/completions -H "Authorization: Bearer $DEMOAI_HOST_API_KEY" \\
-      -H 'Content-Type: application/json' \\
+    curl -s localhost:8080/v1/chat/completions -H "Authorization: Bearer $(cat /etc/demoai-{m["slug"]}.key)" \
+      -H 'Content-Type: application/json' \
       -d '{{"model": "{m["model_name"]}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+    curl -s localhost:8080/metrics -H "Authorization: Bearer $(cat /etc/demoai-{m["slug"]}.key)"
+
+`/metrics` (Prometheus text: `llamacpp:prompt_tokens_total`, `llamacpp:tokens_predicted_total`,
+`llamacpp:requests_processing`, `llamacpp:requests_deferred`, ...) needs the key: give
+your Prometheus scrape job `authorization: {{credentials_file: ...}}`. DemoAI's Serving
+pane reads it too (the bundle's URL and key).
+
+## Sizing slots and memory
+
+- **Slots** (`DEMOAI_PARALLEL`) are requests answered at the same time; more arrive
+  and wait in llama-server's queue (`llamacpp:requests_deferred`). Continuous batching
+  runs all active slots in one batch, so total tokens/s grows with slots while each
+  client's tokens/s falls. On CPU, 4 slots per 2 cores is a good start (measured on a
+  2-core machine with Gemma 3 270M: 8 streaming clients got about 2x the total tokens/s
+  of one); raise it while `llamacpp:requests_deferred` stays above zero and latency is
+  acceptable.
+- **Context**: every slot gets `DEMOAI_CTX_PER_SLOT` tokens; the KV cache holds
+  `DEMOAI_PARALLEL x DEMOAI_CTX_PER_SLOT` tokens, {m["kv_mb_per_1k"]:.1f} MiB per 1,000 tokens for this model.
+- **Memory** = model file ({m["model_size_mb"]:.0f} MiB) + KV cache + compute buffers and
+  runtime (about {m["overhead_mb"]:.0f} MiB). At the defaults that is about
+  {m["memory_hint_mb"]:.0f} MiB; compose and Kubernetes limit the container to
+  {m["mem_limit"].removesuffix("m")} MiB. When you change slots or context, set the limit to
+  (model + KV cache + overhead) x 1.5.
+- Disk: about {m["model_size_mb"] + 20:.0f} MB on top of the base image.
+- CPU only; {m["arch"]}.
 
 ## Kubernetes
 
 `kubernetes/` holds a Deployment, a Service (ClusterIP, port {CONTAINER_PORT}) and a Secret
-for the key. They run the same image with the same port, key variable, memory and
-health check as compose.yaml; the container runs as `nobody` with a read-only root
-filesystem. At an air-gapped site, load the image into the cluster's registry or
-nodes first (`docker load -i IMAGE.tar`, then `docker push` to your registry, or
+for the key. They run the same image with the same port, key file ({KEY_FILE}, from the
+Secret), memory and health check as compose.yaml; the container runs as `nobody` with a
+read-only root filesystem. At an air-gapped site, load the image into the cluster's
+registry or nodes first (`docker load -i IMAGE.tar`, then `docker push` to your registry, or
 `ctr -n k8s.io images import IMAGE.tar` on each node), and set the key:
 
     kubectl create secret generic {m["slug"]}-api-key --from-literal=api-key=$(openssl rand -hex 24)
@@ -396,19 +418,52 @@ nodes first (`docker load -i IMAGE.tar`, then `docker push` to your registry, or
 ships with an empty key: the server refuses to start without one. The Deployment
 requests {int(m["memory_hint_mb"]) + 1} MiB and is limited to {m["mem_limit"].removesuffix("m")} MiB, like compose.
 
-## Resources
-
-- CPU only; {m["arch"]}. One request runs at a time per model (others queue).
-- Memory: about {m["memory_hint_mb"]:.0f} MB (model file plus context and runtime);
-  compose.yaml limits the container to {m["mem_limit"]}.
-- Disk: about {m["model_size_mb"] + 150:.0f} MB for the image.
-- Requests are logged to stdout as JSON lines only when `--request-log` is added.
-
 Model sha256: `{m["model_sha256"]}`. Exported by DemoAI {m["demoai_version"]}.
 """
 
 
 # --------------------------------------------------------------------------- bundle
+
+
+def _server_version(exe: Path) -> str:
+    """``llama-server --version``'s "version: N (commit)" line, for the README and SBOM."""
+    try:
+        proc = subprocess.run(
+            [str(exe), "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if line.startswith("version:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def _gguf_model(
+    ws: Workspace, model: str, quant: str, progress: ProgressFn | None, log: Callable[[str], None]
+) -> Any:
+    """The library record of ``model`` as a GGUF: an HF model goes through the verified export."""
+    from app.core.export.gguf import export_gguf
+
+    reg = ModelRegistry(ws)
+    rec = reg.get(model)
+    if rec.format == "gguf":
+        return rec
+    if rec.format != "hf":
+        raise ConfigError(
+            f"{rec.id} is a '{rec.format}' model; a Docker bundle serves a GGUF.",
+            f"Merge or export it first: demoai export gguf {rec.id} --quant Q8_0",
+        )
+    log(f"{rec.id} is an HF model: exporting it to a verified {quant} GGUF first")
+
+    def sub(frac: float | None, msg: str) -> None:
+        if progress is not None:
+            progress(None if frac is None else frac * 0.3, f"GGUF export: {msg}")
+
+    (out,) = export_gguf(ws, rec.id, [quant], progress=sub, log=log)
+    if out.model_id is None:  # export_gguf raises when verification fails; kept for types
+        raise ConfigError(f"The {quant} export of {rec.id} was not registered.")
+    return reg.get(out.model_id)
 
 
 def build_bundle(
@@ -420,62 +475,78 @@ def build_bundle(
     image_tag: str | None = None,
     build: bool = False,
     save_image: bool = True,
+    quant: str = "Q8_0",
+    parallel: int = DEFAULT_PARALLEL,
+    ctx_per_slot: int = DEFAULT_CTX_PER_SLOT,
     progress: ProgressFn | None = None,
     log: Callable[[str], None] | None = None,
 ) -> BundleResult:
-    """Write a Docker bundle of GGUF model ``model`` to ``out_dir`` and ``out_dir.tar.gz``.
+    """Write a Docker bundle of library model ``model`` to ``out_dir`` and ``out_dir.tar.gz``.
 
-    With ``build``, also build the image (``--network=none``) and, with
-    ``save_image``, ``docker save`` it to ``<out_dir>.image.tar``.
+    A GGUF model is bundled as it is; an HF model is exported to a verified ``quant``
+    GGUF first. ``llama-server`` is built once (cached) when it is not built yet. With
+    ``build``, also build the image (``--network=none``) and, with ``save_image``,
+    ``docker save`` it to ``<out_dir>.image.tar``.
     """
-    reg = ModelRegistry(ws)
-    store = ExportStore(ws)
-    rec = reg.get(model)
-    if rec.format != "gguf":
+    from app.core.export.llama_tools import llama_source, llama_tool
+
+    if not 1 <= parallel <= 256 or not 256 <= ctx_per_slot <= 1 << 20:
         raise ConfigError(
-            f"{rec.id} is a '{rec.format}' model; a Docker bundle serves a GGUF.",
-            f"Export it first: demoai export gguf {rec.id} --quant Q8_0",
+            f"parallel={parallel}, ctx_per_slot={ctx_per_slot} is out of range.",
+            "Use 1-256 slots and 256 or more tokens per slot.",
         )
+    say = log or (lambda _t: None)
     folder = Path(out_dir).expanduser().absolute()
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"{folder} already exists and is not empty.", "Choose a new folder.")
+    rec = _gguf_model(ws, model, quant, progress, say)
+    store = ExportStore(ws)
     tarball = folder.with_name(folder.name + ".tar.gz")
     slug = slugify(rec.name, 40)
     image = image_tag or f"demoai/{slug}:{rec.sha256[:12]}"
     export_id = new_export_id(rec.name, "docker")
-    params = {"base_image": base_image, "image": image, "build": build}
+    params = {
+        "base_image": base_image,
+        "image": image,
+        "build": build,
+        "parallel": parallel,
+        "ctx_per_slot": ctx_per_slot,
+    }
     store.start(export_id, "docker", rec.id, path=folder, params=params)
     folder.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    say = log or (lambda _t: None)
 
     def step(frac: float, msg: str) -> None:
         if progress is not None:
             progress(frac, msg)
 
     try:
-        step(0.02, "copying the model")
+        step(0.3, "llama-server (built once from the vendored llama.cpp; minutes the first time)")
+        src = llama_source()
+        exe = llama_tool("llama-server", src=src, log=say)
+        step(0.4, "copying the model and llama-server")
         (stage / "model").mkdir()
         model_file = rec.path.name
         shutil.copy2(rec.path, stage / "model" / model_file)
-        step(0.3, "copying the server")
-        root = _app_root().parent
-        mods = server_modules()
-        for rel in mods:
-            dst = stage / "server" / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / rel, dst)
-        step(0.4, "building the wheelhouse")
-        wheels = build_wheelhouse(stage / "wheels")
-        say("wheelhouse: " + ", ".join(w.name for w in wheels))
+        (stage / "bin").mkdir()
+        shutil.copy2(exe, stage / "bin" / "llama-server")
         (stage / "lib").mkdir()
         gomp = _gomp()
         if gomp is not None:
             shutil.copy2(gomp, stage / "lib" / "libgomp.so.1")
+        template = bundle_chat_template(rec.path)
+        template_note = "the model's own template"
+        if template is not None:
+            template_note, source = template
+            atomic_write_text(stage / TEMPLATE_FILE, source)
+        atomic_write_text(stage / "serve.sh", _serve_sh(model_file, slug))
+        (stage / "serve.sh").chmod(0o755)
         step(0.7, "writing Dockerfile, compose.yaml, Kubernetes manifests, README, SBOM")
-        pyver = f"{sys.version_info[0]}.{sys.version_info[1]}"
         size = rec.size_bytes
-        mem_mb = size / 2**20 * 1.3 + 512
+        mem_mb = memory_estimate_mb(rec.path, parallel, ctx_per_slot)
+        kv_mb = kv_cache_mb(rec.path, parallel * ctx_per_slot)
+        glibc = platform.libc_ver()[1] or "2.36"
+        server_version = _server_version(exe)
         meta = {
             "export_id": export_id,
             "model_id": rec.id,
@@ -487,16 +558,23 @@ def build_bundle(
             "image": image,
             "slug": slug,
             "base_image": base_image,
-            "python": pyver,
             "arch": platform.machine(),
+            "glibc": glibc,
+            "server": "llama-server",
+            "llama_cpp": f"llama.cpp {server_version}, from {src.parents[2].name}",
+            "parallel": parallel,
+            "ctx_per_slot": ctx_per_slot,
+            "template": template_note,
+            "kv_mb_per_1k": kv_cache_mb(rec.path, 1000),
+            "overhead_mb": mem_mb - size / 2**20 - kv_mb,
             "memory_hint_mb": mem_mb,
             "mem_limit": f"{int(mem_mb * 1.5 // 256 + 1) * 256}m",
             "demoai_version": app.__version__,
-            "server_modules": [p.as_posix() for p in mods],
-            "wheels": [w.name for w in wheels],
             "created_at": time.time(),
         }
-        atomic_write_text(stage / "Dockerfile", _dockerfile(model_file, slug, base_image, pyver))
+        atomic_write_text(
+            stage / "Dockerfile", _dockerfile(slug, base_image, glibc, template is not None)
+        )
         atomic_write_text(
             stage / "compose.yaml", _compose(image, base_image, str(meta["mem_limit"]))
         )
@@ -504,16 +582,7 @@ def build_bundle(
         for name, text in kubernetes_manifests(meta, port=CONTAINER_PORT).items():
             atomic_write_text(stage / "kubernetes" / name, text)
         atomic_write_text(stage / "README.md", _readme(meta))
-        server_component = {
-            "type": "application",
-            "name": "demoai-model-host",
-            "version": app.__version__,
-            "description": "DemoAI's OpenAI-compatible model host (source under server/)",
-        }
-        sbom = cyclonedx_for_wheels(
-            wheels, name=f"demoai-bundle-{slug}", version=app.__version__, extra=[server_component]
-        )
-        atomic_write_json(stage / "sbom.cdx.json", sbom)
+        atomic_write_json(stage / "sbom.cdx.json", _sbom(stage, meta, server_version))
         atomic_write_json(stage / "bundle.json", meta)
         write_sums(stage)
         if folder.exists():
@@ -524,9 +593,7 @@ def build_bundle(
         with tarfile.open(tmp_tar, "w:gz", compresslevel=1) as tf:
             tf.add(folder, arcname=folder.name)
         os.replace(tmp_tar, tarball)
-        result = BundleResult(
-            export_id, folder, tarball, rec.id, [w.name for w in wheels], files=[]
-        )
+        result = BundleResult(export_id, folder, tarball, rec.id)
         result.files = sorted(
             p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
         )
@@ -549,6 +616,46 @@ def build_bundle(
         raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _sbom(stage: Path, meta: dict[str, Any], server_version: str) -> dict[str, Any]:
+    from app.core.export.sbom import cyclonedx_for_wheels
+    from app.core.store.files import sha256_file
+
+    def comp(kind: str, name: str, version: str, path: Path, license_: str) -> dict[str, Any]:
+        return {
+            "type": kind,
+            "bom-ref": f"{name}@{version}",
+            "name": name,
+            "version": version,
+            "hashes": [{"alg": "SHA-256", "content": sha256_file(path)}],
+            "licenses": [{"license": {"name": license_}}],
+            "properties": [{"name": "demoai:path", "value": path.relative_to(stage).as_posix()}],
+        }
+
+    extra = [
+        comp("application", "llama-server", server_version, stage / "bin/llama-server", "MIT"),
+        comp(
+            "machine-learning-model",
+            str(meta["model_name"]),
+            str(meta["model_sha256"])[:12],
+            stage / "model" / str(meta["model_file"]),
+            "see the model's own license",
+        ),
+    ]
+    if (stage / "lib/libgomp.so.1").is_file():
+        extra.append(
+            comp(
+                "library",
+                "libgomp",
+                "1",
+                stage / "lib/libgomp.so.1",
+                "GPL-3.0-or-later WITH GCC-exception-3.1",
+            )
+        )
+    return cyclonedx_for_wheels(
+        [], name=f"demoai-bundle-{meta['slug']}", version=app.__version__, extra=extra
+    )
 
 
 # --------------------------------------------------------------------------- docker engine

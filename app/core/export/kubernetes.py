@@ -1,7 +1,8 @@
 """Kubernetes manifests for a Docker bundle: a Deployment, a Service and a Secret for the key.
 
 They say what ``compose.yaml`` says, in Kubernetes' words: the same image, the same
-container port, the API key from the same environment variable (filled from a Secret),
+container port, the API key from the same file (``/run/secrets/api-key``: compose's
+secret, here the Secret mounted as a volume), the same server settings,
 the same memory (compose's ``mem_limit`` ``1280m`` is 1280 MiB, written ``1280Mi`` here:
 in Kubernetes ``m`` means thousandths), and the same health check (``/health``: the
 readiness and liveness probes, with compose's interval, timeout, retries and start
@@ -21,8 +22,8 @@ from typing import Any
 
 import yaml
 
-#: The environment variable the server reads its key from (app/workers/host.py).
-KEY_ENV = "DEMOAI_HOST_API_KEY"
+#: Where the bundle's server (serve.sh, ``llama-server --api-key-file``) reads its key.
+KEY_FILE = "/run/secrets/api-key"
 KEY_FIELD = "api-key"
 #: Health check timings, shared with compose.yaml (seconds).
 HEALTH = {"interval": 30, "timeout": 5, "retries": 3, "start_period": 60}
@@ -45,17 +46,17 @@ def manifests(meta: dict[str, Any], *, port: int) -> dict[str, dict[str, Any]]:
     limit_mi = mebibytes(str(meta["mem_limit"]))
     request_mi = min(limit_mi, int(float(meta["memory_hint_mb"])) + 1)
     probe = {"httpGet": {"path": HEALTH_PATH, "port": "http"}}
+    key_dir, key_name = KEY_FILE.rsplit("/", 1)
     container = {
         "name": "model",
         "image": str(meta["image"]),
         "imagePullPolicy": "IfNotPresent",
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "env": [
-            {
-                "name": KEY_ENV,
-                "valueFrom": {"secretKeyRef": {"name": secret, "key": KEY_FIELD}},
-            },
+            {"name": "DEMOAI_PARALLEL", "value": str(meta["parallel"])},
+            {"name": "DEMOAI_CTX_PER_SLOT", "value": str(meta["ctx_per_slot"])},
             {"name": "DEMOAI_THREADS", "value": "0"},
+            {"name": "DEMOAI_API_KEY_FILE", "value": KEY_FILE},
         ],
         "resources": {
             "requests": {"cpu": "1", "memory": f"{request_mi}Mi"},
@@ -82,7 +83,10 @@ def manifests(meta: dict[str, Any], *, port: int) -> dict[str, dict[str, Any]]:
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "api-key", "mountPath": key_dir, "readOnly": True},
+        ],
     }
     deployment = {
         "apiVersion": "apps/v1",
@@ -95,10 +99,21 @@ def manifests(meta: dict[str, Any], *, port: int) -> dict[str, dict[str, Any]]:
                 "metadata": {"labels": labels},
                 "spec": {
                     "automountServiceAccountToken": False,
-                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                    "securityContext": {
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                        "fsGroup": 65534,  # the key file is readable by the server's group
+                    },
                     "containers": [container],
                     "volumes": [
-                        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}
+                        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+                        {
+                            "name": "api-key",
+                            "secret": {
+                                "secretName": secret,
+                                "items": [{"key": KEY_FIELD, "path": key_name}],
+                                "defaultMode": 0o440,
+                            },
+                        },
                     ],
                 },
             },
