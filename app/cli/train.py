@@ -4,7 +4,7 @@ Forms::
 
     demoai train --config FILE
     demoai train --base PATH --data FILE --method lora|qlora [--steps N] [--name NAME] [--preset P]
-                 [--micro-batch-size N] [--no-auto-reduce-batch]
+                 [--micro-batch-size N] [--no-auto-reduce-batch] [--world-size N]
     demoai train --from-manifest PATH
     demoai train merge --base PATH --adapter PATH --out PATH
 
@@ -75,6 +75,13 @@ def register(sub: Any) -> None:
     p.add_argument("--max-seq-len", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--world-size",
+        type=int,
+        metavar="N",
+        help="train with N processes on this machine (DDP: gloo on CPU, one GPU each with "
+        "nccl); the batch is split across them, the effective batch stays the same",
+    )
     p.add_argument("--name", help="a name for the run")
     p.add_argument(
         "--set",
@@ -116,6 +123,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "max_seq_len": "max_seq_len",
         "seed": "seed",
         "device": "device",
+        "world_size": "world_size",
         "name": "name",
     }
     for attr, key in simple.items():

@@ -197,3 +197,40 @@ def test_rank_0_killed_takes_the_other_ranks_down(
     while not _gone(int(pids["1"])):
         assert time.monotonic() < end, "rank 1 outlived rank 0"
         time.sleep(0.05)
+
+
+def test_cli_world_size_and_cancel(
+    tiny_llama_dir: Path, tmp_path: Path, workspace: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.cli.main import main
+
+    data = write_chat_data(tmp_path / "train.jsonl")
+    ws = str(workspace.root)
+    base = ["--workspace", ws, "train", "--base", str(tiny_llama_dir), "--data", str(data)]
+    base += ["--max-seq-len", "128", "--device", "cpu"]
+    assert main([*base, "--batch-size", "3", "--world-size", "2"]) == 2
+    assert "multiple of world_size 2" in capsys.readouterr().err
+    assert JobService(workspace).list_jobs() == []
+
+    assert (
+        main([*base, "--batch-size", "2", "--steps", "2000", "--world-size", "2", "--detach"]) == 0
+    )
+    job_id = capsys.readouterr().out.strip()
+    sup = Supervisor(workspace)
+    job = sup.jobs.get(job_id)
+    assert job.params["world_size"] == 2
+    end = time.monotonic() + 180
+    while not _metric(_events(job), "train_loss"):
+        sup.pump()
+        assert time.monotonic() < end, sup.jobs.log_tail(job_id)
+        time.sleep(0.02)
+    sup.cancel(job_id)
+    final = sup.wait(job_id, timeout=120)
+    assert final.state == JobState.CANCELLED, final.error
+    last = max(_metric(_events(final), "train_loss"))
+    assert _ckpt_steps(final) == [last]
+    pids = json.loads((final.run_dir / "ddp" / "attempt-1" / "pids.json").read_text())
+    end = time.monotonic() + 30
+    while not _gone(int(pids["1"])):
+        assert time.monotonic() < end, "rank 1 outlived the cancelled job"
+        time.sleep(0.05)
