@@ -339,7 +339,14 @@ def validate_agent_eval(ws: Workspace, cfg: AgentEvalConfig) -> dict[str, Any]:
         elif cfg.model_refs:
             models = [registry.get(m).id for m in cfg.model_refs]
         elif spec.model_id:
-            models = [registry.get(spec.model_id).id]
+            rec = registry.get(spec.model_id)
+            if spec.model_sha256 and rec.sha256 != spec.model_sha256:
+                raise ConfigError(
+                    f"The library model {rec.id} is not the one agent {spec.name} was made with "
+                    f"(sha256 {rec.sha256[:12]}…, expected {spec.model_sha256[:12]}…).",
+                    f"Pass --model {rec.id} to evaluate the agent with it anyway.",
+                )
+            models = [rec.id]
         else:
             raise ConfigError(
                 f"Agent {spec.name} names no model.", "Give --model, or set the agent's model."
@@ -778,19 +785,3 @@ def run_agent_eval(ctx: JobContext, host: HostConnect, **params: Any) -> dict[st
         raise
     summary: dict[str, Any] = {"aggregates": store.aggregates(run_id), "rows": len(rows)}
     return finish_run(ctx, store, run_id, summary, load_errors)
-
-
-def agent_runs(ws: Workspace, run_id: str) -> list[dict[str, Any]]:
-    """Per sample of an agent eval: subject, task index, success and the agent run's id."""
-    from app.core.eval.runner import EvalStore
-
-    return [
-        {
-            "subject": s.model_id,
-            "idx": s.idx,
-            "success": s.scores.get("agent_success"),
-            "agent_run_id": s.extra.get("agent_run_id"),
-            "status": s.extra.get("status"),
-        }
-        for s in EvalStore(ws).samples(run_id)
-    ]
