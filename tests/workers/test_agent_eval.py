@@ -384,3 +384,44 @@ def test_side_effecting_mcp_call_is_refused_and_fails_the_task(
     assert touch.extra["refused"] == ["fx.touch"] and "refused" in (touch.error or "")
     assert [c["refused"] for c in touch.extra["calls"]] == [True]
     assert list(outside.iterdir()) == []  # the side effect never happened
+
+
+def test_killed_eval_with_a_library_model_stops_the_orphaned_host(
+    workspace: Any, gemma_gguf: Path
+) -> None:
+    """SIGKILL of the worker orphans its model host; the resumed attempt stops it first."""
+    import psutil
+
+    model = ModelRegistry(workspace).import_path(gemma_gguf, copy=False).id
+    AgentStore(workspace.db).save(
+        AgentSpec(name="gq", model_id=model, tools=(ToolGrant("calculator"),),
+                  limits=Limits(max_steps=1, max_tokens=16, timeout_s=300))
+    )  # fmt: skip
+    tasks = pa.table({"task": ["What is 6 * 7?", "What is 2 + 2?"]})
+    ver = DatasetStore(workspace).create_dataset("gq-tasks", tasks)
+    cfg = AgentEvalConfig.from_dict(
+        {"agents": ["gq"], "dataset": ver.dataset_id, "input_column": "task", "n_ctx": 1024}
+    )
+    job = submit_agent_eval(workspace, cfg)
+    jobs = JobService(workspace)
+    sup = Supervisor(workspace)
+    sup.start(job.id)
+    ready = job.run_dir / "host" / "ready.json"
+    end = time.monotonic() + 300
+    while not ready.is_file():
+        assert time.monotonic() < end, jobs.log_tail(job.id)
+        sup.pump()
+        time.sleep(0.05)
+    host_pid = int(json.loads(ready.read_text())["pid"])
+    pid = jobs.get(job.id).pid
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    sup.wait(job.id, timeout=60)
+    assert psutil.pid_exists(host_pid)  # orphaned: nothing else would stop it
+    jobs.resume(job.id)
+    sup.start(job.id)
+    final = sup.wait(job.id, timeout=600)
+    assert final.state == JobState.SUCCEEDED, jobs.log_tail(job.id, 80)
+    assert not psutil.pid_exists(host_pid) or psutil.Process(host_pid).status() == "zombie"
+    assert f"stopped the model host (pid {host_pid})" in jobs.log_tail(job.id, 200)
+    assert len(EvalStore(workspace).samples(job.id)) == 2
