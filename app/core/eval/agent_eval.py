@@ -327,13 +327,13 @@ def validate_agent_eval(ws: Workspace, cfg: AgentEvalConfig) -> dict[str, Any]:
     registry = ModelRegistry(ws)
     subjects: list[str] = []
     pinned: list[str] = []
+    copies = 0  # bytes of all scratch copies (one per task and subject, kept with the runs)
     for a in cfg.agents:
         name, version = _agent_ref(a)
         spec = agents.get(name, version)
         pinned.append(f"{spec.name}@{spec.version}")
-        for g in spec.tools:
-            if g.folder:
-                folder_size(Path(g.folder).expanduser())
+        folders = {str(Path(g.folder).expanduser()) for g in spec.tools if g.folder}
+        per_task = sum(folder_size(Path(f))[1] for f in folders)
         if cfg.base_url:
             models = [cfg.model_name or "server"]
         elif cfg.model_refs:
@@ -352,6 +352,14 @@ def validate_agent_eval(ws: Workspace, cfg: AgentEvalConfig) -> dict[str, Any]:
                 f"Agent {spec.name} names no model.", "Give --model, or set the agent's model."
             )
         subjects += [subject_id(spec.name, spec.version, m) for m in models]
+        copies += per_task * len(rows) * len(models)
+    free = shutil.disk_usage(ws.runs_dir if ws.runs_dir.exists() else ws.root).free
+    if copies > 0.9 * free:
+        raise ConfigError(
+            f"The scratch copies of the granted folders would take {copies >> 20} MB "
+            f"(one per task), more than the free disk space ({free >> 20} MB).",
+            "Grant smaller folders, evaluate fewer tasks (--limit), or free disk space.",
+        )
     cfg.agents = pinned
     cfg.models = list(dict.fromkeys(subjects))
     return {"dataset_ref": ref, "rows": len(rows), "columns": columns}
