@@ -425,3 +425,22 @@ def test_killed_eval_with_a_library_model_stops_the_orphaned_host(
     assert not psutil.pid_exists(host_pid) or psutil.Process(host_pid).status() == "zombie"
     assert f"stopped the model host (pid {host_pid})" in jobs.log_tail(job.id, 200)
     assert len(EvalStore(workspace).samples(job.id)) == 2
+
+
+def test_cli_refuses_a_bad_setup_before_any_job(tmp_path: Path) -> None:
+    from app.core.workspace import Workspace
+
+    ws_dir = tmp_path / "ws"
+    ws = Workspace.open(ws_dir)
+    try:
+        DatasetStore(ws).create_dataset("t", pa.table({"task": ["x"]}))
+        AgentStore(ws.db).save(AgentSpec(name="nomodel"))
+    finally:
+        ws.close()
+    base = ["eval", "agent", "--dataset", "t", "--input", "task"]
+    unknown = demoai(ws_dir, *base, "--agent", "nope")
+    assert unknown.returncode == 2 and "No agent 'nope'" in unknown.stderr, unknown.stderr
+    no_model = demoai(ws_dir, *base, "--agent", "nomodel")
+    assert no_model.returncode == 2 and "names no model" in no_model.stderr, no_model.stderr
+    jobs = demoai(ws_dir, "jobs", "list", "--json")
+    assert json.loads(jobs.stdout or "[]") == [], jobs.stdout
