@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "app.cli.backup",
     "app.cli.feedback",
     "app.cli.pipeline",
+    "app.cli.experiment",
 )
 
 

@@ -238,6 +238,8 @@ def test_kill_9_during_training_then_resume(tiny_llama_dir: Path, tmp_path: Path
         w.close()
     killed_at = max(_ckpt_steps(train.run_dir))
     assert killed_at < 150
+    shown = json.loads(demoai(ws, "pipeline", "show", "echo-kill", "--json").stdout)
+    assert [r["state"] for r in shown["runs"]] == ["interrupted"]
     res = demoai(ws, "pipeline", "run", "echo-kill", "--json", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     steps = json.loads(res.stdout)["run"]["steps"]

@@ -240,7 +240,8 @@ class PipelineRunner:
             self.say(f"  {step.id}: reused ({key[:12]})")
             out = cached
         else:
-            job, detail = self._job_for(key, submit, reuse)
+            # A stored output that is gone (model or version deleted) is computed again.
+            job, detail = self._job_for(key, submit, reuse and cached is None)
             job_id = job.id
             self.say(f"  {step.id}: {detail} (job {job.id})")
             self.store.set_step(

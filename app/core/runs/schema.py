@@ -1,4 +1,4 @@
-"""Tables of pipelines: specs (versioned), runs, their steps, and the step-output cache.
+"""Tables of pipelines (specs, runs, steps, the step-output cache) and experiments.
 
 Imported by the workspace at open time: plain SQL strings only, no heavy imports.
 """
@@ -67,6 +67,25 @@ register_migrations(
             key TEXT NOT NULL,
             PRIMARY KEY (dataset_id, version_hash)
         )
+        """,
         """
+        CREATE TABLE experiments (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            description TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE experiment_members (
+            experiment_id TEXT NOT NULL REFERENCES experiments(id) ON DELETE CASCADE,
+            ref TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            label TEXT NOT NULL,
+            control INTEGER NOT NULL DEFAULT 0,
+            added_at REAL NOT NULL,
+            PRIMARY KEY (experiment_id, ref)
+        );
+        ALTER TABLE pipeline_runs ADD COLUMN pid INTEGER;
+        ALTER TABLE pipeline_runs ADD COLUMN pid_started REAL
+        """,
     ],
 )

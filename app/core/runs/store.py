@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -14,7 +15,8 @@ from app.core.runs.spec import PipelineSpec
 if TYPE_CHECKING:
     from app.core.workspace.workspace import Workspace
 
-#: A run's states. ``gate_failed``: the eval gate stopped the chain (exit code 4).
+#: A run's states. ``gate_failed``: the eval gate stopped the chain (exit code 4). A run
+#: whose process died shows as ``interrupted`` (computed when read).
 RUN_STATES = ("running", "succeeded", "failed", "gate_failed")
 
 
@@ -162,11 +164,23 @@ class PipelineStore:
 
     # -- runs ----------------------------------------------------------------------------
     def create_run(self, rec: PipelineRecord, reason: str, snapshot: dict[str, Any]) -> str:
+        from app.core.system.procs import process_start_time
+
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{rec.name[:24]}-{uuid.uuid4().hex[:6]}"
+        pid = os.getpid()
         self.db.execute(
             "INSERT INTO pipeline_runs(id, pipeline_id, version, state, reason, snapshot, "
-            "created_at) VALUES (?, ?, ?, 'running', ?, ?, ?)",
-            (run_id, rec.id, rec.version, reason, json.dumps(snapshot), time.time()),
+            "created_at, pid, pid_started) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                rec.id,
+                rec.version,
+                reason,
+                json.dumps(snapshot),
+                time.time(),
+                pid,
+                process_start_time(pid),
+            ),
         )
         return run_id
 
@@ -229,12 +243,18 @@ class PipelineStore:
                 "SELECT * FROM pipeline_run_steps WHERE run_id = ? ORDER BY idx", (r["id"],)
             )
         ]
+        state = r["state"]
+        if state == "running" and r["pid"] is not None:
+            from app.core.system.procs import process_alive
+
+            if not process_alive(int(r["pid"]), r["pid_started"]):
+                state = "interrupted"  # its process was killed: `pipeline run` resumes it
         return RunRecord(
             r["id"],
             r["pipeline_id"],
             name["name"] if name else "?",
             int(r["version"]),
-            r["state"],
+            state,
             r["reason"],
             json.loads(r["snapshot"]),
             r["error"],
