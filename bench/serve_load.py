@@ -9,10 +9,19 @@ errors, whether the requests that queued were answered in arrival order, and the
 slowest ``/health`` answer while the load ran (a poller every 50 ms). Ratios are
 against the 1-client level of the same run.
 
-With ``--llama-server PATH`` (a ``llama-server`` binary built from the runtime's
-llama.cpp), the same load runs against it too (``--parallel 8``), for comparison.
+Then the same load against the Docker bundle's server, run natively: the bundle's own
+``serve.sh`` (written by :func:`app.core.export.docker.write_server`, so the same flags:
+``--parallel`` slots with continuous batching, ``--api-key-file``, ``--metrics``,
+``--jinja`` with the bundle's chat template, ``--cache-ram 0``) and ``llama-server``
+built once from the runtime's llama.cpp (:mod:`app.core.export.llama_tools`; minutes
+the first time). ``--bundle-parallel`` sets its slots (default: the bundle's default).
+
+With ``--llama-server PATH``, a plain ``llama-server --parallel 8`` runs the load too.
+The machine's load average is printed with the figures: on a shared machine the
+ratios are what to read.
 
     .venv/bin/python bench/serve_load.py [--levels 1,4,8,16] [--requests 2] [--threads 2]
+        [--skip-host] [--skip-bundle] [--bundle-parallel N]
 """
 
 from __future__ import annotations
@@ -132,6 +141,44 @@ def run_levels(name: str, base_url: str, key: str, model: str, levels: list[int]
         )
 
 
+def bundle_server(gguf: Path, args: Any, levels: list[int]) -> None:
+    """The Docker bundle's serve.sh + llama-server, natively on loopback."""
+    import tempfile
+
+    from app.core.export.docker import DEFAULT_PARALLEL, write_server
+    from app.core.export.llama_tools import llama_tool
+
+    exe = llama_tool("llama-server", log=lambda line: print(line, file=sys.stderr))
+    parallel = args.bundle_parallel or DEFAULT_PARALLEL
+    with tempfile.TemporaryDirectory(prefix="demoai-bundle-bench-") as tmp:
+        folder = Path(tmp) / "bundle"
+        folder.mkdir()
+        write_server(folder, gguf, "gemma", exe, parallel=parallel, link=True)
+        key = os.urandom(12).hex()
+        (Path(tmp) / "key").write_text(key + "\n")
+        port = 19080 + os.getpid() % 1000
+        env = {**os.environ, "DEMOAI_HOST": "127.0.0.1", "DEMOAI_LISTEN_PORT": str(port),
+               "DEMOAI_THREADS": str(args.threads), "DEMOAI_API_KEY_FILE": str(Path(tmp) / "key")}  # fmt: skip
+        proc = subprocess.Popen(
+            [str(folder / "serve.sh")], env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            run_levels(f"the bundle's server (serve.sh: llama-server, {parallel} slots)",
+                       f"http://127.0.0.1:{port}/v1", key, "gemma", levels, args.requests,
+                       args.max_tokens)  # fmt: skip
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--levels", default="1,4,8,16")
@@ -139,20 +186,28 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--llama-server", default=os.environ.get("LLAMA_SERVER", ""))
+    ap.add_argument("--skip-host", action="store_true", help="not DemoAI's model host")
+    ap.add_argument("--skip-bundle", action="store_true", help="not the bundle's server")
+    ap.add_argument("--bundle-parallel", type=int, default=0, help="slots (0: bundle default)")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    print(f"machine load average at the start {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
 
-    from app.workers.host_client import HostProcess
     from tests.support.models import gemma_gguf_cached
 
     gguf = gemma_gguf_cached()
-    host = HostProcess(threads=args.threads, n_ctx=2048)
-    host.start({"gemma": (gguf, "gguf")})
-    try:
-        run_levels("DemoAI model host", host.base_url, host.token, "gemma", levels,
-                   args.requests, args.max_tokens)  # fmt: skip
-    finally:
-        host.stop()
+    if not args.skip_host:
+        from app.workers.host_client import HostProcess
+
+        host = HostProcess(threads=args.threads, n_ctx=2048)
+        host.start({"gemma": (gguf, "gguf")})
+        try:
+            run_levels("DemoAI model host", host.base_url, host.token, "gemma", levels,
+                       args.requests, args.max_tokens)  # fmt: skip
+        finally:
+            host.stop()
+    if not args.skip_bundle:
+        bundle_server(gguf, args, levels)
 
     if args.llama_server:
         key = os.urandom(12).hex()
@@ -192,7 +247,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(30)
     else:
-        print("\n(llama-server: not run; pass --llama-server PATH to compare)")
+        print("\n(plain llama-server --parallel 8: not run; pass --llama-server PATH)")
     print(f"\none pass per level; machine load average {os.getloadavg()[0]:.1f}")
 
 

@@ -185,33 +185,38 @@ def kv_cache_mb(model_path: Path, n_ctx: int) -> float:
 
 
 def memory_estimate_mb(model_path: Path, parallel: int, ctx_per_slot: int) -> float:
-    """What the server needs: the model, the KV cache of every slot, compute buffers, runtime.
+    """What the server needs: the model, the KV cache of every slot, buffers and runtime (MiB).
 
-    Compute buffers and the runtime were measured with llama-server on the test models
-    (tiny Llama, Gemma 3 270M: about 2x the vocabulary times 4 KiB plus 64 MiB at the
-    default batch sizes); the estimate rounds up.
+    Buffers: llama-server's compute buffer (21 MiB for Gemma 3 270M, 6 MiB for the tiny
+    test Llama at 4 slots x 2048, as it logs them) is covered by 48 MiB, plus one row of
+    logits per slot (vocabulary x 4 bytes); the runtime by 64 MiB. Gemma 3 270M at
+    4 x 2048 measured 406 MiB RSS idle and 470 MiB after requests; this gives 501 MiB.
+    The KV cache is counted without sliding-window savings, so it errs on the high side.
     """
     from app.core.models.metadata import read_gguf_header
 
     kv, _ = read_gguf_header(model_path)
-    vocab = kv.get("tokenizer.ggml.tokens")
-    n_vocab = len(vocab) if isinstance(vocab, list) else 32000
-    compute = 2 * n_vocab * 4096 / 2**20 + 64
+    tokens = kv.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, dict):  # large arrays are summarised by the header reader
+        n_vocab = int(tokens.get("array_length") or 0)
+    else:
+        n_vocab = len(tokens) if isinstance(tokens, list) else 0
+    buffers = 48 + parallel * (n_vocab or 256_000) * 4 / 2**20
     return (
         model_path.stat().st_size / 2**20
         + kv_cache_mb(model_path, parallel * ctx_per_slot)
-        + compute
+        + buffers
         + 64
     )
 
 
-def _serve_sh(model_file: str, model_name: str) -> str:
+def _serve_sh(model_file: str, model_name: str, parallel: int, ctx_per_slot: int) -> str:
     return f"""\
 #!/bin/sh
 # Starts llama.cpp's llama-server as this bundle runs it: the image's CMD, and the same
 # script runs from the unpacked bundle folder on a Linux host (DEMOAI_HOST=127.0.0.1).
-# Settings (environment): DEMOAI_PARALLEL slots (default {DEFAULT_PARALLEL}), DEMOAI_CTX_PER_SLOT
-# tokens (default {DEFAULT_CTX_PER_SLOT}), DEMOAI_THREADS (0 = llama.cpp's default), DEMOAI_HOST,
+# Settings (environment): DEMOAI_PARALLEL slots (default {parallel}), DEMOAI_CTX_PER_SLOT
+# tokens (default {ctx_per_slot}), DEMOAI_THREADS (0 = llama.cpp's default), DEMOAI_HOST,
 # DEMOAI_LISTEN_PORT (default {CONTAINER_PORT}), DEMOAI_API_KEY_FILE (default {KEY_FILE}).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -220,8 +225,8 @@ die() {{ echo "serve.sh: $*" >&2; exit 64; }}
 [ -r "$key_file" ] || die "cannot read the API key file $key_file (mount the key there, see README.md)"
 # llama-server serves WITHOUT authentication when the file holds no key: refuse that.
 grep -v '^#' "$key_file" | grep -q '[^[:space:]]' || die "the API key file $key_file is empty"
-parallel=${{DEMOAI_PARALLEL:-{DEFAULT_PARALLEL}}}
-ctx=${{DEMOAI_CTX_PER_SLOT:-{DEFAULT_CTX_PER_SLOT}}}
+parallel=${{DEMOAI_PARALLEL:-{parallel}}}
+ctx=${{DEMOAI_CTX_PER_SLOT:-{ctx_per_slot}}}
 threads=${{DEMOAI_THREADS:-0}}
 port=${{DEMOAI_LISTEN_PORT:-{CONTAINER_PORT}}}
 for v in "$parallel" "$ctx" "$threads" "$port"; do
@@ -249,14 +254,16 @@ _HEALTH_CMD = (
 )
 
 
-def _dockerfile(model_name: str, base_image: str, glibc: str, template: bool) -> str:
+def _dockerfile(
+    model_name: str, base_image: str, glibc: str, template: bool, parallel: int, ctx: int
+) -> str:
     copy_template = f"COPY {TEMPLATE_FILE} /opt/demoai/{TEMPLATE_FILE}\n" if template else ""
     return f"""\
 # DemoAI model server: {model_name}, served by llama.cpp's llama-server
 # Build offline:  docker build --network=none -t IMAGE .
 ARG BASE_IMAGE={base_image}
 FROM ${{BASE_IMAGE}}
-ENV DEMOAI_PARALLEL={DEFAULT_PARALLEL} DEMOAI_CTX_PER_SLOT={DEFAULT_CTX_PER_SLOT} DEMOAI_THREADS=0 \
+ENV DEMOAI_PARALLEL={parallel} DEMOAI_CTX_PER_SLOT={ctx} DEMOAI_THREADS=0 \
     DEMOAI_API_KEY_FILE={KEY_FILE}
 COPY bin /opt/demoai/bin
 COPY lib /opt/demoai/lib
@@ -274,7 +281,7 @@ CMD ["/opt/demoai/serve.sh"]
 """
 
 
-def _compose(image: str, base_image: str, mem_limit: str) -> str:
+def _compose(image: str, base_image: str, mem_limit: str, parallel: int, ctx: int) -> str:
     return f"""\
 services:
   model:
@@ -287,8 +294,8 @@ services:
     ports:
       - "${{DEMOAI_PORT:-8080}}:{CONTAINER_PORT}"
     environment:
-      DEMOAI_PARALLEL: ${{DEMOAI_PARALLEL:-{DEFAULT_PARALLEL}}}
-      DEMOAI_CTX_PER_SLOT: ${{DEMOAI_CTX_PER_SLOT:-{DEFAULT_CTX_PER_SLOT}}}
+      DEMOAI_PARALLEL: ${{DEMOAI_PARALLEL:-{parallel}}}
+      DEMOAI_CTX_PER_SLOT: ${{DEMOAI_CTX_PER_SLOT:-{ctx}}}
       DEMOAI_THREADS: ${{DEMOAI_THREADS:-0}}
       DEMOAI_API_KEY_FILE: {KEY_FILE}
     secrets:
@@ -364,8 +371,8 @@ The container runs as uid 65534, so the file must be readable by it:
       -v /etc/demoai-{m["slug"]}.key:{KEY_FILE}:ro {m["image"]}
     # or: DEMOAI_API_KEY_FILE=/etc/demoai-{m["slug"]}.key DEMOAI_PORT=8080 docker compose up -d
 
-Settings (environment): `DEMOAI_PARALLEL` (slots, default {DEFAULT_PARALLEL}),
-`DEMOAI_CTX_PER_SLOT` (tokens per request, prompt plus answer, default {DEFAULT_CTX_PER_SLOT}),
+Settings (environment): `DEMOAI_PARALLEL` (slots, default {m["parallel"]}),
+`DEMOAI_CTX_PER_SLOT` (tokens per request, prompt plus answer, default {m["ctx_per_slot"]}),
 `DEMOAI_THREADS` (CPU threads, 0 = llama.cpp's default). Change the published port
 with `-p PORT:{CONTAINER_PORT}` (compose: `DEMOAI_PORT`).
 
@@ -379,8 +386,7 @@ Test it:
 
 `/metrics` (Prometheus text: `llamacpp:prompt_tokens_total`, `llamacpp:tokens_predicted_total`,
 `llamacpp:requests_processing`, `llamacpp:requests_deferred`, ...) needs the key: give
-your Prometheus scrape job `authorization: {{credentials_file: ...}}`. DemoAI's Serving
-pane reads it too (the bundle's URL and key).
+your Prometheus scrape job `authorization: {{credentials_file: ...}}`.
 
 ## Sizing slots and memory
 
@@ -423,6 +429,41 @@ Model sha256: `{m["model_sha256"]}`. Exported by DemoAI {m["demoai_version"]}.
 
 
 # --------------------------------------------------------------------------- bundle
+
+
+def write_server(
+    dest: Path,
+    model_path: Path,
+    name: str,
+    exe: Path,
+    *,
+    parallel: int = DEFAULT_PARALLEL,
+    ctx_per_slot: int = DEFAULT_CTX_PER_SLOT,
+    link: bool = False,
+) -> str:
+    """Lay out the server part of a bundle in ``dest``; returns what the chat template is.
+
+    ``model/``, ``bin/llama-server``, ``lib/`` (libgomp), the chat template file when one
+    is needed and ``serve.sh``. With ``link``, the model and the binary are symlinks (for
+    running the bundle's server natively, as bench/serve_load.py does).
+    """
+    put = (lambda src, dst: dst.symlink_to(src)) if link else shutil.copy2
+    (dest / "model").mkdir(parents=True)
+    put(model_path.resolve(), dest / "model" / model_path.name)
+    (dest / "bin").mkdir()
+    put(exe.resolve(), dest / "bin" / "llama-server")
+    (dest / "lib").mkdir()
+    gomp = _gomp()
+    if gomp is not None:
+        shutil.copy2(gomp, dest / "lib" / "libgomp.so.1")
+    template = bundle_chat_template(model_path)
+    note = "the model's own template"
+    if template is not None:
+        note, source = template
+        atomic_write_text(dest / TEMPLATE_FILE, source)
+    atomic_write_text(dest / "serve.sh", _serve_sh(model_path.name, name, parallel, ctx_per_slot))
+    (dest / "serve.sh").chmod(0o755)
+    return note
 
 
 def _server_version(exe: Path) -> str:
@@ -525,22 +566,10 @@ def build_bundle(
         src = llama_source()
         exe = llama_tool("llama-server", src=src, log=say)
         step(0.4, "copying the model and llama-server")
-        (stage / "model").mkdir()
+        template_note = write_server(
+            stage, rec.path, slug, exe, parallel=parallel, ctx_per_slot=ctx_per_slot
+        )
         model_file = rec.path.name
-        shutil.copy2(rec.path, stage / "model" / model_file)
-        (stage / "bin").mkdir()
-        shutil.copy2(exe, stage / "bin" / "llama-server")
-        (stage / "lib").mkdir()
-        gomp = _gomp()
-        if gomp is not None:
-            shutil.copy2(gomp, stage / "lib" / "libgomp.so.1")
-        template = bundle_chat_template(rec.path)
-        template_note = "the model's own template"
-        if template is not None:
-            template_note, source = template
-            atomic_write_text(stage / TEMPLATE_FILE, source)
-        atomic_write_text(stage / "serve.sh", _serve_sh(model_file, slug))
-        (stage / "serve.sh").chmod(0o755)
         step(0.7, "writing Dockerfile, compose.yaml, Kubernetes manifests, README, SBOM")
         size = rec.size_bytes
         mem_mb = memory_estimate_mb(rec.path, parallel, ctx_per_slot)
@@ -573,10 +602,19 @@ def build_bundle(
             "created_at": time.time(),
         }
         atomic_write_text(
-            stage / "Dockerfile", _dockerfile(slug, base_image, glibc, template is not None)
+            stage / "Dockerfile",
+            _dockerfile(
+                slug,
+                base_image,
+                glibc,
+                (stage / TEMPLATE_FILE).is_file(),
+                parallel,
+                ctx_per_slot,
+            ),
         )
         atomic_write_text(
-            stage / "compose.yaml", _compose(image, base_image, str(meta["mem_limit"]))
+            stage / "compose.yaml",
+            _compose(image, base_image, str(meta["mem_limit"]), parallel, ctx_per_slot),
         )
         (stage / "kubernetes").mkdir()
         for name, text in kubernetes_manifests(meta, port=CONTAINER_PORT).items():
@@ -584,6 +622,9 @@ def build_bundle(
         atomic_write_text(stage / "README.md", _readme(meta))
         atomic_write_json(stage / "sbom.cdx.json", _sbom(stage, meta, server_version))
         atomic_write_json(stage / "bundle.json", meta)
+        for p in stage.rglob("*"):  # the image runs as uid 65534: everything readable
+            if p.is_file():
+                p.chmod(0o755 if p.name in ("serve.sh", "llama-server") else 0o644)
         write_sums(stage)
         if folder.exists():
             folder.rmdir()
