@@ -87,6 +87,10 @@ tar -xzf "$lcache/sdist/llama_cpp_python-$llama_ver.tar.gz" -C "$src_tmp" --stri
 cp -a "$src_tmp/vendor/llama.cpp/." "$root/share/llama.cpp/"
 rm -rf "$src_tmp"
 find "$root/share/llama.cpp" -name '__pycache__' -prune -exec rm -rf {} +
+log "llama-server: the Docker bundles' engine, same llama.cpp revision (built once, cached)"
+server=$("$vpy" -c 'from app.core.export.llama_tools import llama_tool; print(llama_tool("llama-server"))') \
+  || die "building llama-server failed (app/core/export/llama_tools.py)"
+install -D -m 0755 "$server" "$root/share/llama.cpp/bin/llama-server"
 
 # --- The app's wheel, from the tracked files of this checkout ----------------------------
 log "building the demoai $version wheel"

@@ -590,7 +590,7 @@ def build_bundle(
             "arch": platform.machine(),
             "glibc": glibc,
             "server": "llama-server",
-            "llama_cpp": f"llama.cpp {server_version}, from {src.parents[2].name}",
+            "llama_cpp": f"llama.cpp {server_version}",
             "parallel": parallel,
             "ctx_per_slot": ctx_per_slot,
             "template": template_note,

@@ -65,18 +65,27 @@ def llama_source() -> Path:
 
 def build_dir(src: Path | None = None) -> Path:
     """The cached build folder for ``src`` (named after the sdist and its build flags)."""
-    src = src or llama_source()
+    src = (src or llama_source()).resolve()
     # <cache>/wheels/llama_cpp_python-<version>-<flags hash>/src/vendor/llama.cpp
-    return tools_cache_root() / (src.parents[2].name + "-portable")
+    name = src.parents[2].name if len(src.parents) > 2 else src.name
+    return tools_cache_root() / (name + "-portable")
 
 
 def find_llama_tool(name: str, src: Path | None = None) -> Path | None:
-    """The cached program ``name`` when it was built already, else None (builds nothing)."""
+    """The program ``name`` when it is there already, else None (builds nothing).
+
+    First ``<source>/bin/<name>``: the offline installer ships a built ``llama-server``
+    next to the converter sources (installers/build-offline.sh), where no compiler is
+    needed; then the cache.
+    """
     try:
-        exe = build_dir(src) / "bin" / name
-    except (ConfigError, IndexError):
+        src = src or llama_source()
+    except ConfigError:
         return None
-    return exe if exe.is_file() and os.access(exe, os.X_OK) else None
+    for exe in (src / "bin" / name, build_dir(src) / "bin" / name):
+        if exe.is_file() and os.access(exe, os.X_OK):
+            return exe
+    return None
 
 
 @contextmanager
@@ -127,6 +136,13 @@ def llama_tool(
     found = find_llama_tool(name, src)
     if found is not None:
         return found
+    if not (src / "CMakeLists.txt").is_file():
+        raise ConfigError(
+            f"{name} is not built, and {src} holds only llama.cpp's converter, not its "
+            "full source.",
+            "Use the offline installer built by installers/build-offline.sh (it ships "
+            "llama-server), or a development checkout (installers/setup.sh).",
+        )
     build = build_dir(src)
     tmp = build.with_name(build.name + ".tmp")
     with _locked(build.with_name(build.name + ".lock")):
