@@ -99,5 +99,12 @@ pipq "$cache"/llama_cpp_python-*.whl "${constraints[@]}"
 pipq -e ".[dev]" "${constraints[@]}"
 # Where the matching llama.cpp source (converter + gguf-py) lives, for exports.
 printf '%s\n' "$cache/src/vendor/llama.cpp" > "$venv/.demoai-llama-cpp-src"
+# llama-server for Docker bundles and bench/ (app/core/export/llama_tools.py): built once
+# from the same llama.cpp, portable and static, cached in ~/.cache/demoai/llama-tools.
+if ! "$vpy" -c 'import sys; from app.core.export.llama_tools import find_llama_tool as f; sys.exit(f("llama-server") is None)' 2>/dev/null; then
+  log "building llama-server from the same llama.cpp for Docker bundles (minutes, once)"
+  "$vpy" -c 'from app.core.export.llama_tools import llama_tool; llama_tool("llama-server")' >&2 \
+    || log "warning: llama-server did not build; a Docker bundle export will try again"
+fi
 printf '%s' "$stamp" > "$venv/.demoai-stamp"
 log "done"
