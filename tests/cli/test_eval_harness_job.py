@@ -188,6 +188,44 @@ def test_multiple_choice_task_equals_eval_run(
     got = {(r["run_id"], r["metric"]): r["value"] for r in rows["rows"]} if isinstance(
         rows, dict) else {(r["run_id"], r["metric"]): r["value"] for r in rows}  # fmt: skip
     assert got[(h["run_id"], "mc_accuracy")] == pytest.approx(got[(d["run_id"], "mc_accuracy")])
+    # Usable in a gate: a threshold just above its accuracy fails (exit 4), at it passes.
+    gate = setup["tasks"].parent / "gate.json"
+    gate.write_text(json.dumps({"mc_accuracy": {"min": acc + 0.01}}))
+    assert demoai(ws, "eval", "gate", h["run_id"], "--gate", str(gate)).returncode == 4
+    gate.write_text(json.dumps({"mc_accuracy": {"min": acc}}))
+    assert demoai(ws, "eval", "gate", h["run_id"], "--gate", str(gate)).returncode == 0
+    out = setup["tasks"].parent / "run.json"
+    r = demoai(ws, "eval", "export", h["run_id"], "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    exported = json.loads(out.read_text())
+    assert len(exported["samples"]) == len(MC)
+    assert exported["run"]["config"]["task_name"] == "demoai_mc_job"
+
+
+@needs_lm_eval
+def test_dataset_option_reads_a_library_version_instead_of_the_files(
+    setup: dict[str, Any], mc_run: dict[str, Any]
+) -> None:
+    """--dataset D: the same task on the library's copy of its data; the same numbers."""
+    ws, tiny = setup["ws"], setup["tiny"]
+    h = run_json(
+        ws, "eval", "harness", "--model", tiny, "--task", str(setup["tasks"] / "mc.yaml"),
+        "--dataset", setup["mc"], "--limit", "4", "--threads", "2", "--n-ctx", "512",
+    )  # fmt: skip
+    theirs = samples(ws, h["run_id"])
+    first = {s.idx: s for s in samples(ws, mc_run["run_id"])}
+    assert [s.idx for s in theirs] == [0, 1, 2, 3]
+    for s in theirs:
+        assert s.extra["choice_logprobs"] == pytest.approx(first[s.idx].extra["choice_logprobs"])
+    from app.core.eval.runner import EvalStore
+    from app.core.workspace import Workspace
+
+    w = Workspace.open(ws)
+    try:
+        assert EvalStore(w).get_run(h["run_id"]).dataset_ref == setup["mc"]
+        assert EvalStore(w).get_run(mc_run["run_id"]).dataset_ref.startswith("file:mc.jsonl@")
+    finally:
+        w.close()
 
 
 @needs_lm_eval
@@ -250,6 +288,8 @@ def test_missing_data_names_the_dataset_to_import_and_starts_no_job(
     )
     assert r.returncode == 2, r.stderr
     assert '--name "nobody/absent-bench/main:test"' in r.stderr
+    r = demoai(wsdir, "eval", "harness", "--model", model, "--task", "mmlu")
+    assert r.returncode == 2 and "'mmlu' is a group or a tag" in r.stderr
     r = demoai(wsdir, "eval", "harness", "--model", model, "--task", "no_such_task_anywhere")
     assert r.returncode == 2 and "no task named 'no_such_task_anywhere'" in r.stderr
     ws = Workspace.open(wsdir)

@@ -209,13 +209,25 @@ def find_task(name: str) -> Path:
             "lm-eval is not installed, so task names cannot be looked up.",
             "Install it (pip install -e .[harness]) or give a task YAML file.",
         )
-    line = re.compile(rb"^task:\s*['\"]?" + re.escape(name.encode()) + rb"['\"]?\s*$", re.M)
+    quoted = rb"['\"]?" + re.escape(name.encode()) + rb"['\"]?\s*$"
+    line = re.compile(rb"^task:\s*" + quoted, re.M)
+    # A group, a tag (`tag: x` or a list item under it) or a task list's member.
+    other = re.compile(rb"^(?:(?:group|tag):\s*|\s*-\s*)" + quoted, re.M)
+    referenced = False
     for path in sorted(root.rglob("*.yaml")):
         try:
-            if line.search(path.read_bytes()):
-                return path
+            text = path.read_bytes()
         except OSError:
             continue
+        if line.search(text):
+            return path
+        referenced = referenced or bool(other.search(text))
+    if referenced:
+        raise ConfigError(
+            f"'{name}' is a group or a tag of lm-eval tasks, not one task; a harness run is "
+            "one task.",
+            "Run its member tasks one by one (`lm-eval ls tasks` lists them).",
+        )
     raise NotFoundError(
         f"lm-eval {_lm_eval_version()} has no task named '{name}'.",
         "Give the task's YAML file (--task FILE.yaml), or a task name from `lm-eval ls tasks`.",
