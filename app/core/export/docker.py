@@ -393,10 +393,10 @@ your Prometheus scrape job `authorization: {{credentials_file: ...}}`.
 - **Slots** (`DEMOAI_PARALLEL`) are requests answered at the same time; more arrive
   and wait in llama-server's queue (`llamacpp:requests_deferred`). Continuous batching
   runs all active slots in one batch, so total tokens/s grows with slots while each
-  client's tokens/s falls. On CPU, 4 slots per 2 cores is a good start (measured on a
-  2-core machine with Gemma 3 270M: 8 streaming clients got about 2x the total tokens/s
-  of one); raise it while `llamacpp:requests_deferred` stays above zero and latency is
-  acceptable.
+  client's tokens/s falls (on a 2-core machine with Gemma 3 270M, llama-server with 8
+  slots gave 8 streaming clients 2.1x the total tokens/s of one client). Raise the slots
+  while `llamacpp:requests_deferred` stays above zero and latency is acceptable, and
+  mind the memory below; DemoAI's `bench/serve_load.py` measures this server natively.
 - **Context**: every slot gets `DEMOAI_CTX_PER_SLOT` tokens; the KV cache holds
   `DEMOAI_PARALLEL x DEMOAI_CTX_PER_SLOT` tokens, {m["kv_mb_per_1k"]:.1f} MiB per 1,000 tokens for this model.
 - **Memory** = model file ({m["model_size_mb"]:.0f} MiB) + KV cache + compute buffers and
@@ -964,8 +964,11 @@ def export_docker_job(
     base_image: str | None = None,
     build: bool = False,
     image_tag: str | None = None,
+    parallel: int = DEFAULT_PARALLEL,
+    ctx_per_slot: int = DEFAULT_CTX_PER_SLOT,
+    quant: str = "Q8_0",
 ) -> dict[str, Any]:
-    """Job ``export.docker``."""
+    """Job ``export.docker`` (``quant``: for an HF model, the GGUF it is exported to)."""
     res = build_bundle(
         ctx.workspace,
         model,
@@ -973,6 +976,9 @@ def export_docker_job(
         base_image=base_image or default_base_image(),
         build=build,
         image_tag=image_tag,
+        parallel=parallel,
+        ctx_per_slot=ctx_per_slot,
+        quant=quant,
         progress=ctx.progress,
         log=ctx.log,
     )
