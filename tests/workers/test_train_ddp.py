@@ -224,12 +224,20 @@ def test_cli_world_size_and_cancel(
         sup.pump()
         assert time.monotonic() < end, sup.jobs.log_tail(job_id)
         time.sleep(0.02)
+    # The rendezvous and gloo listen on loopback only (a LAN peer cannot join).
+    pids = json.loads((job.run_dir / "ddp" / "attempt-1" / "pids.json").read_text())
+    listening = [
+        c.laddr.ip
+        for pid in (sup.jobs.get(job_id).pid, int(pids["1"]))
+        for c in psutil.Process(pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert listening and set(listening) <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
     sup.cancel(job_id)
     final = sup.wait(job_id, timeout=120)
     assert final.state == JobState.CANCELLED, final.error
     last = max(_metric(_events(final), "train_loss"))
     assert _ckpt_steps(final) == [last]
-    pids = json.loads((final.run_dir / "ddp" / "attempt-1" / "pids.json").read_text())
     end = time.monotonic() + 30
     while not _gone(int(pids["1"])):
         assert time.monotonic() < end, "rank 1 outlived the cancelled job"

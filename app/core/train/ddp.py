@@ -54,11 +54,13 @@ def timeout_s() -> float:
         return DEFAULT_TIMEOUT_S
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface (ask the kernel, then release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def listen_loopback() -> socket.socket:
+    """Rank 0's rendezvous socket: a free port on 127.0.0.1, listening (torch's own
+    TCPStore server would listen on every interface)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
 
 
 @dataclass
@@ -68,27 +70,40 @@ class DistGroup:
     rank: int
     world_size: int
     backend: str
+    store: Any = None  # the TCPStore (and rank 0's listening socket), kept alive
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     @staticmethod
-    def join(rank: int, world_size: int, port: int, cuda: bool) -> DistGroup:
+    def join(
+        rank: int, world_size: int, port: int, cuda: bool, listen: socket.socket | None = None
+    ) -> DistGroup:
+        """Join the group; rank 0 passes its listening socket and serves the rendezvous."""
         import torch
         import torch.distributed as dist
 
         backend = "nccl" if cuda else "gloo"
         if cuda:
             torch.cuda.set_device(rank)
+        timeout = datetime.timedelta(seconds=timeout_s())
+        if listen is not None:
+            store = dist.TCPStore(  # type: ignore[attr-defined]
+                "127.0.0.1",
+                port,
+                world_size,
+                True,
+                timeout,
+                wait_for_workers=False,
+                master_listen_fd=listen.fileno(),
+            )
+        else:
+            store = dist.TCPStore("127.0.0.1", port, world_size, False, timeout)  # type: ignore[attr-defined]
         dist.init_process_group(
-            backend,
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=world_size,
-            timeout=datetime.timedelta(seconds=timeout_s()),
+            backend, store=store, rank=rank, world_size=world_size, timeout=timeout
         )
-        return DistGroup(rank, world_size, backend)
+        return DistGroup(rank, world_size, backend, (store, listen))
 
     def _device(self) -> str:
         return "cuda" if self.backend == "nccl" else "cpu"
@@ -132,6 +147,9 @@ class DistGroup:
         if dist.is_initialized():
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
+        if self.store is not None and self.store[1] is not None:
+            self.store[1].close()
+        self.store = None
 
 
 def is_peer_failure(exc: BaseException) -> bool:

@@ -47,7 +47,13 @@ from app.core.train.data import (
     split_eval,
     tokenize_record,
 )
-from app.core.train.ddp import DistGroup, RankProcesses, free_port, is_peer_failure, timeout_s
+from app.core.train.ddp import (
+    DistGroup,
+    RankProcesses,
+    is_peer_failure,
+    listen_loopback,
+    timeout_s,
+)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 #: QLoRA / 8-bit on CUDA: keep norms and embeddings in float32 as peft's
@@ -940,7 +946,8 @@ def _start_ranks(
         "_resume": str(resume) if resume else None,
     }
     atomic_write_json(folder / "config.json", spec)
-    port = free_port()
+    listen = listen_loopback()
+    port = int(listen.getsockname()[1])
     ranks = RankProcesses(world, port, folder / "config.json", folder)
     atomic_write_json(folder / "pids.json", {str(r): pid for r, pid in ranks.pids().items()})
     ctx.log(
@@ -962,9 +969,10 @@ def _start_ranks(
                     f"See the logs in {folder}.",
                 )
             time.sleep(0.05)
-        group = DistGroup.join(0, world, port, cuda)
+        group = DistGroup.join(0, world, port, cuda, listen)
     except BaseException:
         ranks.stop()
+        listen.close()
         raise
     return ranks, group
 
