@@ -888,7 +888,7 @@ class Handler(BaseHTTPRequestHandler):
         """One model with what it can do; loads it (its chat template lives in the weights file)."""
         slot = self._slot({"model": name})
         record["model"] = slot.name
-        with self.server.metrics.locked(slot.lock):
+        with self.server.metrics.locked(slot.lock, record):
             engine = slot.get_engine()
             template = slot.chat_template(engine)
             caps = {
@@ -1007,7 +1007,7 @@ class Handler(BaseHTTPRequestHandler):
                 f"An input has {longest:,} characters, more than {EMBED_MAX_TOKENS} tokens.",
                 code="context_length_exceeded",
             )
-        with self.server.metrics.locked(slot.lock):
+        with self.server.metrics.locked(slot.lock, record):
             engine = slot.get_engine()
             vectors = engine.embeddings(texts)
             n = sum(engine.count_tokens(t) for t in texts)
@@ -1145,7 +1145,7 @@ class Handler(BaseHTTPRequestHandler):
         record["model"] = slot.name
         params = SamplingParams.from_openai({**body, "max_tokens": 1} if score_only else body)
         grammar = response_format_grammar(body.get("response_format"))
-        with self.server.metrics.locked(slot.lock):
+        with self.server.metrics.locked(slot.lock, record):
             engine = slot.get_engine()
             n_ctx = int(engine.context_length)
         for p in prompts:
@@ -1154,12 +1154,13 @@ class Handler(BaseHTTPRequestHandler):
             elif len(p) > n_ctx or (len(p) == n_ctx and not score_only):
                 raise ContextOverflowError(len(p), n_ctx)
         rid = "cmpl-" + uuid.uuid4().hex[:24]
+        record["id"] = rid
         created = int(time.time())
         head = {"id": rid, "object": "text_completion", "created": created, "model": slot.name}
 
         def run(prompt: str | list[int]) -> Generator[tuple[str, Any, str | None, Any]]:
             """(text, logprobs block or None, finish_reason, usage) pieces of one choice."""
-            with self.server.metrics.locked(slot.lock):
+            with self.server.metrics.locked(slot.lock, record):
                 engine = slot.get_engine()
                 if grammar is not None:
                     if not hasattr(engine, "set_grammar"):
@@ -1272,21 +1273,8 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return 499
         except Exception as exc:
-            err = as_host_error(exc)
-            record["error"] = err.code
-            status = err.status
-            send(
-                b"data: "
-                + json.dumps(error_body(err.message, err.error_type, err.code)).encode()
-                + b"\n\n"
-            )
-        try:
-            send(b"data: [DONE]\n\n")
-            self.wfile.write(b"0\r\n\r\n")
-        except OSError:
-            self.close_connection = True
-            return 499
-        return status
+            status = self._stream_error(record, exc)
+        return self._end_events(status)
 
     def _generate(self, record: dict[str, Any], body: dict[str, Any], *, chat: bool) -> int:
         from app.core.infer import SamplingParams
@@ -1326,7 +1314,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             prompt = body["prompt"]
         check_prompt_fits(slot, engine, prompt, n_ctx)
-        with self.server.metrics.locked(slot.lock):  # the queue: counted while waiting
+        with self.server.metrics.locked(slot.lock, record):  # the queue: counted while waiting
             engine = slot.get_engine()
             if tools and required and hasattr(engine, "set_grammar"):
                 # GGUF: the call is grammar-constrained; HF engines generate freely.
@@ -1345,6 +1333,7 @@ class Handler(BaseHTTPRequestHandler):
                 chunks = engine.complete(prompt, params, **({} if lp is None else {"logprobs": lp}))
                 chunks = timed(record, chunks, self._t0)
                 rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+                record["id"] = rid  # the reply's id, so a client's answer can be found in the log
                 if tool_format is not None:
                     return self._tool_reply(
                         record, slot.name, rid, chunks, tool_format, stream, include_usage
@@ -1419,12 +1408,14 @@ class Handler(BaseHTTPRequestHandler):
         if include_usage:
             events.append({"choices": [], "usage": usage_d})
         self._start_events()
-        for ev in events:
-            obj = {**head, "object": "chat.completion.chunk", **ev}
-            self._send_chunk(b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n")
-        self._send_chunk(b"data: [DONE]\n\n")
-        self.wfile.write(b"0\r\n\r\n")
-        return 200
+        try:
+            for ev in events:
+                obj = {**head, "object": "chat.completion.chunk", **ev}
+                self._send_chunk(b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n")
+        except OSError:
+            self.close_connection = True
+            return 499
+        return self._end_events(200)
 
     def _start_events(self) -> None:
         """Headers of a server-sent event stream.
@@ -1440,6 +1431,24 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send_chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def _stream_error(self, record: dict[str, Any], exc: Exception) -> int:
+        """A failure after a stream began: one error event (OpenAI's error shape); its status."""
+        err = as_host_error(exc)
+        record["error"] = err.code
+        body = json.dumps(error_body(err.message, err.error_type, err.code)).encode()
+        self._send_chunk(b"data: " + body + b"\n\n")
+        return err.status
+
+    def _end_events(self, status: int) -> int:
+        """Close a stream: ``[DONE]`` and the chunked terminator; 499 when the client left."""
+        try:
+            self._send_chunk(b"data: [DONE]\n\n")
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            self.close_connection = True
+            return 499
+        return status
 
     def _whole(
         self,
@@ -1515,7 +1524,6 @@ class Handler(BaseHTTPRequestHandler):
         # complete()/chat() as a proper 400): the client parses them while the
         # first token is computed.
         self._start_events()
-        raw = self.wfile
         send = self._send_chunk
 
         usage = None
@@ -1542,21 +1550,8 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return 499
         except Exception as exc:
-            err = as_host_error(exc)
-            record["error"] = err.code
-            status = err.status
-            send(
-                b"data: "
-                + json.dumps(error_body(err.message, err.error_type, err.code)).encode()
-                + b"\n\n"
-            )
-        try:
-            send(b"data: [DONE]\n\n")
-            raw.write(b"0\r\n\r\n")
-        except OSError:
-            self.close_connection = True
-            return 499
-        return status
+            status = self._stream_error(record, exc)
+        return self._end_events(status)
 
 
 def render_chat(template: Any, messages: list[Any], tools: list[dict[str, Any]]) -> str:

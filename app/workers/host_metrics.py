@@ -16,6 +16,7 @@ lock in :meth:`HostMetrics.waiting`. Loaded models are read when scraped.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -149,10 +150,18 @@ class HostMetrics:
             self.queued.dec()
 
     @contextmanager
-    def locked(self, lock: Any) -> Iterator[None]:
-        """Hold ``lock`` (a model's request queue), counted as waiting until it is ours."""
+    def locked(self, lock: Any, record: dict[str, Any] | None = None) -> Iterator[None]:
+        """Hold ``lock`` (a model's request queue), counted as waiting until it is ours.
+
+        With ``record`` (the request's log record), the time spent waiting is added to
+        its ``queue_ms``: how long the request queued behind others for the model.
+        """
+        t0 = time.perf_counter()
         with self.waiting():
             lock.acquire()
+        if record is not None:
+            waited = (time.perf_counter() - t0) * 1000
+            record["queue_ms"] = round(float(record.get("queue_ms", 0.0)) + waited, 1)
         try:
             yield
         finally:
