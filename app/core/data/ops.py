@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from app.core.data import pii
 from app.core.errors import ConfigError
+from app.core.patterns import IGNORECASE, compile_pattern
 from app.core.store.files import make_owned_temp_dir
 
 Transform = Callable[[pa.Table], pa.Table]
@@ -229,9 +230,9 @@ def _map_text(table: pa.Table, col: str, fn: Callable[[str], str]) -> pa.Table:
 
 def _regex(pattern: str) -> str:
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(f"Invalid regular expression {pattern!r}: {exc}.") from None
+        compile_pattern(pattern)
+    except ValueError as exc:
+        raise ConfigError(f"Invalid regular expression: {exc}.") from None
     return pattern
 
 
@@ -351,7 +352,7 @@ def _make_length(p: dict[str, Any], _: OpContext) -> Transform:
 
 
 def _make_regex_filter(p: dict[str, Any], _: OpContext) -> Transform:
-    rx = re.compile(_regex(p["pattern"]), 0 if p["case_sensitive"] else re.IGNORECASE)
+    rx = compile_pattern(_regex(p["pattern"]), 0 if p["case_sensitive"] else IGNORECASE)
 
     def run(t: pa.Table) -> pa.Table:
         col = text_columns(t, [p["column"]])[0]
@@ -363,7 +364,7 @@ def _make_regex_filter(p: dict[str, Any], _: OpContext) -> Transform:
 
 
 def _make_regex_replace(p: dict[str, Any], _: OpContext) -> Transform:
-    rx = re.compile(_regex(p["pattern"]), 0 if p["case_sensitive"] else re.IGNORECASE)
+    rx = compile_pattern(_regex(p["pattern"]), 0 if p["case_sensitive"] else IGNORECASE)
     repl = p["replacement"]
 
     def run(t: pa.Table) -> pa.Table:
@@ -1161,8 +1162,8 @@ def field_problems(op: str, params: dict[str, Any], schema: pa.Schema) -> dict[s
                 out[f.name] = f"The dataset has no column(s) {', '.join(missing)} (it has {have})."
         elif kind == "regex":
             try:
-                re.compile(v)
-            except re.error as exc:
+                compile_pattern(v)
+            except ValueError as exc:
                 out[f.name] = f"Not a valid regular expression: {exc}."
         elif kind == "template":
             try:

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from app.core import patterns
 from app.core.agents.loop import OpenAIChatClient
 from app.core.errors import ConfigError, DemoAIError
 
@@ -159,10 +160,12 @@ class Checker:
 def _regex(text: Any, what: str) -> str:
     if not isinstance(text, str) or not text:
         raise ValueError(f"{what} must be a non-empty regular expression")
+    from app.core.patterns import compile_pattern
+
     try:
-        re.compile(text)
-    except re.error as exc:
-        raise ValueError(f"{what} {text!r} is not a valid regular expression: {exc}") from None
+        compile_pattern(text)
+    except ValueError as exc:
+        raise ValueError(f"{what} {exc}") from None
     return text
 
 
@@ -515,7 +518,7 @@ def run_checks(
     if reference is not None and reference.strip():
         out["reference"] = final is not None and contains(answer, reference) == 1.0
     if checker is not None and checker.regex:
-        out["regex"] = final is not None and re.search(checker.regex, answer) is not None
+        out["regex"] = final is not None and patterns.search(checker.regex, answer) is not None
     if checker is not None and checker.file:
         ok = False
         if root is not None:
@@ -526,7 +529,7 @@ def run_checks(
                     if checker.content:
                         with open(path, "rb") as fh:
                             text = fh.read(MAX_CHECK_READ).decode("utf-8", "replace")
-                        ok = re.search(checker.content, text) is not None
+                        ok = patterns.search(checker.content, text) is not None
             except ToolError:
                 ok = False
         out["file"] = ok

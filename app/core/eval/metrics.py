@@ -171,15 +171,19 @@ def rouge(prediction: str, reference: str | Refs, kind: str) -> float:
 
 # -- pattern checks -----------------------------------------------------------------------
 def regex_match(prediction: str, reference: str | Refs) -> float:
-    """1.0 when the prediction matches a reference used as a regular expression (re.search)."""
+    """1.0 when the prediction matches a reference used as a regular expression (re.search).
+
+    The reference comes from a dataset: every match has a time limit (app/core/patterns.py).
+    """
+    from app.core.patterns import compile_pattern
+
     for r in _as_refs(reference):
         try:
-            if re.search(r, prediction):
-                return 1.0
-        except re.error as exc:
-            raise ValueError(
-                f"The reference {r!r} is not a valid regular expression: {exc}"
-            ) from exc
+            rx = compile_pattern(r)
+        except ValueError as exc:
+            raise ValueError(f"The reference {exc}") from None
+        if rx.search(prediction):
+            return 1.0
     return 0.0
 
 
