@@ -233,9 +233,9 @@ for v in "$parallel" "$ctx" "$threads" "$port"; do
   case $v in ''|*[!0-9]*) die "DEMOAI_PARALLEL, DEMOAI_CTX_PER_SLOT, DEMOAI_THREADS and DEMOAI_LISTEN_PORT must be numbers";; esac
 done
 [ "$parallel" -ge 1 ] || die "DEMOAI_PARALLEL must be at least 1"
-set -- --model "$here/model/{model_file}" --alias {shlex.quote(model_name)} \
-  --host "${{DEMOAI_HOST:-0.0.0.0}}" --port "$port" --api-key-file "$key_file" \
-  --parallel "$parallel" --ctx-size $((parallel * ctx)) --cont-batching \
+set -- --model "$here/model/{model_file}" --alias {shlex.quote(model_name)} \\
+  --host "${{DEMOAI_HOST:-0.0.0.0}}" --port "$port" --api-key-file "$key_file" \\
+  --parallel "$parallel" --ctx-size $((parallel * ctx)) --cont-batching \\
   --metrics --no-slots --no-webui --cache-ram 0 --jinja
 if [ -f "$here/{TEMPLATE_FILE}" ]; then
   set -- "$@" --chat-template-file "$here/{TEMPLATE_FILE}"
@@ -263,18 +263,18 @@ def _dockerfile(
 # Build offline:  docker build --network=none -t IMAGE .
 ARG BASE_IMAGE={base_image}
 FROM ${{BASE_IMAGE}}
-ENV DEMOAI_PARALLEL={parallel} DEMOAI_CTX_PER_SLOT={ctx} DEMOAI_THREADS=0 \
+ENV DEMOAI_PARALLEL={parallel} DEMOAI_CTX_PER_SLOT={ctx} DEMOAI_THREADS=0 \\
     DEMOAI_API_KEY_FILE={KEY_FILE}
 COPY bin /opt/demoai/bin
 COPY lib /opt/demoai/lib
 COPY serve.sh /opt/demoai/serve.sh
 # llama-server was built against glibc {glibc}; the base image needs that or newer.
-RUN LD_LIBRARY_PATH=/opt/demoai/lib /opt/demoai/bin/llama-server --version \
+RUN LD_LIBRARY_PATH=/opt/demoai/lib /opt/demoai/bin/llama-server --version \\
  || {{ echo "llama-server does not run on this base image: it needs glibc {glibc} or newer and libstdc++" >&2; exit 1; }}
 COPY model /opt/demoai/model
 {copy_template}USER 65534:65534
 EXPOSE {CONTAINER_PORT}
-HEALTHCHECK --interval={HEALTH["interval"]}s --timeout={HEALTH["timeout"]}s --start-period={HEALTH["start_period"]}s --retries={HEALTH["retries"]} \
+HEALTHCHECK --interval={HEALTH["interval"]}s --timeout={HEALTH["timeout"]}s --start-period={HEALTH["start_period"]}s --retries={HEALTH["retries"]} \\
   CMD ["python3", "-c", "{_HEALTH_CMD}"]
 # The API key is read from DEMOAI_API_KEY_FILE ({KEY_FILE}); serve.sh refuses to start without one.
 CMD ["/opt/demoai/serve.sh"]
@@ -367,7 +367,7 @@ The container runs as uid 65534, so the file must be readable by it:
 
     install -m 0400 -o 65534 /dev/null /etc/demoai-{m["slug"]}.key    # as root
     openssl rand -hex 24 > /etc/demoai-{m["slug"]}.key
-    docker run -d --name {m["slug"]} -p 8080:{CONTAINER_PORT} --read-only \
+    docker run -d --name {m["slug"]} -p 8080:{CONTAINER_PORT} --read-only \\
       -v /etc/demoai-{m["slug"]}.key:{KEY_FILE}:ro {m["image"]}
     # or: DEMOAI_API_KEY_FILE=/etc/demoai-{m["slug"]}.key DEMOAI_PORT=8080 docker compose up -d
 
@@ -379,8 +379,8 @@ with `-p PORT:{CONTAINER_PORT}` (compose: `DEMOAI_PORT`).
 Test it:
 
     curl -s localhost:8080/health
-    curl -s localhost:8080/v1/chat/completions -H "Authorization: Bearer $(cat /etc/demoai-{m["slug"]}.key)" \
-      -H 'Content-Type: application/json' \
+    curl -s localhost:8080/v1/chat/completions -H "Authorization: Bearer $(cat /etc/demoai-{m["slug"]}.key)" \\
+      -H 'Content-Type: application/json' \\
       -d '{{"model": "{m["model_name"]}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
     curl -s localhost:8080/metrics -H "Authorization: Bearer $(cat /etc/demoai-{m["slug"]}.key)"
 
