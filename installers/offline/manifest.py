@@ -66,6 +66,10 @@ def main(folder: Path) -> None:
     if conv.is_file():
         extra.append(_file_component(conv, "application", "llama.cpp-convert_hf_to_gguf", "vendored",
                                      "llama.cpp's HF to GGUF converter (with conversion/ and gguf-py/)"))  # fmt: skip
+    server = folder / "share" / "llama.cpp" / "bin" / "llama-server"
+    if server.is_file():
+        extra.append(_file_component(server, "application", "llama-server", "vendored",
+                                     "llama.cpp's server, the engine of Docker bundles"))  # fmt: skip
     wheels = sorted((folder / "wheels").glob("*.whl"))
     sbom = cyclonedx_for_wheels(
         wheels, name=f"demoai-offline-installer-{meta['variant']}", version=meta["version"],
