@@ -7,7 +7,9 @@ loopback). Prints, for each: the job's wall time, the time to the first step
 steps after the first; then the ratios N-process / 1-process. The thread
 budget is the same: DEMOAI_TRAIN_THREADS is set to cores / world_size.
 
-    .venv/bin/python bench/train_ddp.py [--world-size 2] [--steps 20] [--batch 8]
+    .venv/bin/python bench/train_ddp.py [--world-size 2] [--steps 20] [--batch 8] [--repeats 1]
+
+With repeats, the runs alternate (1, N, N, 1, ...) and the medians are compared.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def main() -> None:
     ap.add_argument("--world-size", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
 
     from app.core.train.config import TrainConfig
@@ -78,19 +81,24 @@ def main() -> None:
             "device": "cpu",
             "save_every": 0,
         }
-        results = {}
-        for w in (1, args.world_size):
-            params = TrainConfig.from_dict({**base, "world_size": w}).to_dict()
-            results[w] = run_job(ws, params, max(1, cores // w))
-            r = results[w]
-            print(
-                f"world_size {w}: wall {r['wall_s']:.1f} s, first step after "
-                f"{r['first_step_s']:.1f} s, {r['tokens_per_s']:.0f} tokens/s (median)"
-            )
+        runs: dict[int, list[dict[str, float]]] = {1: [], args.world_size: []}
+        for i in range(args.repeats):
+            order = (1, args.world_size) if i % 2 == 0 else (args.world_size, 1)
+            for w in order:
+                params = TrainConfig.from_dict({**base, "world_size": w}).to_dict()
+                r = run_job(ws, params, max(1, cores // w))
+                runs[w].append(r)
+                print(
+                    f"world_size {w}: wall {r['wall_s']:.1f} s, first step after "
+                    f"{r['first_step_s']:.1f} s, {r['tokens_per_s']:.0f} tokens/s (median)"
+                )
         ws.close()
-    one, many = results[1], results[args.world_size]
+    one, many = (
+        {k: statistics.median(r[k] for r in runs[w]) for k in runs[w][0]}
+        for w in (1, args.world_size)
+    )
     print(
-        f"ratios {args.world_size}/1 on {cores} cores: tokens/s {many['tokens_per_s'] / one['tokens_per_s']:.2f}x, "
+        f"ratios {args.world_size}/1 on {cores} cores, {args.repeats} run(s) each: tokens/s {many['tokens_per_s'] / one['tokens_per_s']:.2f}x, "
         f"wall {many['wall_s'] / one['wall_s']:.2f}x, "
         f"first step {many['first_step_s'] / one['first_step_s']:.2f}x"
     )

@@ -231,9 +231,16 @@ class TrainSession:
             def forward(self, batch: dict[str, Any]) -> Any:
                 return session._loss_sum(batch)[0]
 
+        module = _LossModule()
+        # Every rank loaded the same base weights from disk: only the LoRA weights are
+        # checked and broadcast at the start (a large base model is not sent over the wire).
+        same_everywhere = [n for n, p in module.named_parameters() if not p.requires_grad]
+        same_everywhere += [n for n, _ in module.named_buffers()]
+        ignore = DistributedDataParallel._set_params_and_buffers_to_ignore_for_model
+        ignore(module, same_everywhere)  # type: ignore[no-untyped-call]
         cuda = self.device == "cuda"
         self._ddp = DistributedDataParallel(
-            _LossModule(),
+            module,
             device_ids=[torch.cuda.current_device()] if cuda else None,
             broadcast_buffers=False,
         )
