@@ -194,5 +194,5 @@ def read_requests(root_url: str, key: str) -> list[dict[str, Any]]:
     if not isinstance(rows, list):
         return []
     keep = ("time", "path", "model", "status", "prompt_tokens", "completion_tokens",
-            "latency_ms", "ttft_ms", "error")  # fmt: skip
+            "latency_ms", "queue_ms", "ttft_ms", "error")  # fmt: skip
     return [{k: r.get(k) for k in keep} for r in rows if isinstance(r, dict)][:200]

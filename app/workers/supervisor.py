@@ -4,7 +4,9 @@ One GPU job runs at a time (checked in the database, so it holds across the
 app and the CLI); CPU jobs run beside it up to ``max_cpu_jobs``. Cancel is
 cooperative first (a flag file the job polls), then terminate, then kill; all
 three work on Windows too. Call :meth:`Supervisor.pump` periodically (the UI
-does from a timer, the CLI while it waits): it never blocks.
+does from a timer thread, the CLI while it waits): it never blocks. Its methods
+are safe to call from several threads (one lock: the window pumps on a thread of
+its own while a pane cancels from the UI thread).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import IO
@@ -64,10 +67,15 @@ class Supervisor:
         self.terminate_grace_s = terminate_grace_s
         self._children: dict[str, _Child] = {}
         self._cancel_at: dict[str, float] = {}
+        self._lock = threading.RLock()
 
     # -- starting ---------------------------------------------------------------
     def start(self, job_id: str, *, detach: bool = False) -> bool:
         """Claim a queued job and start its process now; False if it cannot start now."""
+        with self._lock:
+            return self._start(job_id, detach=detach)
+
+    def _start(self, job_id: str, *, detach: bool) -> bool:
         if not self.jobs.claim(job_id):
             return False
         job = self.jobs.get(job_id)
@@ -184,22 +192,25 @@ class Supervisor:
 
     def pump(self) -> list[str]:
         """Reap finished children, escalate cancels, start queued jobs. Returns changed job ids."""
-        changed = self._reap()
-        self._escalate_cancels()
-        changed += self._start_queued()
-        return changed
+        with self._lock:
+            changed = self._reap()
+            self._escalate_cancels()
+            changed += self._start_queued()
+            return changed
 
     # -- control --------------------------------------------------------------------
     def cancel(self, job_id: str) -> Job:
         """Ask a job to stop (escalating later in :meth:`pump`)."""
         job = self.jobs.request_cancel(job_id)
         if job.state == JobState.CANCELLING:
-            self._cancel_at.setdefault(job.id, time.monotonic())
+            with self._lock:
+                self._cancel_at.setdefault(job.id, time.monotonic())
         return job
 
     def running(self) -> list[str]:
         """Ids of jobs whose process this supervisor started and that still run."""
-        return [j for j, c in self._children.items() if c.popen.poll() is None]
+        with self._lock:
+            return [j for j, c in self._children.items() if c.popen.poll() is None]
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.1) -> Job:
         """Pump until ``job_id`` reaches a final state (for the CLI and tests)."""

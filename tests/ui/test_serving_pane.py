@@ -48,6 +48,13 @@ def test_requests_to_the_host_appear_in_the_charts_and_the_table(
     assert took <= 2.0
     model_col = [pane.table.item(r, 1).text() for r in range(pane.table.rowCount())]
     assert lease.model in model_col
+    # each generation says how long it queued for its model (here alone: nobody ahead)
+    queued = [
+        float(pane.table.item(r, 7).text())
+        for r in range(pane.table.rowCount())
+        if pane.table.item(r, 2).text() == "/v1/completions"
+    ]
+    assert len(queued) == 2 and all(q >= 0 for q in queued)
     assert "requests in all" in pane.summary.text() and "loaded: " in pane.summary.text()
     # the charts hold the points: requests per second went above zero
     xs, ys = pane.curves["requests_per_s"].getData()

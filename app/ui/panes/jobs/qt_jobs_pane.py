@@ -240,6 +240,7 @@ class JobsPane(QWidget):
 
     def start_verify(self) -> None:
         job = self.services.jobs.submit("workspace.verify", {})
+        self._jobs_changed([job])  # listed at once, queued; the hub's round brings its state
         self.services.hub.tick()
         self.select_job(job.id)
 

@@ -60,7 +60,7 @@ CHARTS = (
                                ("waiting", "waiting for a model", 1.0))),
 )  # fmt: skip
 COLUMNS = ("Time", "Model", "Route", "Status", "Prompt tokens", "Completion tokens",
-           "Latency (ms)", "First token (ms)")  # fmt: skip
+           "Latency (ms)", "Queued (ms)", "First token (ms)")  # fmt: skip
 APP_HOST = "app"
 
 
@@ -320,7 +320,7 @@ class ServingPane(QWidget):
         for i, r in enumerate(rows):
             values = (r.get("time"), r.get("model"), r.get("path"), r.get("status"),
                       r.get("prompt_tokens"), r.get("completion_tokens"), r.get("latency_ms"),
-                      r.get("ttft_ms"))  # fmt: skip
+                      r.get("queue_ms"), r.get("ttft_ms"))  # fmt: skip
             if isinstance(values[0], str) and "T" in values[0]:  # the time of day is enough
                 values = (values[0].split("T", 1)[1][:8], *values[1:])
             for j, v in enumerate(values):
