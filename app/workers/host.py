@@ -478,6 +478,8 @@ class HostConfig:
     pool: WeightsPool = field(default_factory=WeightsPool)
     #: Engine options (threads, context) of models added at run time.
     default_options: Any = None
+    #: Stop when this process ends (``--parent-pid``); None: run until signalled.
+    parent_pid: int | None = None
 
     def __post_init__(self) -> None:
         for slot in self.models.values():  # models named twice share one copy
@@ -2013,6 +2015,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="unload least recently used unleased models before a load would pass this",
     )  # fmt: skip
     p.add_argument(
+        "--parent-pid", type=int, default=None, metavar="PID",
+        help="stop when process PID ends (the app or job that started this host), so a "
+        "killed parent never leaves a model host holding memory",
+    )  # fmt: skip
+    p.add_argument(
         "--idle-unload", type=float, default=None, metavar="S",
         help="unload unleased models not asked for in S seconds (default: never)",
     )  # fmt: skip
@@ -2132,6 +2139,7 @@ def config_from_args(
         accept_models=accept,
         pool=WeightsPool(budget_mb * 2**20 if budget_mb else None, idle),
         default_options=EngineOptions(threads=args.threads, n_ctx=args.n_ctx),
+        parent_pid=getattr(args, "parent_pid", None),
     )
 
 
@@ -2164,6 +2172,10 @@ def serve(
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
+    if config.parent_pid is not None:
+        threading.Thread(
+            target=_watch_parent, args=(config.parent_pid, stopping, stop), daemon=True
+        ).start()
     if config.ready_file is not None:
         write_ready_file(
             config.ready_file, {"port": server.port, "pid": os.getpid(), "host": config.host}
@@ -2178,6 +2190,30 @@ def serve(
         server.server_close()
         server.close_models()
     return 0
+
+
+def _watch_parent(pid: int, stopping: threading.Event, stop: Callable[[int, Any], None]) -> None:
+    """Stop the server once process ``pid`` has ended (checked every half second).
+
+    A parent killed with SIGKILL (a cancelled job escalated, the app crashing) cannot
+    stop its host; without this the host would hold the model's memory until reboot.
+    The parent's start time guards against its pid being reused.
+    """
+    import psutil
+
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error:
+        started = None
+    while not stopping.wait(0.5):
+        try:
+            alive = started is not None and psutil.Process(pid).create_time() == started
+        except psutil.Error:
+            alive = False
+        if not alive:
+            print(f"demoai host: the process that started it ({pid}) ended; stopping.", flush=True)
+            stop(signal.SIGTERM, None)
+            return
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -125,6 +125,7 @@ class HostProcess:
         ready.unlink(missing_ok=True)
         cmd = [self.python, "-m", "app.workers.host", "--host", self.host, "--port", str(port)]
         cmd += ["--ready-file", str(ready), "--threads", str(self.threads)]
+        cmd += ["--parent-pid", str(os.getpid())]  # a killed parent leaves no host behind
         for name, (path, fmt) in self._models.items():
             cmd += ["--model", f"{name}={os.fspath(path)}" + (f":{fmt}" if fmt else "")]
         if self._template:
