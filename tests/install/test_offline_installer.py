@@ -138,7 +138,8 @@ def test_offline_installer_end_to_end(
         tf.extractall(tmp_path / "x", filter="data")
     (src,) = (tmp_path / "x").iterdir()
     for part in ("install.sh", "SHA256SUMS", "sbom.cdx.json", "docker/demoai-base-image.tar",
-                 "share/llama.cpp/convert_hf_to_gguf.py", "share/demoai.desktop"):  # fmt: skip
+                 "share/llama.cpp/convert_hf_to_gguf.py", "share/demoai.desktop",
+                 "share/llama.cpp/bin/llama-server"):  # fmt: skip
         assert (src / part).is_file(), part
     wheels = {w.name.split("-")[0].lower() for w in (src / "wheels").glob("*.whl")}
     assert {"demoai", "llama_cpp_python", "torch", "pyside6_essentials", "pip"} <= wheels
