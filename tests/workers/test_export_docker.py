@@ -118,7 +118,8 @@ def test_an_hf_model_is_exported_to_a_verified_gguf_first(
 
 def _check_kubernetes(folder: Path) -> None:
     """The manifests are valid Kubernetes objects, and say what compose.yaml says: the same
-    image, port, key variable (from the Secret), memory and health check."""
+    image, port, key file (the compose secret / the mounted Secret), server settings, memory
+    and health check."""
     import kubernetes_validate
     import yaml
 
