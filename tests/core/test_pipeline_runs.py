@@ -86,6 +86,12 @@ def test_spec_round_trips_through_yaml_and_json() -> None:
         (lambda s: s["steps"].append({"id": "x", "kind": "deploy"}), "steps[3].kind"),
         (lambda s: s.update(extra=1), "unknown keys ['extra']"),
         (lambda s: s["inputs"].update(data={"dataset": "echo", "policy": "pinned"}), "version"),
+        (
+            lambda s: s["inputs"].update(
+                data={"dataset": "e", "policy": "latest", "version": "ab12"}
+            ),
+            "only for policy 'pinned'",
+        ),
         (lambda s: s.update(trigger={"dataset": "base"}), "not a dataset input"),
         (lambda s: s.update(name="../../etc"), "name"),
         (lambda s: s.update(format=99), "format 99"),

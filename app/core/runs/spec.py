@@ -205,6 +205,8 @@ class PipelineSpec:
                 version = spec.get("version")
                 if policy == "pinned" and not version:
                     raise _err(where, "policy 'pinned' needs a version")
+                if policy == "latest" and version:
+                    raise _err(where, "a version is only for policy 'pinned'")
                 if version is not None and not re.fullmatch(r"[0-9a-fA-F]{4,64}", str(version)):
                     raise _err(f"{where}.version", f"expected a version hash, got {version!r}")
                 inputs[key] = DatasetInput(
