@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -226,16 +227,21 @@ def test_unload_and_reload(host: HostProcess, client: openai.OpenAI) -> None:
 
 
 def test_request_log(host: HostProcess, client: openai.OpenAI) -> None:
-    client.completions.create(model="gemma", prompt="Hello", max_tokens=3, seed=2)
+    reply = client.completions.create(model="gemma", prompt="Hello", max_tokens=3, seed=2)
     assert host.request_log is not None
-    lines = [json.loads(line) for line in host.request_log.read_text().splitlines()]
-    ok = [
-        r
-        for r in lines
-        if r["model"] == "gemma" and r["status"] == 200 and r["path"] == "/v1/completions"
-    ]
-    assert ok and ok[-1]["completion_tokens"] == 3 and ok[-1]["prompt_tokens"] > 0
-    assert {"time", "latency_ms"} <= ok[-1].keys()
+    # the record is written just after the reply is sent: wait for it (by the reply's id)
+    deadline = time.monotonic() + 30
+    while True:
+        lines = [json.loads(line) for line in host.request_log.read_text().splitlines()]
+        mine = [r for r in lines if r.get("id") == reply.id]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(mine) == 1, "the answered request was not logged"
+    rec = mine[0]
+    assert rec["model"] == "gemma" and rec["status"] == 200 and rec["path"] == "/v1/completions"
+    assert rec["completion_tokens"] == 3 and rec["prompt_tokens"] > 0
+    assert {"time", "latency_ms", "queue_ms"} <= rec.keys()
     assert any(r["status"] == 401 for r in lines)
     assert any(r.get("error") == "context_length_exceeded" for r in lines)
 
