@@ -25,6 +25,9 @@ PLOTS = (
 #: Metrics drawn as markers only (no line), with their symbol: e.g. the eval loss of each
 #: checkpoint from an ``eval.checkpoints`` job, shown beside the run's own curves.
 POINT_SERIES = {"ckpt_eval_loss": "star"}
+#: Per-rank figures of a run with several training processes (``tokens_per_s.rank1``, ...)
+#: are drawn as dotted lines in the plot of the quantity before the dot.
+PER_RANK = ("tokens_per_s", "cpu_mem_mb", "gpu_mem_mb")
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
 
@@ -95,13 +98,23 @@ class CurvesWidget(QWidget):
     def add_events(self, job_id: str, events: list[dict[str, Any]]) -> None:
         touched: set[tuple[str, str]] = set()
         for ev in events:
-            if ev.get("type") != "metric" or ev.get("name") not in self._metric_plot:
+            if ev.get("type") != "metric" or not self._known(str(ev.get("name"))):
                 continue
             key = (job_id, str(ev["name"]))
             self.points.setdefault(key, {})[int(ev["step"])] = float(ev["value"])
             touched.add(key)
         for key in touched:
             self._redraw(key)
+
+    def _known(self, name: str) -> bool:
+        """Whether ``name`` has a plot; a per-rank name is given its quantity's plot."""
+        if name in self._metric_plot:
+            return True
+        base, _, rank = name.partition(".")
+        if base in PER_RANK and rank.startswith("rank") and rank[4:].isdigit():
+            self._metric_plot[name] = self._metric_plot[base]
+            return True
+        return False
 
     def _redraw(self, key: tuple[str, str]) -> None:
         if key[0] not in self._labels:
@@ -125,10 +138,12 @@ class CurvesWidget(QWidget):
             self.lines[key] = line
         elif line is None:
             dash = key[1] in ("eval_loss", "gpu_mem_mb")
+            style = pg.QtCore.Qt.PenStyle
+            per_rank = "." in key[1]
             pen = pg.mkPen(
                 self._run_color[key[0]],
-                width=2,
-                style=(pg.QtCore.Qt.PenStyle.DashLine if dash else pg.QtCore.Qt.PenStyle.SolidLine),
+                width=1 if per_rank else 2,
+                style=(style.DotLine if per_rank else style.DashLine if dash else style.SolidLine),
             )
             label = f"{self._labels[key[0]]} {key[1]}"
             line = self.plots[self._metric_plot[key[1]]].plot(
