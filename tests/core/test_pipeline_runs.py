@@ -229,6 +229,22 @@ def test_a_failing_gate_stops_before_export(flow: Any) -> None:
     assert "FAIL" in out.gate["text"]
 
 
+def test_a_removed_output_is_computed_again_and_what_follows_is_reused(flow: Any) -> None:
+    from app.core.models.registry import ModelRegistry
+
+    ws = flow["ws"]
+    before_run = flow["runner"].run("echo-core")
+    trained = before_run.run.snapshot["steps"]["train"]["output"]
+    ModelRegistry(ws).remove(trained["model_id"], force=True)
+    before = {j.id for j in _jobs(ws)}
+    out = flow["runner"].run("echo-core")
+    assert [j.kind for j in _jobs(ws) if j.id not in before] == ["train.lora"]
+    assert [s.state for s in out.run.steps] == ["reused", "succeeded", "reused"]
+    again = out.run.snapshot["steps"]["train"]["output"]
+    # The same weights again, so the eval (keyed by their hash) is still valid.
+    assert again["model_id"] != trained["model_id"] and again["hash"] == trained["hash"]
+
+
 def test_a_new_dataset_version_makes_the_trigger_due(flow: Any) -> None:
     ws = flow["ws"]
     flow["runner"].run("echo-core")
