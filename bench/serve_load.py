@@ -122,6 +122,7 @@ def level(base_url: str, key: str, model: str, clients: int, n: int,
         "ttft_p50": pct(ttft, 0.5),
         "ttft_p99": pct(ttft, 0.99),
         "errors": len(results) - len(ok),
+        "error_kinds": sorted({str(r["error"]) for r in results if r["error"] is not None}),
         "in_order": firsts == sorted(firsts),
         "health_max": max(health) if health else float("nan"),
     }
@@ -138,6 +139,7 @@ def run_levels(name: str, base_url: str, key: str, model: str, levels: list[int]
             f"{r['clients']:>7}  {r['tok_s']:5.1f}  {r['tok_s'] / one:8.2f}x  "
             f"{r['ttft_p50'] * 1000:6.0f} ms  {r['ttft_p99'] * 1000:6.0f} ms  {r['errors']:>6}  "
             f"{'yes' if r['in_order'] else 'NO':>13}  {r['health_max'] * 1000:8.0f} ms"
+            + (f"  ({', '.join(r['error_kinds'])})" if r["error_kinds"] else "")
         )
 
 
