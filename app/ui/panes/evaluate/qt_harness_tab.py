@@ -323,7 +323,7 @@ class HarnessTab(QWidget):
         harness = (run.summary or {}).get("harness") or {}
         res = harness.get("results") or {}
         parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                 for k, v in sorted(res.items()) if k != "alias"]  # fmt: skip
+                 for k, v in sorted(res.items()) if "," in k]  # fmt: skip
         if parts:
             self.results.setText(
                 f"lm-eval {harness.get('version', '')} reports: " + " · ".join(parts)
