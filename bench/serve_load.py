@@ -130,6 +130,7 @@ def level(base_url: str, key: str, model: str, clients: int, n: int,
 
 def run_levels(name: str, base_url: str, key: str, model: str, levels: list[int], n: int,
                max_tokens: int) -> None:  # fmt: skip
+    level(base_url, key, model, 1, 1, max_tokens)  # warm-up (page cache, graphs): discarded
     rows = [level(base_url, key, model, c, n, max_tokens) for c in levels]
     one = rows[0]["tok_s"]
     print(f"\n{name}")

@@ -225,6 +225,8 @@ die() {{ echo "serve.sh: $*" >&2; exit 64; }}
 [ -r "$key_file" ] || die "cannot read the API key file $key_file (mount the key there, see README.md)"
 # llama-server serves WITHOUT authentication when the file holds no key: refuse that.
 grep -v '^#' "$key_file" | grep -q '[^[:space:]]' || die "the API key file $key_file is empty"
+# --threads-http below: streaming clients beyond the slots each hold an HTTP thread, and /health must
+# still answer (the health check and the Kubernetes probes) when they do.
 parallel=${{DEMOAI_PARALLEL:-{parallel}}}
 ctx=${{DEMOAI_CTX_PER_SLOT:-{ctx_per_slot}}}
 threads=${{DEMOAI_THREADS:-0}}
@@ -236,6 +238,7 @@ done
 set -- --model "$here/model/{model_file}" --alias {shlex.quote(model_name)} \\
   --host "${{DEMOAI_HOST:-0.0.0.0}}" --port "$port" --api-key-file "$key_file" \\
   --parallel "$parallel" --ctx-size $((parallel * ctx)) --cont-batching \\
+  --threads-http $((parallel * 2 + 16)) \\
   --metrics --no-slots --no-webui --cache-ram 0 --jinja
 if [ -f "$here/{TEMPLATE_FILE}" ]; then
   set -- "$@" --chat-template-file "$here/{TEMPLATE_FILE}"
