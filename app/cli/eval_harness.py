@@ -41,6 +41,12 @@ def register(esub: Any) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--bootstrap", type=int)
     p.add_argument("--name")
+    p.add_argument(
+        "--trust-task-code",
+        action="store_true",
+        help="run a task FILE's code (lm-eval renders its templates unsandboxed and imports "
+        "its !function helpers); needed for task files, not for lm-eval's own task names",
+    )
     p.add_argument("--json", action="store_true")
     add_job_options(p)
     p.set_defaults(func=cmd_harness)
@@ -53,6 +59,7 @@ def _config(args: argparse.Namespace) -> Any:
         "models": [args.model],
         "task": args.task,
         "datasets": parse_dataset_options(args.datasets),
+        "trust_task_code": bool(getattr(args, "trust_task_code", False)),
     }
     for key in ("limit", "num_fewshot", "n_ctx", "threads", "bootstrap", "name"):
         val = getattr(args, key, None)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.core.eval.harness import HarnessConfig, check_files
+from app.core.eval.harness import HarnessConfig, check_code, check_files
 from app.workers.host_client import HostProcess
 
 if TYPE_CHECKING:
@@ -133,6 +133,7 @@ def _task_config(ctx: JobContext, cfg: HarnessConfig) -> dict[str, Any]:
     """The task's YAML as the harness loads it, reading the pinned data."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
+    check_code(cfg.code_files)  # the task's code is what the user approved
     tc: dict[str, Any] = load_yaml(cfg.task_yaml, resolve_func=True)
     data = cfg.data
     files: dict[str, list[str]]

@@ -157,7 +157,8 @@ def mc_run(setup: dict[str, Any]) -> dict[str, Any]:
     """`demoai eval harness` on the multiple-choice task with the tiny Llama, uninterrupted."""
     return run_json(
         setup["ws"], "eval", "harness", "--model", setup["tiny"],
-        "--task", str(setup["tasks"] / "mc.yaml"), "--threads", "2", "--n-ctx", "512",
+        "--task", str(setup["tasks"] / "mc.yaml"), "--trust-task-code", "--threads", "2",
+        "--n-ctx", "512",
     )  # fmt: skip
 
 
@@ -210,7 +211,7 @@ def test_dataset_option_reads_a_library_version_instead_of_the_files(
     ws, tiny = setup["ws"], setup["tiny"]
     h = run_json(
         ws, "eval", "harness", "--model", tiny, "--task", str(setup["tasks"] / "mc.yaml"),
-        "--dataset", setup["mc"], "--limit", "4", "--threads", "2", "--n-ctx", "512",
+        "--trust-task-code", "--dataset", setup["mc"], "--limit", "4", "--threads", "2", "--n-ctx", "512",
     )  # fmt: skip
     theirs = samples(ws, h["run_id"])
     first = {s.idx: s for s in samples(ws, mc_run["run_id"])}
@@ -234,7 +235,7 @@ def test_generation_task_from_the_library_equals_eval_run(setup: dict[str, Any])
     ws, gemma = setup["ws"], setup["gemma"]
     h = run_json(
         ws, "eval", "harness", "--model", gemma, "--task", str(setup["tasks"] / "gen.yaml"),
-        "--threads", "2", "--n-ctx", "512",
+        "--trust-task-code", "--threads", "2", "--n-ctx", "512",
     )  # fmt: skip
     d = run_json(
         ws, "eval", "run", "--model", gemma, "--dataset", setup["gen"], "--input", "question",
@@ -283,9 +284,12 @@ def test_missing_data_names_the_dataset_to_import_and_starts_no_job(
         'demoai data import allenai_ai2_arc_ARC-Easy_test.jsonl --name "allenai/ai2_arc/ARC-Easy:test"'
         in r.stderr
     )
-    r = demoai(
-        wsdir, "eval", "harness", "--model", model, "--task", str(setup["tasks"] / "missing.yaml")
-    )
+    missing = str(setup["tasks"] / "missing.yaml")
+    # a task file is code: without the user's yes, nothing starts
+    r = demoai(wsdir, "eval", "harness", "--model", model, "--task", missing)
+    assert r.returncode == 2 and "runs code in the job" in r.stderr, r.stderr
+    assert "--trust-task-code" in r.stderr
+    r = demoai(wsdir, "eval", "harness", "--model", model, "--task", missing, "--trust-task-code")
     assert r.returncode == 2, r.stderr
     assert '--name "nobody/absent-bench/main:test"' in r.stderr
     r = demoai(wsdir, "eval", "harness", "--model", model, "--task", "mmlu")
@@ -383,7 +387,13 @@ def test_cancelled_run_resumes_without_resending_answered_requests(
     try:
         model = ModelRegistry(ws).import_path(tiny_llama_dir, copy=False).id
         cfg = HarnessConfig.from_dict(
-            {"models": [model], "task": str(task), "threads": 2, "n_ctx": 512}
+            {
+                "models": [model],
+                "task": str(task),
+                "threads": 2,
+                "n_ctx": 512,
+                "trust_task_code": True,
+            }
         )
         job = submit_harness(ws, cfg)
         sup, jobs = Supervisor(ws), JobService(ws)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PySide6.QtWidgets import QMessageBox
 
 from app.core.jobs.store import JobState
 from app.core.models.registry import ModelRegistry
@@ -49,7 +50,14 @@ def pane(qtbot: Any, main_window: Any) -> Any:
 
 @needs(importlib.util.find_spec("lm_eval") is not None, "lm-eval is not installed")
 def test_harness_tab(
-    qtbot: Any, main_window: Any, pane: Any, ui_watchdog: Any, tiny_llama_dir: Path, tmp_path: Path
+    qtbot: Any,
+    main_window: Any,
+    pane: Any,
+    ui_watchdog: Any,
+    tiny_llama_dir: Path,
+    tmp_path: Path,
+    no_modal_dialogs: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     services = main_window.services
     ws = services.workspace
@@ -75,9 +83,20 @@ def test_harness_tab(
     assert [j.id for j in services.jobs.list_jobs()] == before
     assert tab.run_btn.isEnabled()
 
-    # A local task runs from the tab; the run's aggregates and the harness's results show.
+    # A task file is code (lm-eval renders its templates unsandboxed, imports its helpers):
+    # the tab asks, naming the file; a No starts nothing.
     tab.task.setText(str(tmp_path / "mc.yaml"))
     tab.name.setText("tab run")
+    with ui_watchdog.watch():
+        tab.run_btn.click()
+        qtbot.waitUntil(lambda: tab.error.isVisible(), timeout=30_000)
+    assert any("mc.yaml" in seen for seen in no_modal_dialogs)
+    assert "runs code in the job" in tab.error.text()
+    assert [j.id for j in services.jobs.list_jobs()] == before
+    # A yes runs it; the run's aggregates and the harness's results show.
+    monkeypatch.setattr(
+        QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.StandardButton.Yes)
+    )
     with ui_watchdog.watch():
         tab.run_btn.click()
         qtbot.waitUntil(lambda: tab.job_id is not None, timeout=30_000)
@@ -97,7 +116,7 @@ def test_harness_tab(
     # The Evaluate tab shows the same run (its metric names are known there too).
     pane.eval_tab.refresh_runs(select=job_id)
 
-    # A second run, cancelled from the tab.
+    # A second run (the yes is asked again: it was for one start), cancelled from the tab.
     with ui_watchdog.watch():
         tab.run_btn.click()
         qtbot.waitUntil(lambda: tab.job_id is not None, timeout=30_000)

@@ -88,7 +88,11 @@ class HarnessConfig:
     bootstrap: int = 1000
     seed: int = 0
     name: str = ""
+    #: The user's explicit approval to run a task file's code (see :func:`task_code_files`).
+    trust_task_code: bool = False
     # Set on submission (pinned; the job reads only these):
+    #: A task file's code, pinned by content hash (path -> sha256); checked again in the job.
+    code_files: dict[str, str] = field(default_factory=dict)
     task_name: str = ""
     task_yaml: str = ""
     output_type: str = ""
@@ -190,6 +194,72 @@ def load_task_yaml(path: Path, _depth: int = 0) -> dict[str, Any]:
     merged.pop("task_list", None)
     merged.update(cfg)
     return merged
+
+
+class TaskCodeNotTrustedError(ConfigError):
+    """A task file (untrusted: shared, downloaded) would run code; the user has not said yes."""
+
+
+#: Files of a task folder pinned as its code at most (a task is a handful).
+MAX_CODE_FILES = 200
+
+
+def _yaml_files(path: Path, _depth: int = 0) -> list[Path]:
+    """The task YAML and every file it includes (recursively), as the loader reads them."""
+    import yaml
+
+    out = [path.resolve()]
+    if _depth > _MAX_INCLUDES:
+        return out
+    try:
+        cfg = yaml.load(path.read_bytes()[:MAX_YAML_BYTES], Loader=_loader(path.parent))
+    except (OSError, yaml.YAMLError):
+        return out
+    includes = cfg.get("include") if isinstance(cfg, dict) else None
+    for inc in includes if isinstance(includes, list) else ([includes] if includes else []):
+        p = Path(str(inc))
+        out += _yaml_files(p if p.is_absolute() else path.parent / p, _depth + 1)
+    return out
+
+
+def task_code_files(yaml_path: Path) -> dict[str, str]:
+    """The files through which a task file runs code in the job, by content hash.
+
+    lm-eval renders a task's templates with plain (unsandboxed) Jinja and imports its
+    ``!function`` helpers (Python files next to the YAML): a task file is code. Pinned
+    here are the YAML, its includes and every ``*.py`` in their folders.
+    """
+    files: dict[str, str] = {}
+    for y in _yaml_files(yaml_path):
+        if not y.is_file():
+            continue
+        files[str(y)] = _sha256(y)
+        for py in sorted(y.parent.glob("*.py")):
+            if py.is_file():
+                files[str(py.resolve())] = _sha256(py)
+        if len(files) > MAX_CODE_FILES:
+            raise ConfigError(
+                f"The task folder {y.parent} holds more than {MAX_CODE_FILES} code files.",
+                "Put the task's YAML and its helpers in a folder of their own.",
+            )
+    return files
+
+
+def is_packaged_task(yaml_path: Path) -> bool:
+    """A task of the installed (pinned) lm-eval, not a file someone gave us."""
+    root = lm_eval_tasks_dir()
+    return root is not None and yaml_path.resolve().is_relative_to(root.resolve())
+
+
+def check_code(code_files: Mapping[str, str]) -> None:
+    """In the job: the task's code is still what the user approved at submission."""
+    for path, digest in code_files.items():
+        p = Path(path)
+        if not p.is_file() or _sha256(p) != digest:
+            raise ConfigError(
+                f"The task's file {p} changed or went away after the run was approved.",
+                "Look at the change, then start a new run.",
+            )
 
 
 def lm_eval_tasks_dir() -> Path | None:
@@ -409,6 +479,19 @@ def prepare_harness(ws: Workspace, cfg: HarnessConfig) -> HarnessConfig:
         yaml_path = task_path.resolve()
     else:
         yaml_path = find_task(cfg.task)
+    code_files: dict[str, str] = {}
+    if not is_packaged_task(yaml_path):
+        code_files = task_code_files(yaml_path)
+        if not cfg.trust_task_code:
+            helpers = sum(1 for f in code_files if f.endswith(".py"))
+            raise TaskCodeNotTrustedError(
+                f"The task file {yaml_path} runs code in the job: lm-eval renders its "
+                "templates without a sandbox and imports its !function helpers"
+                + (f" ({helpers} Python file(s) in its folder)" if helpers else "")
+                + ". Run it only if you trust where it came from.",
+                "Read the task's files, then pass --trust-task-code (or say yes in the "
+                "Harness tab). Tasks of the installed lm-eval, by name, need no approval.",
+            )
     tc = load_task_yaml(yaml_path)
     name = tc.get("task")
     if not isinstance(name, str) or not name:
@@ -441,6 +524,7 @@ def prepare_harness(ws: Workspace, cfg: HarnessConfig) -> HarnessConfig:
         dataset=ref,
         metrics=metrics,
         num_fewshot=shots,
+        code_files=code_files,
     )
     return HarnessConfig.from_dict(pinned)
 

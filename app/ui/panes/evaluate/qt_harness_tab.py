@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -29,7 +30,7 @@ from PySide6.QtWidgets import (
 
 from app.core.data.store import DatasetStore
 from app.core.errors import DemoAIError
-from app.core.eval.harness import KIND, HarnessConfig, submit_harness
+from app.core.eval.harness import KIND, HarnessConfig, TaskCodeNotTrustedError, submit_harness
 from app.core.eval.runner import EvalStore
 from app.core.jobs.store import Job, JobState
 from app.core.models.registry import ModelRegistry
@@ -55,6 +56,8 @@ class HarnessTab(QWidget):
         self.datasets = DatasetStore(self.ws)
         self.store = EvalStore(self.ws)
         self.job_id: str | None = None
+        #: The task file the user said yes to running code from (asked once per start).
+        self._trusted_task: str | None = None
         self._states: dict[str, str] = {}
 
         self.model = QComboBox()
@@ -176,7 +179,9 @@ class HarnessTab(QWidget):
         model = self.model.currentData()
         if model is None:
             raise DemoAIError("Choose a model (import one in Models).")
-        data: dict[str, Any] = {"models": [model], "task": self.task.text().strip()}
+        task = self.task.text().strip()
+        data: dict[str, Any] = {"models": [model], "task": task}
+        data["trust_task_code"] = bool(task) and task == self._trusted_task
         if self.dataset.currentData() is not None:
             data["datasets"] = {"": str(self.dataset.currentData())}
         if self.limit.value():
@@ -199,6 +204,7 @@ class HarnessTab(QWidget):
         self.status.setText("Checking the task and its data…")
 
         def done(job: Job) -> None:
+            self._trusted_task = None  # a yes is for one start
             self.job_id = job.id
             self.progress.setValue(0)
             self.status.setText("Queued. Progress also shows in Jobs.")
@@ -209,6 +215,9 @@ class HarnessTab(QWidget):
         def failed(exc: BaseException) -> None:
             self._set_running(False)
             self.status.setText("")
+            if isinstance(exc, TaskCodeNotTrustedError) and self._ask_trust(cfg.task, exc):
+                self.start_run()  # again, with the user's yes for this file
+                return
             if isinstance(exc, DemoAIError):
                 self._show_error(exc.message + (f"\n{exc.hint}" if exc.hint else ""))
             else:
@@ -218,6 +227,20 @@ class HarnessTab(QWidget):
             self, "Run harness task", lambda _p: submit_harness(ws, cfg), done=done,
             failed=failed,
         )  # fmt: skip
+
+    def _ask_trust(self, task: str, exc: DemoAIError) -> bool:
+        """Ask whether to run this task file's code; True when the user says yes."""
+        answer = QMessageBox.question(
+            self,
+            "Run the task's code?",
+            f"{exc.message}\n\nRun the task {task}?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            return False
+        self._trusted_task = task
+        return True
 
     def cancel_run(self) -> None:
         if self.job_id is None:
