@@ -49,6 +49,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="compute every step again (with --snapshot: check the results are identical)",
     )
+    r.add_argument(
+        "--trust-task-code",
+        action="store_true",
+        help="run the code of harness steps' task FILES (lm-eval renders their templates "
+        "unsandboxed and imports their helpers); not needed for lm-eval's own task names",
+    )
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
 
@@ -76,6 +82,12 @@ def register(sub: Any) -> None:
     w = psub.add_parser("watch", help="run pipelines whose trigger dataset has a new version")
     w.add_argument("--once", action="store_true", help="check once, run what is due, and exit")
     w.add_argument("--interval", type=float, default=60.0, metavar="S")
+    w.add_argument(
+        "--trust-task-code",
+        action="store_true",
+        help="run the code of harness steps' task FILES (lm-eval renders their templates "
+        "unsandboxed and imports their helpers); not needed for lm-eval's own task names",
+    )
     w.set_defaults(func=cmd_watch)
 
 
@@ -149,7 +161,7 @@ def _print_outcome(outcome: Any) -> None:
     for s in run.steps:
         job = f" job {s.job_id}" if s.job_id else ""
         print(f"  {s.step_id:<12} {s.kind:<7} {s.state:<11}{job}")
-        if s.kind == "eval" and s.output:
+        if s.kind in ("eval", "harness") and s.output:
             for metric, a in (s.output.get("metrics") or {}).items():
                 base = (s.output.get("baseline_metrics") or {}).get(metric) or {}
                 bv = f"  baseline {_fmt(base.get('value'))}" if base else ""
@@ -177,7 +189,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.pipeline and not args.snapshot:
         raise ConfigError("Name a pipeline, or give --snapshot RUN.")
     ws = open_workspace(args)
-    runner = PipelineRunner(ws, _waiter(ws), _say)
+    runner = PipelineRunner(
+        ws, _waiter(ws), _say, trust_task_code=bool(getattr(args, "trust_task_code", False))
+    )
     outcome = runner.run(args.pipeline or "", snapshot_of=args.snapshot, reuse=not args.no_reuse)
     if args.json:
         print_json(
@@ -295,7 +309,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from app.core.runs.engine import PipelineRunner, due_triggers
 
     ws = open_workspace(args)
-    runner = PipelineRunner(ws, _waiter(ws), _say)
+    runner = PipelineRunner(
+        ws, _waiter(ws), _say, trust_task_code=bool(getattr(args, "trust_task_code", False))
+    )
     worst = 0
     while True:
         due = due_triggers(ws)

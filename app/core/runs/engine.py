@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.core.errors import ConfigError, DemoAIError, NotFoundError
 from app.core.jobs.store import ACTIVE_STATES, Job, JobService, JobState
-from app.core.runs.spec import DatasetInput, PipelineSpec, StepSpec
+from app.core.runs.spec import EVAL_KINDS, DatasetInput, PipelineSpec, StepSpec
 from app.core.runs.store import PipelineRecord, PipelineStore, RunRecord
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ JOB_KINDS = {
     "recipe": "data.apply",
     "train": "train.lora",
     "eval": "eval.run",
+    "harness": "eval.harness",
     "export": "export.gguf",
 }
 #: TrainConfig fields that name where things are, not what is trained: not in the key.
@@ -128,8 +129,13 @@ def package_pins() -> dict[str, Any]:
 
 # -- the run --------------------------------------------------------------------------------
 class PipelineRunner:
-    def __init__(self, ws: Workspace, wait: Wait, say: Say | None = None) -> None:
+    def __init__(
+        self, ws: Workspace, wait: Wait, say: Say | None = None, *, trust_task_code: bool = False
+    ) -> None:
         self.ws = ws
+        #: The user's yes (``--trust-task-code``) to run harness steps' task files: given
+        #: per run, never by a spec (an imported spec must not approve code for the user).
+        self.trust_task_code = trust_task_code
         self.wait = wait
         self.say = say or (lambda _t: None)
         self.store = PipelineStore(ws)
@@ -174,7 +180,7 @@ class PipelineRunner:
             for idx, step in enumerate(rec.spec.steps):
                 res = self._step(rec, run_id, idx, step, values, snapshot, reuse)
                 values[step.id] = res
-                if step.kind == "eval" and res.get("gate") is not None:
+                if step.kind in EVAL_KINDS and res.get("gate") is not None:
                     gate = res["gate"]
                     if not gate["passed"]:
                         for later in rec.spec.steps[idx + 1 :]:
@@ -263,7 +269,7 @@ class PipelineRunner:
         state = "reused" if reused else "succeeded"
         result = {"type": _TYPES[step.kind], **out}
         shown = out
-        if step.kind == "eval" and step.gate is not None:
+        if step.kind in EVAL_KINDS and step.gate is not None:
             result["gate"] = self._gate(step, out)
             shown = {**out, "gate": result["gate"]}
             if not result["gate"]["passed"]:
@@ -306,7 +312,7 @@ class PipelineRunner:
                 DatasetStore(self.ws).resolve(out["ref"])
             elif kind == "train":
                 ModelRegistry(self.ws).get(out["model_id"])
-            elif kind == "eval":
+            elif kind in EVAL_KINDS:
                 EvalStore(self.ws).get_run(out["run_id"])
             else:
                 for o in out["outputs"]:
@@ -413,6 +419,39 @@ class PipelineRunner:
             "baseline_metrics": agg.get(base) if base else None,
         }
 
+    def _prepare_harness(
+        self, rec: PipelineRecord, step: StepSpec, refs: dict[str, dict[str, Any]]
+    ) -> tuple[dict[str, Any], dict[str, Any], Callable[[], Job]]:
+        from app.core.eval.harness import HarnessConfig, prepare_harness, submit_harness
+
+        data: dict[str, Any] = {
+            "name": f"{rec.name}/{step.id}",
+            **step.config,
+            "models": [refs["model"]["model_id"]],
+            "trust_task_code": self.trust_task_code,
+        }
+        inputs = {"model": refs["model"]["hash"]}
+        if "data" in refs:
+            data["datasets"] = {"": refs["data"]["ref"]}
+            inputs["data"] = refs["data"]["hash"]
+        cfg = HarnessConfig.from_dict(data)
+        # Found and pinned now (the task's data files and code by content hash): they key it.
+        pinned = prepare_harness(self.ws, cfg)
+        keyed = {
+            "task": pinned.task_name,
+            "data": pinned.data,
+            "code": pinned.code_files,
+            **{k: v for k, v in step.config.items() if k != "task"},
+        }
+
+        def submit() -> Job:
+            return submit_harness(self.ws, cfg)
+
+        return inputs, keyed, submit
+
+    def _output_harness(self, job: Job, refs: dict[str, Any]) -> dict[str, Any]:
+        return self._output_eval(job, refs)
+
     def _gate(self, step: StepSpec, out: dict[str, Any]) -> dict[str, Any]:
         from app.core.eval.gate import evaluate_gate
 
@@ -447,7 +486,13 @@ class PipelineRunner:
         return {"outputs": outs, "hash": ",".join(o["hash"] for o in outs)}
 
 
-_TYPES = {"recipe": "dataset", "train": "model", "eval": "eval", "export": "gguf"}
+_TYPES = {
+    "recipe": "dataset",
+    "train": "model",
+    "eval": "eval",
+    "harness": "eval",
+    "export": "gguf",
+}
 
 
 def compare_outputs(a: RunRecord, b: RunRecord) -> dict[str, str]:
@@ -462,7 +507,7 @@ def compare_outputs(a: RunRecord, b: RunRecord) -> dict[str, str]:
         kind = sb[sid]["kind"]
         same = (
             oa.get("metrics") == ob.get("metrics")
-            if kind == "eval"
+            if kind in EVAL_KINDS
             else oa.get("hash") == ob.get("hash")
         )
         out[sid] = "identical" if same else "differs"

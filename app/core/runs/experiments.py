@@ -98,7 +98,7 @@ def describe(
                 if out.get("manifest"):
                     tm, curve = _train_member(ws, Path(out["manifest"]).parent, config)
                     metrics.update(tm)
-            elif step["kind"] == "eval":
+            elif step["kind"] in ("eval", "harness"):
                 config.update({f"eval.{k}": v for k, v in step["config"].items()})
                 metrics.update(out.get("metrics") or {})
         return "pipeline_run", config, metrics, curve

@@ -40,7 +40,9 @@ from app.core.errors import ConfigError
 
 SPEC_FORMAT = 1
 MAX_SPEC_BYTES = 1 << 20
-STEP_KINDS = ("recipe", "train", "eval", "export")
+STEP_KINDS = ("recipe", "train", "eval", "harness", "export")
+#: Kinds whose output is an eval run (a gate may follow them).
+EVAL_KINDS = ("eval", "harness")
 POLICIES = ("latest", "pinned")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -120,7 +122,7 @@ class StepSpec:
         d: dict[str, Any] = {"id": self.id, "kind": self.kind, **self.refs}
         if self.kind == "recipe":
             d["recipe"] = self.recipe
-        if self.kind in ("train", "eval"):
+        if self.kind in ("train", "eval", "harness"):
             d["config"] = self.config
         if self.gate is not None:
             d["gate"] = self.gate
@@ -134,11 +136,24 @@ ROLES: dict[str, dict[str, str]] = {
     "recipe": {"data": "dataset"},
     "train": {"base": "model", "data": "dataset"},
     "eval": {"model": "model", "data": "dataset", "baseline": "model"},
+    # an lm-eval task (config.task); data, when given, replaces the task's evaluated split
+    "harness": {"model": "model", "data": "dataset"},
     "export": {"model": "model"},
 }
-REQUIRED_ROLES = {"recipe": {"data"}, "train": {"base", "data"}, "eval": {"model", "data"}}
+REQUIRED_ROLES = {
+    "recipe": {"data"},
+    "train": {"base", "data"},
+    "eval": {"model", "data"},
+    "harness": {"model"},
+}
 #: What a step's output is, as an input of a later step.
-PRODUCES = {"recipe": "dataset", "train": "model", "eval": "eval", "export": "gguf"}
+PRODUCES = {
+    "recipe": "dataset",
+    "train": "model",
+    "eval": "eval",
+    "harness": "eval",
+    "export": "gguf",
+}
 
 
 @dataclass
@@ -293,9 +308,12 @@ def _step(raw: Any, i: int, produced: dict[str, str]) -> StepSpec:
         raise _err(where, "the id is already used by an input or an earlier step")
     roles = ROLES[kind]
     allowed = {"id", "kind", *roles}
-    allowed |= {"recipe": {"recipe"}, "train": {"config"}, "eval": {"config", "gate"}}.get(
-        kind, {"quants"}
-    )
+    allowed |= {
+        "recipe": {"recipe"},
+        "train": {"config"},
+        "eval": {"config", "gate"},
+        "harness": {"config", "gate"},
+    }.get(kind, {"quants"})
     _only(d, allowed, where)
     refs: dict[str, str] = {}
     for role, want in roles.items():
@@ -324,8 +342,9 @@ def _step(raw: Any, i: int, produced: dict[str, str]) -> StepSpec:
         step.recipe = [s.to_dict() for s in parsed.steps]
     elif kind == "train":
         step.config = _train_config(_obj(d.get("config"), f"{where}.config"), where)
-    elif kind == "eval":
-        step.config = _eval_config(_obj(d.get("config"), f"{where}.config"), where)
+    elif kind in EVAL_KINDS:
+        check = _eval_config if kind == "eval" else _harness_config
+        step.config = check(_obj(d.get("config"), f"{where}.config"), where)
         if d.get("gate") is not None:
             from app.core.eval.gate import load_thresholds
 
@@ -374,6 +393,27 @@ def _train_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     except (ConfigError, TypeError, ValueError) as exc:
         raise _err(f"{where}.config", str(exc).rstrip(".")) from None
     return out
+
+
+#: Harness fields a spec may set (the rest come from the step's inputs or the submission).
+#: Not ``trust_task_code``: the yes to run a task file's code is given per run
+#: (``demoai pipeline run --trust-task-code``), never by a spec someone sent.
+HARNESS_FIELDS = ("task", "limit", "num_fewshot", "n_ctx", "threads", "bootstrap", "seed")
+
+
+def _harness_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    from app.core.eval.harness import HarnessConfig
+
+    bad = sorted(set(cfg) - set(HARNESS_FIELDS))
+    if bad:
+        raise _err(f"{where}.config", f"{bad} cannot be set here (allowed: {HARNESS_FIELDS})")
+    if not isinstance(cfg.get("task"), str) or not cfg["task"]:
+        raise _err(f"{where}.config.task", "expected a task YAML file or an lm-eval task name")
+    try:
+        HarnessConfig.from_dict({"models": ["m"], **cfg})
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise _err(f"{where}.config", str(exc).rstrip(".")) from None
+    return dict(cfg)
 
 
 def _eval_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
