@@ -14,7 +14,14 @@ from app.core.data.store import DatasetStore
 from app.core.errors import ConfigError
 from app.core.eval.runner import EvalStore
 from app.core.jobs.store import Job, JobService, JobState
-from app.core.runs.engine import GATE_FAILED, PipelineRunner, due_triggers, latest_version
+from app.core.runs.engine import (
+    GATE_FAILED,
+    PipelineRunner,
+    due_triggers,
+    key_config,
+    latest_version,
+    step_key,
+)
 from app.core.runs.spec import PipelineSpec
 from app.core.runs.store import PipelineStore
 from app.workers.supervisor import Supervisor
@@ -177,6 +184,14 @@ def test_a_run_pins_every_input_and_step_by_content_hash(flow: Any) -> None:
         and train["inputs"]["data"] == snap["steps"]["prep"]["output"]["hash"]
     )
     assert len(train["output"]["hash"]) == 64 and train["output"]["model_id"]
+    # fields at their default are not keyed: a field added later changes no stored key
+    without = {k: v for k, v in train["config"].items() if k != "world_size"}
+    assert train["config"]["world_size"] == 1
+    assert (
+        step_key("train", train["inputs"], key_config("train", train["config"])) == (train["key"])
+    )
+    assert key_config("train", without) == key_config("train", train["config"])
+    assert key_config("train", {**without, "world_size": 2}) != key_config("train", without)
     # The recipe wrote a new version (now current) that "latest" does not take as an input.
     prep = snap["steps"]["prep"]["output"]
     assert echo.current_version == prep["hash"] and prep["rows"] == 6

@@ -68,6 +68,20 @@ def step_key(kind: str, inputs: dict[str, Any], config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def key_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    """What of a step's config goes into its key.
+
+    A train step's fields at their default are left out, so a field added to TrainConfig
+    later (as ``world_size`` was) does not change every stored key and retrain everything.
+    """
+    if kind != "train":
+        return config
+    from app.core.train.config import TrainConfig
+
+    defaults = TrainConfig(base_model="-", data_path="-").to_dict()
+    return {k: v for k, v in config.items() if k not in defaults or v != defaults[k]}
+
+
 def _sha256(path: Path) -> str:
     from app.core.store.files import sha256_file
 
@@ -229,7 +243,7 @@ class PipelineRunner:
         refs = {role: values[ref] for role, ref in step.refs.items()}
         prepare = getattr(self, f"_prepare_{step.kind}")
         keyed_inputs, keyed_config, submit = prepare(rec, step, refs)
-        key = step_key(step.kind, keyed_inputs, keyed_config)
+        key = step_key(step.kind, keyed_inputs, key_config(step.kind, keyed_config))
         snapshot["steps"][step.id] = {
             "kind": step.kind,
             "key": key,
