@@ -48,6 +48,9 @@ class Reading:
     ttft: list[tuple[float, float]] = field(default_factory=list)
     #: model -> bytes held while loaded
     loaded: dict[str, float] = field(default_factory=dict)
+    #: Whose metrics: "demoai" (our host) or "llama.cpp" (a Docker bundle's llama-server,
+    #: which exports token counts and its queue, but no request counts or first-token times)
+    engine: str = "demoai"
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class Figures:
 
 
 def parse(text: str, at: float | None = None) -> Reading:
-    """A :class:`Reading` of Prometheus exposition ``text`` from our host."""
+    """A :class:`Reading` of Prometheus exposition ``text`` from our host or llama-server."""
     from prometheus_client.parser import text_string_to_metric_families
 
     r = Reading(at=time.monotonic() if at is None else at)
@@ -95,6 +98,16 @@ def parse(text: str, at: float | None = None) -> Reading:
                         buckets[le] = buckets.get(le, 0.0) + v
                 elif name == "demoai_model_memory_bytes" and v > 0:
                     r.loaded[str(s.labels.get("model", "?"))[:200]] = v
+                elif name.startswith("llamacpp:"):  # a Docker bundle's llama-server
+                    r.engine = "llama.cpp"
+                    if name == "llamacpp:tokens_predicted_total":
+                        r.completion_tokens += v
+                    elif name == "llamacpp:prompt_tokens_total":
+                        r.prompt_tokens += v
+                    elif name == "llamacpp:requests_processing":
+                        r.in_progress = v
+                    elif name == "llamacpp:requests_deferred":
+                        r.waiting = v
     except (ValueError, TypeError, KeyError) as exc:
         raise ServingError(f"The server's /metrics could not be read ({exc}).") from exc
     r.ttft = sorted(buckets.items())

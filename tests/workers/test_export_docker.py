@@ -270,6 +270,13 @@ def _exercise(url: str, key: str) -> None:
         text = r.read().decode()
     total = re.search(r"^llamacpp:tokens_predicted_total (\S+)$", text, re.M)
     assert total is not None and float(total.group(1)) > 0, text[:500]
+    # what the Serving pane reads of it (app/core/serving.py): llama.cpp's own figures
+    from app.core.serving import parse, read_metrics
+
+    reading = read_metrics(url, key)
+    assert reading.engine == "llama.cpp" and reading.completion_tokens == float(total.group(1))
+    assert reading.prompt_tokens > 0 and reading.in_progress >= 0 and reading.waiting >= 0
+    assert parse(text).completion_tokens == reading.completion_tokens
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(urllib.request.Request(url + "/metrics", headers=headers))

@@ -86,7 +86,9 @@ class _Read(QRunnable):
     def run(self) -> None:
         try:
             reading: Reading | None = read_metrics(self.url, self.key)
-            rows = read_requests(self.url, self.key)
+            # llama-server (a Docker bundle) keeps no list of recent requests
+            demoai = reading is not None and reading.engine == "demoai"
+            rows = read_requests(self.url, self.key) if demoai else []
             error: ServingError | None = None
         except ServingError as exc:
             reading, rows, error = None, [], exc
@@ -308,6 +310,14 @@ class ServingPane(QWidget):
             return "–" if v is None else f"{v * 1000:.0f} ms"
 
         models = ", ".join(f"{m} ({b / 2**20:.0f} MB)" for m, b in sorted(r.loaded.items()))
+        if r.engine == "llama.cpp":
+            self.summary.setText(
+                f"llama.cpp server · {f.tokens_per_s:.1f} tokens/s · {f.in_progress:.0f} in "
+                f"progress, {f.waiting:.0f} waiting · {int(r.completion_tokens)} tokens "
+                "generated in all (llama-server exports no request counts, errors or "
+                "first-token times, and keeps no list of requests)"
+            )
+            return
         self.summary.setText(
             f"{f.requests_per_s:.2f} requests/s · {f.errors_per_s:.2f} errors/s · "
             f"{f.tokens_per_s:.1f} tokens/s · first token {ms(f.ttft_p50)} median, "
