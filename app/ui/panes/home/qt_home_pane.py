@@ -189,6 +189,7 @@ class HomePane(QWidget):
         outer.addStretch(0)
 
         self._icons_asked = False
+        self._stale = False  # a change came while hidden: refresh when shown
         self._icons_ready = False
         services.bus.changed.connect(self._changed)
         self.refresh(steps)
@@ -222,7 +223,10 @@ class HomePane(QWidget):
 
     def _changed(self, topics: Any) -> None:
         if TOPICS & set(topics or ()):
-            self.refresh()
+            if self.isVisible():
+                self.refresh()
+            else:  # its counts are read when it is shown again, not on every change
+                self._stale = True
 
     # -- actions ------------------------------------------------------------------------
     def add_sample_model(self) -> None:
@@ -279,6 +283,9 @@ class HomePane(QWidget):
     # -- look -------------------------------------------------------------------------------
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)
+        if self._stale:
+            self._stale = False
+            self.refresh()
         if not self._icons_asked:  # after the first paint, once qtawesome is imported
             self._icons_asked = True
             after_first_paint(self, lambda: when_icons_ready(self.update_icons, self))
